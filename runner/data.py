@@ -1,0 +1,357 @@
+"""Datasets and the loaders that feed the train loop.
+
+Every dataset factory (the `_target_` of a `conf/dataset/*.yaml`) returns a `Splits`. Datasets that fit
+in memory (digits, synthetic, CIFAR) are uint8 tensors and go through `TensorLoader`, which keeps them on
+the training device and augments whole batches there: no DataLoader, no per-batch host work. Folder and
+Hugging Face datasets are `torch.utils.data.Dataset`s and go through a tuned DataLoader. Both loaders
+yield `(images, labels, sample_indices)` so per-sample memories (self-distillation) work on every path.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from runner.errors import ConfigError
+
+CIFAR_MEAN = {10: (0.4914, 0.4822, 0.4465), 100: (0.5071, 0.4865, 0.4409)}
+CIFAR_STD = {10: (0.2470, 0.2435, 0.2616), 100: (0.2673, 0.2564, 0.2762)}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CIFAR_ARCHIVES = {
+    10: ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "cifar-10-batches-py"),
+    100: ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "cifar-100-python"),
+}
+
+
+@dataclass
+class Augment:
+    """Batched augmentation for in-memory images: random crop after zero padding, horizontal flip."""
+    crop_padding: int = 0
+    flip: bool = False
+
+
+@dataclass
+class TensorSplit:
+    images: torch.Tensor  # uint8, (N, C, H, W)
+    labels: torch.Tensor  # int64, (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> "TensorSplit":
+        return TensorSplit(self.images[index], self.labels[index])
+
+
+@dataclass
+class Splits:
+    """What a dataset factory returns: the two splits and what models and loaders need to know."""
+    name: str
+    train: TensorSplit | Dataset
+    val: TensorSplit | Dataset
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    augment: Augment = field(default_factory=Augment)
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.train, TensorSplit)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Dataset factories (the `_target_`s of conf/dataset)
+# ----------------------------------------------------------------------------------------------------
+
+def digits(val_fraction: float = 0.2, split_seed: int = 0, image_size: int = 8,
+           limit_train: int | None = None, limit_val: int | None = None) -> Splits:
+    """scikit-learn's bundled 8x8 digits (1,797 images), split once, stratified, with a fixed seed."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if image_size != 8:
+        raise ConfigError("dataset.image_size: digits are 8x8; leave dataset.image_size=8")
+    bunch = load_digits()
+    images = torch.from_numpy(np.round(bunch.images * (255 / 16)).astype(np.uint8)).unsqueeze(1)
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    train_idx, val_idx = train_test_split(np.arange(len(labels)), test_size=val_fraction,
+                                          stratify=bunch.target, random_state=split_seed)
+    splits = Splits("digits", TensorSplit(images[train_idx], labels[train_idx]),
+                    TensorSplit(images[val_idx], labels[val_idx]), num_classes=10, in_channels=1,
+                    image_size=8, mean=(0.5,), std=(0.5,))
+    return limit(splits, limit_train, limit_val)
+
+
+def synthetic(num_classes: int = 10, image_size: int = 32, in_channels: int = 3, train_size: int = 2048,
+              val_size: int = 512, noise: float = 0.5, data_seed: int = 0,
+              limit_train: int | None = None, limit_val: int | None = None) -> Splits:
+    """Learnable generated images: a smooth random prototype per class plus per-sample noise."""
+    gen = torch.Generator().manual_seed(data_seed)
+    coarse = torch.rand(num_classes, in_channels, 4, 4, generator=gen)
+    prototypes = torch.nn.functional.interpolate(coarse, size=image_size, mode="bilinear", align_corners=False)
+
+    def draw(n: int) -> TensorSplit:
+        labels = torch.arange(n) % num_classes
+        labels = labels[torch.randperm(n, generator=gen)]
+        pixels = prototypes[labels] + noise * torch.randn(n, in_channels, image_size, image_size, generator=gen)
+        return TensorSplit((pixels.clamp(0, 1) * 255).round().to(torch.uint8), labels)
+
+    splits = Splits("synthetic", draw(train_size), draw(val_size), num_classes, in_channels, image_size,
+                    mean=(0.5,) * in_channels, std=(0.25,) * in_channels, augment=Augment(0, False))
+    return limit(splits, limit_train, limit_val)
+
+
+def cifar(num_classes: int = 10, root: str = "data", download: bool = False, crop_padding: int = 4,
+          flip: bool = True, image_size: int = 32,
+          limit_train: int | None = None, limit_val: int | None = None) -> Splits:
+    """CIFAR-10/100 read straight from the python pickle batches under `root` (as the fast loaders do).
+
+    With `download: true` torchvision's download code fetches and unpacks the archive first.
+    """
+    if num_classes not in CIFAR_ARCHIVES:
+        raise ConfigError(f"dataset.num_classes={num_classes}: CIFAR has 10 or 100 classes")
+    url, folder = CIFAR_ARCHIVES[num_classes]
+    base = Path(root).expanduser() / folder
+    if not base.is_dir():
+        if not download:
+            raise ConfigError(f"dataset.root: no {folder}/ under {Path(root).resolve()}; set "
+                              f"dataset.root=<folder holding {folder}> or dataset.download=true")
+        from torchvision.datasets.utils import download_and_extract_archive
+        download_and_extract_archive(url, download_root=str(Path(root).expanduser()))
+    names = (["data_batch_%d" % i for i in range(1, 6)], ["test_batch"]) if num_classes == 10 else (["train"], ["test"])
+    label_key = "labels" if num_classes == 10 else "fine_labels"
+    train, val = (_read_cifar_batches(base, files, label_key) for files in names)
+    splits = Splits(f"cifar{num_classes}", train, val, num_classes, 3, 32, CIFAR_MEAN[num_classes],
+                    CIFAR_STD[num_classes], Augment(crop_padding, flip))
+    return limit(splits, limit_train, limit_val)
+
+
+def _read_cifar_batches(base: Path, files: list[str], label_key: str) -> TensorSplit:
+    images, labels = [], []
+    for name in files:
+        with open(base / name, "rb") as handle:
+            batch = pickle.load(handle, encoding="latin1")
+        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+    return TensorSplit(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)))
+
+
+def imagefolder(root: str, train_dir: str = "train", val_dir: str = "val", image_size: int = 224,
+                resize_size: int | None = None, name: str = "imagefolder",
+                limit_train: int | None = None, limit_val: int | None = None) -> Splits:
+    """Any class-per-folder train/val tree with ImageNet-style transforms."""
+    from torchvision import datasets, transforms as T
+
+    base = Path(root).expanduser()
+    for sub in (train_dir, val_dir):
+        if not (base / sub).is_dir():
+            raise ConfigError(f"dataset.root: {base / sub} is not a folder; point dataset.root at a tree "
+                              f"with {train_dir}/<class>/*.jpg and {val_dir}/<class>/*.jpg")
+    normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    train_tf = T.Compose([T.RandomResizedCrop(image_size, antialias=True), T.RandomHorizontalFlip(),
+                          T.ToTensor(), normalize])
+    val_tf = T.Compose([T.Resize(resize_size or int(image_size * 256 / 224), antialias=True),
+                        T.CenterCrop(image_size), T.ToTensor(), normalize])
+    train = datasets.ImageFolder(str(base / train_dir), transform=train_tf)
+    val = datasets.ImageFolder(str(base / val_dir), transform=val_tf)
+    splits = Splits(name, train, val, len(train.classes), 3, image_size)
+    return limit(splits, limit_train, limit_val)
+
+
+def hf(path: str, image_column: str = "image", label_column: str = "label", train_split: str = "train",
+       val_split: str = "test", image_size: int = 32, in_channels: int = 3, name: str | None = None,
+       limit_train: int | None = None, limit_val: int | None = None) -> Splits:
+    """Any Hugging Face `datasets` name (downloaded by `datasets`) or local path (`save_to_disk` or files)."""
+    import datasets as hf_datasets
+    from torchvision import transforms as T
+
+    local = Path(path).expanduser()
+    if local.is_dir() and (local / "dataset_dict.json").exists():
+        loaded = hf_datasets.load_from_disk(str(local))
+    else:
+        loaded = hf_datasets.load_dataset(path)
+    for split in (train_split, val_split):
+        if split not in loaded:
+            raise ConfigError(f"dataset.train_split/val_split: {path} has splits {list(loaded)}, not '{split}'")
+    features = loaded[train_split].features
+    if image_column not in features or label_column not in features:
+        raise ConfigError(f"dataset.image_column/label_column: {path} has columns {list(features)}")
+    num_classes = getattr(features[label_column], "num_classes", None) or \
+        int(max(loaded[train_split][label_column])) + 1
+    mode = "L" if in_channels == 1 else "RGB"
+    to_tensor = T.Compose([T.Resize((image_size, image_size), antialias=True), T.ToTensor(),
+                           T.Normalize((0.5,) * in_channels, (0.5,) * in_channels)])
+    train = HFImages(loaded[train_split], image_column, label_column, mode, to_tensor)
+    val = HFImages(loaded[val_split], image_column, label_column, mode, to_tensor)
+    splits = Splits(name or Path(path).name, train, val, num_classes, in_channels, image_size)
+    return limit(splits, limit_train, limit_val)
+
+
+class HFImages(Dataset):
+    def __init__(self, table, image_column: str, label_column: str, mode: str, transform):
+        self.table, self.image_column, self.label_column = table, image_column, label_column
+        self.mode, self.transform = mode, transform
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index: int):
+        row = self.table[int(index)]
+        return self.transform(row[self.image_column].convert(self.mode)), int(row[self.label_column])
+
+
+def limit(splits: Splits, limit_train: int | None, limit_val: int | None) -> Splits:
+    """Keep a fixed random subset (seed 0) of each split, for quick runs."""
+    splits.train = _take(splits.train, limit_train, "limit_train")
+    splits.val = _take(splits.val, limit_val, "limit_val")
+    return splits
+
+
+def _take(split, count: int | None, key: str):
+    if count is None or count >= len(split):
+        return split
+    if count <= 0:
+        raise ConfigError(f"dataset.{key}={count}: must be a positive number of samples (or null for all)")
+    index = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:count].sort().values
+    if isinstance(split, TensorSplit):
+        return split.subset(index)
+    return torch.utils.data.Subset(split, index.tolist())
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loaders
+# ----------------------------------------------------------------------------------------------------
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The data order and augmentation of an epoch depend on (seed, epoch) alone: resumes replay them."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+class TensorLoader:
+    """Device-resident batches: the whole split lives on `device` as uint8; crop, flip and normalisation
+    are done per batch with a few tensor ops. `epoch(e, start_batch)` replays any epoch from any batch."""
+
+    def __init__(self, split: TensorSplit, batch_size: int, device: torch.device, mean, std,
+                 augment: Augment | None = None, shuffle: bool = False, drop_last: bool = False, seed: int = 0,
+                 channels_last: bool = False):
+        self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
+        self.augment = augment or Augment()
+        self.device = device
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        pad = self.augment.crop_padding
+        images = split.images.to(device)
+        self.images = torch.nn.functional.pad(images, (pad,) * 4) if pad else images
+        self.labels = split.labels.to(device)
+        self.num_samples, _, self.height, self.width = split.images.shape
+        channels = split.images.shape[1]
+        self.mean = torch.tensor(mean, device=device).view(1, channels, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, channels, 1, 1) * 255
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.num_samples, self.batch_size)
+        return full if self.drop_last or rest == 0 else full + 1
+
+    def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        order, offsets, flips = self._epoch_plan(epoch)
+        for b in range(start_batch, len(self)):
+            index = order[b * self.batch_size:(b + 1) * self.batch_size]
+            images = self._crop(index, offsets[index]) if offsets is not None else self.images[index]
+            if flips is not None:
+                images = torch.where(flips[index].view(-1, 1, 1, 1), images.flip(-1), images)
+            images = ((images.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+            yield images, self.labels[index], index
+
+    def __iter__(self):
+        return self.epoch(0)
+
+    def _epoch_plan(self, epoch: int):
+        """Order, crop offsets and flips for every sample of the epoch, drawn at once on the host (cheap)."""
+        gen = epoch_generator(self.seed, epoch)
+        n = self.num_samples
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        pad = self.augment.crop_padding
+        offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=gen) if pad else None
+        flips = torch.rand(n, generator=gen) < 0.5 if self.augment.flip else None
+        move = lambda t: None if t is None else t.to(self.device, non_blocking=True)
+        return move(order), move(offsets), move(flips)
+
+    def _crop(self, index: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Gather an HxW window at a per-sample offset from the padded images in one indexing op."""
+        rows = offsets[:, 0:1] + torch.arange(self.height, device=self.device)
+        cols = offsets[:, 1:2] + torch.arange(self.width, device=self.device)
+        channels = torch.arange(self.images.shape[1], device=self.device)
+        return self.images[index[:, None, None, None], channels[None, :, None, None],
+                           rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class IndexedDataset(Dataset):
+    """Adds the sample index to each item so every data path yields (image, label, index)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, label = self.dataset[index]
+        return image, label, index
+
+
+class FolderLoader:
+    """A tuned DataLoader over a map-style dataset with the same `epoch(e, start_batch)` interface."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, device: torch.device, shuffle: bool = False,
+                 drop_last: bool = False, seed: int = 0, num_workers: int = 4, channels_last: bool = False):
+        self.dataset, self.batch_size, self.device = IndexedDataset(dataset), batch_size, device
+        self.shuffle, self.drop_last, self.seed, self.num_workers = shuffle, drop_last, seed, num_workers
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.dataset), self.batch_size)
+        return full if self.drop_last or rest == 0 else full + 1
+
+    def epoch(self, epoch: int = 0, start_batch: int = 0):
+        gen = epoch_generator(self.seed, epoch)
+        n = len(self.dataset)
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        order = order[start_batch * self.batch_size:].tolist()
+        workers = self.num_workers
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=order, drop_last=self.drop_last,
+                            num_workers=workers, pin_memory=self.device.type == "cuda",
+                            persistent_workers=False, prefetch_factor=4 if workers else None,
+                            generator=gen)
+        for images, labels, index in loader:
+            images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            yield images, labels.to(self.device, non_blocking=True), index.to(self.device, non_blocking=True)
+
+    def __iter__(self):
+        return self.epoch(0)
+
+
+def build_loaders(splits: Splits, batch_size: int, eval_batch_size: int, device: torch.device, seed: int,
+                  num_workers: int, channels_last: bool = False):
+    """Train loader (shuffled, augmented, full batches) and validation loader (in order, every sample)."""
+    if batch_size > len(splits.train):
+        raise ConfigError(f"trainer.batch_size={batch_size} exceeds the {len(splits.train)} training samples; "
+                          f"lower trainer.batch_size")
+    if splits.in_memory:
+        common = dict(device=device, mean=splits.mean, std=splits.std, seed=seed, channels_last=channels_last)
+        train = TensorLoader(splits.train, batch_size, augment=splits.augment, shuffle=True, drop_last=True, **common)
+        val = TensorLoader(splits.val, eval_batch_size, **common)
+    else:
+        common = dict(device=device, seed=seed, num_workers=num_workers, channels_last=channels_last)
+        train = FolderLoader(splits.train, batch_size, shuffle=True, drop_last=True, **common)
+        val = FolderLoader(splits.val, eval_batch_size, **common)
+    return train, val
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

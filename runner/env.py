@@ -1,0 +1,51 @@
+"""The process's surroundings: device choice, seeding, determinism and provenance for summary.json."""
+from __future__ import annotations
+
+import os
+import platform
+import random
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import runner
+from runner.errors import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={name}: no CUDA device is visible; use trainer.device=cpu or auto")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = not deterministic  # benchmark picks kernels by timing: not reproducible
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cuda.matmul.allow_tf32 = not deterministic
+    torch.backends.cudnn.allow_tf32 = not deterministic
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(runner.__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def provenance(device: str, world_size: int = 1) -> dict:
+    return {"git_commit": git_commit(), "divrun_version": runner.__version__, "torch_version": torch.__version__,
+            "python_version": platform.python_version(), "host": platform.node(), "device": device,
+            "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu",
+            "world_size": world_size}

@@ -1,0 +1,93 @@
+"""One job = one run folder: save the resolved config, train (or continue), write summary.json."""
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from runner import env
+from runner.checkpoint import Checkpointer
+from runner.logger import RunLogger, read_meta, write_meta
+
+CONFIG_FILE, SUMMARY_FILE = "config.yaml", "summary.json"
+PATH_KEYS = {"root", "path", "source", "teacher", "checkpoint"}
+
+
+def absolute_paths(node):
+    """Paths in the config are relative to the launch directory; store them absolute so a run folder works
+    from anywhere (resume, a teacher for distillation, a source for the refined schedule)."""
+    if isinstance(node, dict):
+        return {k: (os.path.abspath(v) if k in PATH_KEYS and isinstance(v, str) and _looks_local(k, v)
+                    else absolute_paths(v)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [absolute_paths(v) for v in node]
+    return node
+
+
+def _looks_local(key: str, value: str) -> bool:
+    return key == "root" or os.path.exists(value)
+
+
+def save_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
+    resolved = OmegaConf.create(absolute_paths(OmegaConf.to_container(cfg, resolve=True)))
+    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(resolved))
+    return resolved
+
+
+def load_config(run_dir: Path) -> DictConfig:
+    from runner.errors import ConfigError
+
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.exists():
+        raise ConfigError(f"{run_dir} is not a divrun run folder (no {CONFIG_FILE}); pass the folder a run printed")
+    return OmegaConf.load(path)
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
+
+
+def run_job(cfg: DictConfig, run_dir: Path, name: str | None = None, group: str | None = None,
+            resolved: bool = False) -> dict:
+    """Train `cfg` in `run_dir`, continuing from checkpoints/last.pt when the folder holds one."""
+    from runner.train import Trainer  # torch-heavy; keep `divrun --help` fast
+
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = cfg if resolved else save_config(cfg, run_dir)
+    meta = read_meta(run_dir)
+    name, group = name or meta.get("name") or "default", group or meta.get("group")
+    write_meta(run_dir, name=name, group=group)
+    checkpointer = Checkpointer(run_dir)
+    payload = checkpointer.load()
+    summary = {"name": name, "group": group, "status": "running", "run_dir": str(run_dir),
+               **env.provenance(str(env.resolve_device(cfg.trainer.device)))}
+    write_summary(run_dir, summary)
+    logger = RunLogger(cfg, run_dir, name, group, resume_step=payload["step"] if payload else None)
+    started = time.time()
+    try:
+        trainer = Trainer(cfg, run_dir, logger, checkpointer)
+        if payload:
+            trainer.restore(payload)
+            logger.print(f"divrun: resuming {run_dir} at step {trainer.step} (epoch {trainer.epoch})")
+        summary |= trainer.fit()
+        summary["status"] = "finished"
+    except BaseException as error:
+        summary |= {"status": "failed", "error": f"{type(error).__name__}: {error}",
+                    "traceback": traceback.format_exc(limit=20)}
+        raise
+    finally:
+        summary["wall_time_s"] = round(time.time() - started + read_previous_wall_time(payload), 3)
+        write_summary(run_dir, summary)
+        logger.close(summary)
+        if summary["status"] == "finished":
+            logger.summary_table(summary)
+    return summary
+
+
+def read_previous_wall_time(payload: dict | None) -> float:
+    return float(payload.get("wall_time_s", 0.0)) if payload else 0.0
