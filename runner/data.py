@@ -252,26 +252,28 @@ class TensorLoader:
         self.num_samples, _, self.height, self.width = split.images.shape
         channels = split.images.shape[1]
         self.mean = torch.tensor(mean, device=device).view(1, channels, 1, 1) * 255
-        self.std = torch.tensor(std, device=device).view(1, channels, 1, 1) * 255
+        self.inv_std = 1 / (torch.tensor(std, device=device).view(1, channels, 1, 1) * 255)
+        self.row_range = torch.arange(self.height, device=device)[None]
+        self.col_range = torch.arange(self.width, device=device)[None]
+        padded = self.images.shape
+        self.channel_stride = torch.arange(channels, device=device) * padded[2] * padded[3]
 
     def __len__(self) -> int:
         full, rest = divmod(self.num_samples, self.batch_size)
         return full if self.drop_last or rest == 0 else full + 1
 
     def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        order, offsets, flips = self._epoch_plan(epoch)
+        order, offsets, flips = self.epoch_plan(epoch)
         for b in range(start_batch, len(self)):
             index = order[b * self.batch_size:(b + 1) * self.batch_size]
-            images = self._crop(index, offsets[index]) if offsets is not None else self.images[index]
-            if flips is not None:
-                images = torch.where(flips[index].view(-1, 1, 1, 1), images.flip(-1), images)
-            images = ((images.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)
-            yield images, self.labels[index], index
+            images = self._crop_and_flip(index, offsets, flips)
+            images = images.float().sub_(self.mean).mul_(self.inv_std)
+            yield images.contiguous(memory_format=self.memory_format), self.labels[index], index
 
     def __iter__(self):
         return self.epoch(0)
 
-    def _epoch_plan(self, epoch: int):
+    def epoch_plan(self, epoch: int):
         """Order, crop offsets and flips for every sample of the epoch, drawn at once on the host (cheap)."""
         gen = epoch_generator(self.seed, epoch)
         n = self.num_samples
@@ -282,14 +284,24 @@ class TensorLoader:
         move = lambda t: None if t is None else t.to(self.device, non_blocking=True)
         return move(order), move(offsets), move(flips)
 
-    def _crop(self, index: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        """Gather an HxW window at a per-sample offset from the padded images in one indexing op."""
-        rows = offsets[:, 0:1] + torch.arange(self.height, device=self.device)
-        cols = offsets[:, 1:2] + torch.arange(self.width, device=self.device)
-        channels = torch.arange(self.images.shape[1], device=self.device)
-        return self.images[index[:, None, None, None], channels[None, :, None, None],
-                           rows[:, None, :, None], cols[:, None, None, :]]
-
+    def _crop_and_flip(self, index: torch.Tensor, offsets: torch.Tensor | None, flips: torch.Tensor | None):
+        """Gather each sample's HxW window (at its offset into the padded image, mirrored if flipped) with
+        one flat `take`: far cheaper than multi-tensor advanced indexing or a separate flip pass."""
+        if offsets is None and flips is None:
+            return self.images[index]
+        _, channels, padded_h, padded_w = self.images.shape
+        rows = self.row_range.expand(len(index), -1)
+        cols = self.col_range.expand(len(index), -1)
+        if offsets is not None:
+            rows = rows + offsets[index, 0:1]
+            cols = cols + offsets[index, 1:2]
+        if flips is not None:
+            mirrored = cols.flip(-1)
+            cols = torch.where(flips[index, None], mirrored, cols)
+        base = index * (channels * padded_h * padded_w)
+        flat = (base[:, None, None, None] + self.channel_stride[None, :, None, None]
+                + (rows * padded_w)[:, None, :, None] + cols[:, None, None, :])
+        return self.images.view(-1).take(flat)
 
 class IndexedDataset(Dataset):
     """Adds the sample index to each item so every data path yields (image, label, index)."""
