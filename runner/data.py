@@ -146,21 +146,24 @@ def _read_cifar_batches(base: Path, files: list[str], label_key: str) -> TensorS
 def imagefolder(root: str, train_dir: str = "train", val_dir: str = "val", image_size: int = 224,
                 resize_size: int | None = None, name: str = "imagefolder",
                 limit_train: int | None = None, limit_val: int | None = None) -> Splits:
-    """Any class-per-folder train/val tree with ImageNet-style transforms."""
-    from torchvision import datasets, transforms as T
+    """Any class-per-folder train/val tree with ImageNet-style transforms.
+
+    Images are decoded by torchvision.io straight to uint8 tensors and transformed as tensors (transforms
+    v2), which is faster than the PIL round trip."""
+    from torchvision import datasets
+    from torchvision.transforms import v2
 
     base = Path(root).expanduser()
     for sub in (train_dir, val_dir):
         if not (base / sub).is_dir():
             raise ConfigError(f"dataset.root: {base / sub} is not a folder; point dataset.root at a tree "
                               f"with {train_dir}/<class>/*.jpg and {val_dir}/<class>/*.jpg")
-    normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train_tf = T.Compose([T.RandomResizedCrop(image_size, antialias=True), T.RandomHorizontalFlip(),
-                          T.ToTensor(), normalize])
-    val_tf = T.Compose([T.Resize(resize_size or int(image_size * 256 / 224), antialias=True),
-                        T.CenterCrop(image_size), T.ToTensor(), normalize])
-    train = datasets.ImageFolder(str(base / train_dir), transform=train_tf)
-    val = datasets.ImageFolder(str(base / val_dir), transform=val_tf)
+    to_float = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    train_tf = v2.Compose([v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip(), *to_float])
+    val_tf = v2.Compose([v2.Resize(resize_size or int(image_size * 256 / 224), antialias=True),
+                         v2.CenterCrop(image_size), *to_float])
+    train = datasets.ImageFolder(str(base / train_dir), transform=train_tf, loader=decode_rgb)
+    val = datasets.ImageFolder(str(base / val_dir), transform=val_tf, loader=decode_rgb)
     splits = Splits(name, train, val, len(train.classes), 3, image_size)
     return limit(splits, limit_train, limit_val)
 
@@ -192,6 +195,12 @@ def hf(path: str, image_column: str = "image", label_column: str = "label", trai
     val = HFImages(loaded[val_split], image_column, label_column, mode, to_tensor)
     splits = Splits(name or Path(path).name, train, val, num_classes, in_channels, image_size)
     return limit(splits, limit_train, limit_val)
+
+
+def decode_rgb(path: str) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, decode_image
+
+    return decode_image(path, mode=ImageReadMode.RGB)
 
 
 class HFImages(Dataset):
