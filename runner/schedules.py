@@ -198,7 +198,7 @@ class Step(MultiStep):
 
 
 class Refined(Schedule):
-    """Refined schedule (Defazio, Cutkosky, Mehta, Mishchenko 2023, "When, Why and How Much?", Eq. 2 / Alg. 1)
+    """Refined schedule (Defazio, Cutkosky, Mehta, Mishchenko 2023, "When, Why and How Much?", arXiv 2310.07831)
     from the per-step gradient norms G_t an earlier run recorded in `<source>/grad_norms.csv`:
         w_t = G_t^-2 (SGD-like, L2 norms) or G_t^-1 (Adam-family, L1 norms),  eta_t ~ w_t * sum_{s>t} w_s,
     so the last step is 0; the norms are median-filtered first (`smoothing` = window as a fraction of the
