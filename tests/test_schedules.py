@@ -230,13 +230,14 @@ def test_training_resumed_from_a_checkpoint_applies_the_same_lrs(tmp_path, monke
     overrides = ["schedule=wsd", "schedule.decay=0.5", "trainer.log_every=1", "dataset.limit_train=768"]
     _, straight = train(tmp_path / "straight", *overrides)
 
-    crash_after_first_epoch = Trainer.end_of_epoch
+    original_step = Trainer.train_step
 
-    def end_of_epoch(self, train_loss):
-        crash_after_first_epoch(self, train_loss)
-        raise RuntimeError("simulated crash")
+    def crash_at_step_8(self, images, labels):  # two updates past the epoch-1 checkpoint (step 6) are logged
+        if self.step == 8:
+            raise RuntimeError("simulated crash")
+        return original_step(self, images, labels)
 
-    monkeypatch.setattr(Trainer, "end_of_epoch", end_of_epoch)
+    monkeypatch.setattr(Trainer, "train_step", crash_at_step_8)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(tmp_path / "crashed", *overrides)
     monkeypatch.undo()
