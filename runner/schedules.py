@@ -168,15 +168,16 @@ class MultiStep(Schedule):
         if not 0 < gamma <= 1:
             raise ConfigError(f"schedule.gamma={gamma}: the factor per milestone must lie in (0, 1]")
         self.gamma = gamma
-        self.milestone_steps = sorted(self.milestone_step(m) for m in milestones)
+        self.milestone_steps = sorted(self.epoch_step(m, "schedule.milestones") for m in milestones)
 
-    def milestone_step(self, milestone: int | float) -> int:
-        if isinstance(milestone, float) and 0 < milestone < 1:
-            return int(round(milestone * self.total_steps))
-        if isinstance(milestone, bool) or milestone <= 0 or int(milestone) != milestone:
-            raise ConfigError(f"schedule.milestones: {milestone} is neither an epoch (an int > 0) "
-                              f"nor a fraction of the run (a float in (0, 1))")
-        return int(milestone) * self.steps_per_epoch
+    def epoch_step(self, epochs: int | float, key: str) -> int:
+        """Epochs (an int) or a fraction of the run (a float < 1) as a step count."""
+        if isinstance(epochs, float) and 0 < epochs < 1:
+            return int(round(epochs * self.total_steps))
+        if isinstance(epochs, (bool, float)) or epochs <= 0:
+            raise ConfigError(f"{key}: {epochs} is neither epochs (an int > 0) nor a fraction of the run "
+                              f"(a float in (0, 1))")
+        return epochs * self.steps_per_epoch
 
     def decay(self, steps_after_warmup: int) -> float:
         step = steps_after_warmup + self.warmup_steps  # milestones count from the start of the run
@@ -189,11 +190,8 @@ class Step(MultiStep):
 
     def __init__(self, total_steps: int, steps_per_epoch: int = 1, warmup: int | float = 0, floor: float = 0.0,
                  step_size: int | float = 30, gamma: float = 0.1):
-        every = resolve_steps(step_size, total_steps, "schedule.step_size") if isinstance(step_size, float) \
-            else int(step_size) * steps_per_epoch
-        if every <= 0:
-            raise ConfigError(f"schedule.step_size={step_size}: give epochs (an int > 0) or a fraction of the run")
         super().__init__(total_steps, steps_per_epoch, warmup, floor, milestones=(), gamma=gamma)
+        every = max(1, self.epoch_step(step_size, "schedule.step_size"))
         self.milestone_steps = list(range(every, total_steps, every))
 
 
@@ -203,7 +201,7 @@ class Refined(Schedule):
         w_t = G_t^-2 (SGD-like, L2 norms) or G_t^-1 (Adam-family, L1 norms),  eta_t ~ w_t * sum_{s>t} w_s,
     so the last step is 0; the norms are median-filtered first (`smoothing` = window as a fraction of the
     run; 0 turns it off), the curve is resampled to this run's T - W steps and scaled to peak 1."""
-    SMOOTHING_POINTS = 10_000  # short norm sequences are interpolated up to this many points before filtering
+    SMOOTHING_POINTS = 10_000  # norm sequences are resampled to this many points before filtering
 
     def __init__(self, total_steps: int, steps_per_epoch: int = 1, warmup: int | float = 0, floor: float = 0.0,
                  source: str | None = None, smoothing: float = 0.1, norm: str = "auto",
@@ -241,10 +239,11 @@ def refined_curve(norms: np.ndarray, power: int) -> np.ndarray:
 
 
 def median_smooth(norms: np.ndarray, smoothing: float) -> np.ndarray:
-    """Median filter whose window is `smoothing` of the run (odd width), on the sequence interpolated up to
-    SMOOTHING_POINTS points when shorter. The left edge repeats the first value; the right edge mirrors the
-    tail, so the filtered end follows the trend of the last norms instead of flattening onto the final one."""
-    points = max(len(norms), Refined.SMOOTHING_POINTS)
+    """Median filter whose window is `smoothing` of the run (odd width), on the sequence resampled to
+    SMOOTHING_POINTS points (so the window stays 1,001 points however long the run: memory and time are
+    bounded). The left edge repeats the first value; the right edge mirrors the tail, so the filtered end
+    follows the trend of the last norms instead of flattening onto the final one."""
+    points = Refined.SMOOTHING_POINTS
     dense = np.interp(np.linspace(0, 1, points), np.linspace(0, 1, len(norms)), norms)
     half = int(smoothing * points) // 2
     if half == 0:

@@ -86,6 +86,12 @@ def test_multistep_and_step_match_torch_per_epoch():
     assert Step(S * epochs, S, step_size=4).factors() == pytest.approx(expected)
     # hand vector: x0.1 at epochs 2 and 4 with 2 steps per epoch
     assert MultiStep(10, 2, milestones=[2, 4]).factors() == pytest.approx([1] * 4 + [.1] * 4 + [.01] * 2)
+    assert Step(10, 2, step_size=0.4).factors() == pytest.approx([1] * 4 + [.1] * 4 + [.01] * 2)
+    for bad in ({"milestones": [2.5]}, {"milestones": [0]}):
+        with pytest.raises(ConfigError, match="schedule.milestones"):
+            MultiStep(10, 2, **bad)
+    with pytest.raises(ConfigError, match="schedule.step_size"):
+        Step(10, 2, step_size=30.0)
 
 
 def test_multistep_floor_and_warmup():
@@ -151,6 +157,9 @@ def test_median_smooth_matches_the_reference_recipe():
     spiky[20] = 100.0
     smoothed = median_smooth(spiky, 0.1)
     assert len(smoothed) == 10_000 and smoothed.max() == 1.0
+    # a long run (here 300k steps) is resampled to 10k points first: the window stays 1,001 points
+    long = np.repeat(norms, 30)
+    assert np.allclose(median_smooth(long, 0.1), expected, atol=0.05)
 
 
 def make_source(folder, norms_l2, norms_l1=None, optimizer="torch.optim.SGD"):
