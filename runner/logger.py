@@ -45,7 +45,7 @@ class RunLogger:
         metrics, norms = self.run_dir / METRICS_FILE, self.run_dir / GRAD_NORMS_FILE
         if resume_step is not None:
             truncate_after(metrics, resume_step, lambda line: json.loads(line)["step"])
-            truncate_after(norms, resume_step, lambda line: int(line.split(",")[0]))
+            truncate_after(norms, resume_step, lambda line: int(line.split(",")[0]) + 1)  # row t is update t: kept when t < step
         self.metrics_file = open(metrics, "a", buffering=1)
         new_norms = not norms.exists()
         self.norms_file = open(norms, "a", buffering=1)

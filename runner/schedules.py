@@ -1,17 +1,25 @@
 """Learning-rate schedules as pure functions of the optimizer step.
 
 A schedule maps step t (0-based, the t-th update) of a T-step run to a multiplier of each param group's
-configured lr. Warmup ramps linearly to 1 over `warmup` steps (an int) or a fraction of T (a float < 1);
-after it, the decay shape f(u) of the progress u = (t - W) / (T - W) in [0, 1) is floored:
+configured lr. Warmup ramps linearly to 1 over W = `warmup` steps (an int) or a fraction of T (a float < 1);
+after it, the decay shape f of the progress u = (t - W) / (T - W) in [0, 1) is floored:
     factor(t) = floor + (1 - floor) * f(u)
 so `floor` is the final lr as a fraction of the peak. `conf/schedule/*.yaml` names a subclass with
-`_partial_: true`; the trainer supplies `total_steps` and `steps_per_epoch`.
+`_partial_: true`; the trainer supplies `total_steps` and `steps_per_epoch`. Being a function of the step
+alone, a schedule resumes exactly from a checkpoint's step and can be written out whole (`save`).
 """
 from __future__ import annotations
 
+import bisect
 import math
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
 
 from runner.errors import ConfigError
+
+SCHEDULE_CSV, SCHEDULE_PNG = "lr_schedule.csv", "lr_schedule.png"
 
 
 class Schedule:
@@ -21,13 +29,17 @@ class Schedule:
         if not 0.0 <= floor <= 1.0:
             raise ConfigError(f"schedule.floor={floor}: the final lr fraction must lie in [0, 1]")
         self.total_steps, self.steps_per_epoch, self.floor = total_steps, steps_per_epoch, floor
-        self.warmup_steps = resolve_warmup(warmup, total_steps)
+        self.warmup_steps = resolve_steps(warmup, total_steps, "schedule.warmup")
+        self.decay_steps = total_steps - self.warmup_steps
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
-        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
-        return self.floor + (1 - self.floor) * self.shape(progress)
+        return self.floor + (1 - self.floor) * self.decay(step - self.warmup_steps)
+
+    def decay(self, steps_after_warmup: int) -> float:
+        """The decay shape at a step counted from the end of warmup; most schedules use the progress u."""
+        return self.shape(steps_after_warmup / self.decay_steps)
 
     def shape(self, progress: float) -> float:
         raise NotImplementedError
@@ -35,14 +47,37 @@ class Schedule:
     def factors(self) -> list[float]:
         return [self(t) for t in range(self.total_steps)]
 
+    def save(self, run_dir: Path, base_lr: float) -> None:
+        """Write every step's factor and group-0 lr (lr_schedule.csv) and a plot of it (lr_schedule.png)."""
+        factors = np.asarray(self.factors())
+        rows = "".join(f"{t},{f:.10g},{base_lr * f:.10g}\n" for t, f in enumerate(factors))
+        (Path(run_dir) / SCHEDULE_CSV).write_text("step,factor,lr\n" + rows)
+        plot_schedule(Path(run_dir) / SCHEDULE_PNG, base_lr * factors, self.steps_per_epoch, type(self).__name__)
 
-def resolve_warmup(warmup: int | float, total_steps: int) -> int:
-    if isinstance(warmup, float) and 0 <= warmup < 1:
-        return int(round(warmup * total_steps))
-    if warmup < 0 or warmup >= total_steps or int(warmup) != warmup:
-        raise ConfigError(f"schedule.warmup={warmup}: give steps (an int below {total_steps}) "
+
+def plot_schedule(path: Path, lrs: np.ndarray, steps_per_epoch: int, title: str) -> None:
+    from matplotlib.figure import Figure  # the Agg canvas, without pyplot's global state: no display needed
+
+    fig = Figure(figsize=(6, 3.4), dpi=110)
+    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.15, top=0.78)  # fixed margins: tight_layout costs more
+    ax = fig.add_subplot()
+    ax.plot(np.arange(len(lrs)), lrs, linewidth=1.2)
+    ax.set(xlabel="optimizer step", ylabel="lr (param group 0)", title=f"{title}: {len(lrs)} steps",
+           xlim=(0, max(1, len(lrs) - 1)), ylim=(0, 1.05 * max(lrs.max(), 1e-12)))
+    ax.grid(alpha=0.3)
+    epochs = ax.secondary_xaxis("top", functions=(lambda s: s / steps_per_epoch, lambda e: e * steps_per_epoch))
+    epochs.set_xlabel("epoch")
+    fig.savefig(path)
+
+
+def resolve_steps(value: int | float, total_steps: int, key: str) -> int:
+    """A step count (int below total_steps) or a fraction of the run (float in [0, 1))."""
+    if isinstance(value, float) and 0 <= value < 1:
+        return int(round(value * total_steps))
+    if isinstance(value, bool) or value < 0 or value >= total_steps or int(value) != value:
+        raise ConfigError(f"{key}={value}: give steps (an int below {total_steps}) "
                           f"or a fraction of the run (a float in [0, 1))")
-    return int(warmup)
+    return int(value)
 
 
 class Constant(Schedule):
@@ -64,3 +99,180 @@ class Linear(Schedule):
 
     def shape(self, progress: float) -> float:
         return 1.0 - progress
+
+
+class Poly(Schedule):
+    """f(u) = (1 - u)^power (torch's PolynomialLR; power 1 is linear decay, 0.9 the segmentation classic)."""
+
+    def __init__(self, total_steps: int, steps_per_epoch: int = 1, warmup: int | float = 0, floor: float = 0.0,
+                 power: float = 0.9):
+        super().__init__(total_steps, steps_per_epoch, warmup, floor)
+        if power <= 0:
+            raise ConfigError(f"schedule.power={power}: the exponent must be > 0")
+        self.power = power
+
+    def shape(self, progress: float) -> float:
+        return (1.0 - progress) ** self.power
+
+
+class UBA(Schedule):
+    """Unified Budget-Aware schedule (Tang et al., NeurIPS 2025, arXiv 2505.24452):
+        f(u) = 2 v / (2 phi + (2 - phi) v),   v = 1 + cos(pi u)
+    so eta_t = eta_min + (eta_max - eta_min) f(u). phi = 2 is cosine; phi < 2 holds the lr higher for longer,
+    phi > 2 decays sooner. The denominator stays positive for every phi > 0.
+    """
+
+    def __init__(self, total_steps: int, steps_per_epoch: int = 1, warmup: int | float = 0, floor: float = 0.0,
+                 phi: float = 1.0):
+        super().__init__(total_steps, steps_per_epoch, warmup, floor)
+        if not phi > 0:
+            raise ConfigError(f"schedule.phi={phi}: UBA's phi must be > 0 (phi = 2 is cosine)")
+        self.phi = phi
+
+    def shape(self, progress: float) -> float:
+        v = 1 + math.cos(math.pi * progress)
+        return 2 * v / (2 * self.phi + (2 - self.phi) * v)
+
+
+class WSD(Schedule):
+    """Warmup-stable-decay (MiniCPM, arXiv 2404.06395): the peak lr until the last `decay` part of the run
+    (steps, or a fraction of T), then a cool-down over that part with progress v in [0, 1):
+    1-sqrt: 1 - sqrt(v) (Haegele et al. 2024), linear: 1 - v, cosine: (1 + cos(pi v)) / 2."""
+    COOLDOWNS = {"1-sqrt": lambda v: 1 - math.sqrt(v), "linear": lambda v: 1 - v,
+                 "cosine": lambda v: 0.5 * (1 + math.cos(math.pi * v))}
+
+    def __init__(self, total_steps: int, steps_per_epoch: int = 1, warmup: int | float = 0, floor: float = 0.0,
+                 decay: int | float = 0.2, cooldown: str = "1-sqrt"):
+        super().__init__(total_steps, steps_per_epoch, warmup, floor)
+        if cooldown not in self.COOLDOWNS:
+            raise ConfigError(f"schedule.cooldown={cooldown}: choose one of {', '.join(self.COOLDOWNS)}")
+        self.cooldown = self.COOLDOWNS[cooldown]
+        self.cooldown_steps = resolve_steps(decay, total_steps, "schedule.decay")
+        if self.cooldown_steps > self.decay_steps:
+            raise ConfigError(f"schedule.decay={decay} ({self.cooldown_steps} steps) overlaps the warmup "
+                              f"({self.warmup_steps} of {total_steps} steps); shorten one of them")
+
+    def decay(self, steps_after_warmup: int) -> float:
+        into_cooldown = steps_after_warmup - (self.decay_steps - self.cooldown_steps)
+        return 1.0 if into_cooldown < 0 else self.cooldown(into_cooldown / self.cooldown_steps)
+
+
+class MultiStep(Schedule):
+    """f = gamma^k, k = the number of milestones passed (torch's MultiStepLR stepped once per epoch).
+    Milestones are epochs (ints) or fractions of the run (floats < 1); He et al.'s CIFAR ResNets use
+    x0.1 at 50% and 75% of the run."""
+
+    def __init__(self, total_steps: int, steps_per_epoch: int = 1, warmup: int | float = 0, floor: float = 0.0,
+                 milestones: list = (0.5, 0.75), gamma: float = 0.1):
+        super().__init__(total_steps, steps_per_epoch, warmup, floor)
+        if not 0 < gamma <= 1:
+            raise ConfigError(f"schedule.gamma={gamma}: the factor per milestone must lie in (0, 1]")
+        self.gamma = gamma
+        self.milestone_steps = sorted(self.epoch_step(m, "schedule.milestones") for m in milestones)
+
+    def epoch_step(self, epochs: int | float, key: str) -> int:
+        """Epochs (an int) or a fraction of the run (a float < 1) as a step count."""
+        if isinstance(epochs, float) and 0 < epochs < 1:
+            return int(round(epochs * self.total_steps))
+        if isinstance(epochs, (bool, float)) or epochs <= 0:
+            raise ConfigError(f"{key}: {epochs} is neither epochs (an int > 0) nor a fraction of the run "
+                              f"(a float in (0, 1))")
+        return epochs * self.steps_per_epoch
+
+    def decay(self, steps_after_warmup: int) -> float:
+        step = steps_after_warmup + self.warmup_steps  # milestones count from the start of the run
+        return self.gamma ** bisect.bisect_right(self.milestone_steps, step)
+
+
+class Step(MultiStep):
+    """f = gamma^floor(epoch / step_size) (torch's StepLR per epoch): a milestone every `step_size` epochs
+    (an int) or every fraction of the run (a float < 1)."""
+
+    def __init__(self, total_steps: int, steps_per_epoch: int = 1, warmup: int | float = 0, floor: float = 0.0,
+                 step_size: int | float = 30, gamma: float = 0.1):
+        super().__init__(total_steps, steps_per_epoch, warmup, floor, milestones=(), gamma=gamma)
+        every = max(1, self.epoch_step(step_size, "schedule.step_size"))
+        self.milestone_steps = list(range(every, total_steps, every))
+
+
+class Refined(Schedule):
+    """Refined schedule (Defazio, Cutkosky, Mehta, Mishchenko 2023, "When, Why and How Much?", arXiv 2310.07831)
+    from the per-step gradient norms G_t an earlier run recorded in `<source>/grad_norms.csv`:
+        w_t = G_t^-2 (SGD-like, L2 norms) or G_t^-1 (Adam-family, L1 norms),  eta_t ~ w_t * sum_{s>t} w_s,
+    so the last step is 0; the norms are median-filtered first (`smoothing` = window as a fraction of the
+    run; 0 turns it off), the curve is resampled to this run's T - W steps and scaled to peak 1."""
+    SMOOTHING_POINTS = 10_000  # norm sequences are resampled to this many points before filtering
+
+    def __init__(self, total_steps: int, steps_per_epoch: int = 1, warmup: int | float = 0, floor: float = 0.0,
+                 source: str | None = None, smoothing: float = 0.1, norm: str = "auto",
+                 run_optimizer: str | None = None):
+        super().__init__(total_steps, steps_per_epoch, warmup, floor)
+        from runner.optim import is_adam_family
+
+        run_dir = require_source(source)
+        source_optimizer = str(OmegaConf.load(run_dir / "config.yaml").optimizer._target_)
+        if norm == "auto":
+            if run_optimizer and is_adam_family(run_optimizer) != is_adam_family(source_optimizer):
+                raise ConfigError(f"schedule.source={source} trained with {source_optimizer}, this run with "
+                                  f"{run_optimizer}: refine from a run of the same optimizer family, or set "
+                                  f"schedule.norm=l1 (Adam-family) or l2 (SGD-like) to choose the weights yourself")
+            norm = "l1" if is_adam_family(source_optimizer) else "l2"
+        if norm not in ("l1", "l2"):
+            raise ConfigError(f"schedule.norm={norm}: choose auto, l1 (Adam-family) or l2 (SGD-like)")
+        if not 0 <= (smoothing or 0) < 1:
+            raise ConfigError(f"schedule.smoothing={smoothing}: the median window is a fraction of the run in [0, 1)")
+        norms = read_grad_norms(run_dir / "grad_norms.csv", norm, source)
+        curve = refined_curve(median_smooth(norms, smoothing) if smoothing else norms, power=2 if norm == "l2" else 1)
+        resampled = np.interp(np.linspace(0, 1, self.decay_steps), np.linspace(0, 1, len(curve)), curve)
+        self.curve = resampled / resampled.max()
+
+    def decay(self, steps_after_warmup: int) -> float:
+        return float(self.curve[steps_after_warmup])
+
+
+def refined_curve(norms: np.ndarray, power: int) -> np.ndarray:
+    """eta_t = w_t * sum_{s>t} w_s with w = G^-power (the refinement paper's closed form), peak-normalised."""
+    weights = norms.astype(np.float64) ** -power
+    later = np.cumsum(weights[::-1])[::-1] - weights  # sum over s > t
+    curve = weights * later
+    return curve / curve.max()
+
+
+def median_smooth(norms: np.ndarray, smoothing: float) -> np.ndarray:
+    """Median filter whose window is `smoothing` of the run (odd width), on the sequence resampled to
+    SMOOTHING_POINTS points (so the window stays 1,001 points however long the run: memory and time are
+    bounded). The left edge repeats the first value; the right edge mirrors the tail, so the filtered end
+    follows the trend of the last norms instead of flattening onto the final one."""
+    points = Refined.SMOOTHING_POINTS
+    dense = np.interp(np.linspace(0, 1, points), np.linspace(0, 1, len(norms)), norms)
+    half = int(smoothing * points) // 2
+    if half == 0:
+        return dense
+    padded = np.concatenate([np.full(half, dense[0]), dense, dense[-2:-half - 2:-1]])
+    return np.median(np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1), axis=1)
+
+
+def require_source(source: str | None) -> Path:
+    if not source:
+        raise ConfigError("schedule=refined needs the folder of an earlier run: schedule.source=<run folder>")
+    run_dir = Path(source)
+    for name in ("config.yaml", "grad_norms.csv"):
+        if not (run_dir / name).is_file():
+            raise ConfigError(f"schedule.source={source} is not a divrun run folder with recorded gradient norms "
+                              f"(no {name}); pass the folder an earlier `divrun` printed")
+    return run_dir
+
+
+def read_grad_norms(path: Path, norm: str, source: str) -> np.ndarray:
+    table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+    if table.shape[0] < 2:
+        raise ConfigError(f"schedule.source={source} recorded {table.shape[0]} step(s); the refined schedule "
+                          f"needs the gradient norms of a run of at least 2 steps")
+    norms = table[np.argsort(table[:, 0], kind="stable"), 1 if norm == "l2" else 2]
+    if norm == "l1" and not norms.any():
+        raise ConfigError(f"schedule.source={source} recorded no L1 gradient norms (trainer.grad_norm_l1 was off); "
+                          f"rerun it with trainer.grad_norm_l1=true, or set schedule.norm=l2")
+    norms = norms[np.isfinite(norms) & (norms > 0)]  # steps skipped by the fp16 scaler record inf
+    if len(norms) < 2:
+        raise ConfigError(f"schedule.source={source} has fewer than 2 finite, positive {norm} gradient norms")
+    return norms

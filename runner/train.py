@@ -21,7 +21,7 @@ from runner.data import build_loaders, cpu_count
 from runner.errors import ConfigError
 from runner.logger import RunLogger
 from runner.models import build_model
-from runner.optim import build_optimizer
+from runner.optim import build_optimizer, is_adam_family
 
 ECE_BINS = 15
 
@@ -115,6 +115,10 @@ class Trainer:
         self.schedule = instantiate(cfg.schedule)(total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch)
         self.lr_factors = self.schedule.factors()
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        if logger.enabled:
+            self.schedule.save(self.run_dir, self.base_lrs[0])  # lr_schedule.csv and .png
+        auto_l1 = trainer.grad_norm_l1 == "auto"
+        self.grad_norm_l1 = is_adam_family(cfg.optimizer._target_) if auto_l1 else bool(trainer.grad_norm_l1)
         self.second_order = getattr(self.optimizer, "second_order", False)
         if self.second_order and self.rt.autocast_dtype is not None:
             raise ConfigError(f"optimizer={cfg.optimizer._target_.rsplit('.', 1)[-1]} is second-order and needs "
@@ -142,7 +146,7 @@ class Trainer:
             scaler.unscale_(optimizer)
         else:
             loss.backward(create_graph=self.second_order)
-        l2, l1 = grad_norms(self.params, trainer.grad_norm_l1)  # before the optimizer touches the gradients
+        l2, l1 = grad_norms(self.params, self.grad_norm_l1)  # before the optimizer touches the gradients
         if trainer.grad_clip:
             torch.nn.utils.clip_grads_with_norm_(self.params, trainer.grad_clip, l2, foreach=True)
         closure = self.closure(images, labels) if getattr(optimizer, "needs_closure", False) else None

@@ -44,3 +44,11 @@ def fast_path_defaults(factory, options: dict, groups: list[dict]) -> dict:
     if on_cuda and accepts_fused and options.get("fused") is None and not options.get("foreach"):
         return {"fused": True}
     return {}
+
+
+def is_adam_family(target: str) -> bool:
+    """Whether an optimizer `_target_` is per-coordinate adaptive (second-moment normalised): Adam, AdamW,
+    NAdam, RAdam, AdamP, Ada* (Adagrad, AdaBelief, AdaHessian, ...), RMSprop, diffGrad, SPAM. The refined
+    schedule weights these by L1 gradient norms, and the trainer records L1 norms for them."""
+    name = target.rsplit(".", 1)[-1].lower()
+    return name.startswith(("ada", "rmsprop", "diffgrad")) or "adam" in name or "spam" in name
