@@ -8,6 +8,7 @@ runs per rank. Every worker trains; rank 0 alone writes the folder and talks on 
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -130,6 +131,7 @@ def launch(trainer: DictConfig, run_dir: Path) -> None:
     cores = int(os.environ.get("OMP_NUM_THREADS") or cpu_count())  # a gpus-launcher slot sets its share
     with restored_process_state():
         os.environ["OMP_NUM_THREADS"] = str(max(1, cores // processes_per_node(trainer)))
+        logging.disable(logging.ERROR)  # the agent's own lines; workers print their errors, divrun says which
         try:
             torchrun.run(torchrun.parse_args(torchrun_args(trainer, run_dir)))
         except ChildFailedError as error:
@@ -148,6 +150,7 @@ def restored_process_state():
     try:
         yield
     finally:
+        logging.disable(logging.NOTSET)
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
         os.environ.clear()

@@ -22,10 +22,22 @@ def main(run_dir: str) -> None:
             warnings.simplefilter("ignore")
         try:
             run_job(cfg, Path(run_dir), resolved=True)
-        except (ConfigError, KeyboardInterrupt) as error:
+        except KeyboardInterrupt:
+            sys.exit(130)
+        except Exception as error:
+            config_error = find_config_error(error)
+            if config_error is None:
+                raise
             if distributed.is_main():
-                print(f"divrun: error: {error or type(error).__name__}", file=sys.stderr)
-            sys.exit(2 if isinstance(error, ConfigError) else 130)
+                print(f"divrun: error: {config_error}", file=sys.stderr)
+            sys.exit(2)  # divrun adds nothing to a status-2 failure: this line says it all
+
+
+def find_config_error(error: BaseException | None) -> ConfigError | None:
+    """The ConfigError behind an error (Hydra's instantiate wraps the ones raised by `_target_`s)."""
+    while error is not None and not isinstance(error, ConfigError):
+        error = error.__cause__
+    return error
 
 
 if __name__ == "__main__":
