@@ -22,8 +22,8 @@ from omegaconf import DictConfig
 from runner.errors import ConfigError, WorkersFailed
 
 # Signals the torchrun agent passes on to its workers, which run in their own sessions: Ctrl-C, SLURM's
-# SIGTERM, and SIGUSR1, the conventional "checkpoint now, you are about to be preempted" signal.
-FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+# SIGTERM, and SIGUSR1/SIGUSR2, the "checkpoint now, this job is about to be preempted" signals.
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 SLURM_PORT_BASE = 15000  # multi-node SLURM jobs agree on a port derived from the job id
 
 
@@ -76,7 +76,7 @@ def torchrun_args(trainer: DictConfig, run_dir: Path, environ=os.environ) -> lis
     (--standalone: port 0, so parallel jobs never collide), or static rendezvous at node 0's endpoint."""
     nnodes = int(trainer.nnodes)
     args = [f"--nproc-per-node={processes_per_node(trainer)}", f"--nnodes={nnodes}", "--max-restarts=0",
-            f"--signals-to-handle={FORWARDED_SIGNALS}"]
+            f"--signals-to-handle={','.join(s.name for s in FORWARDED)}"]
     if nnodes == 1:
         args.append("--standalone")
     else:
@@ -129,7 +129,8 @@ def launch(trainer: DictConfig, run_dir: Path) -> None:
     from runner.data import cpu_count
 
     cores = int(os.environ.get("OMP_NUM_THREADS") or cpu_count())  # a gpus-launcher slot sets its share
-    with restored_process_state():
+    stopped_by = None
+    with restored_process_state() as handlers:
         os.environ["OMP_NUM_THREADS"] = str(max(1, cores // processes_per_node(trainer)))
         logging.disable(logging.ERROR)  # the agent's own lines; workers print their errors, divrun says which
         try:
@@ -138,17 +139,24 @@ def launch(trainer: DictConfig, run_dir: Path) -> None:
             rank, failure = error.get_first_failure()
             raise WorkersFailed(rank, failure.exitcode) from None
         except SignalException as error:
-            raise KeyboardInterrupt(f"stopped by {error.sigval.name}; workers were told to stop") from None
+            stopped_by = signal.Signals(error.sigval)
+    if stopped_by is not None:
+        # the workers got the signal and have ended; now whoever was listening here before torchrun gets it
+        # too (submitit's preemption handler requeues the job, which resumes this folder)
+        previous = handlers[stopped_by]
+        if callable(previous):
+            previous(stopped_by, None)
+        raise KeyboardInterrupt(f"stopped by {stopped_by.name}; the workers were passed the signal")
 
 
 @contextmanager
 def restored_process_state():
     """torchrun's agent installs signal handlers and sets env variables for its workers: undo both when it
     returns, so the next job of a sweep (and Ctrl-C) behave as before."""
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1)}
+    handlers = {sig: signal.getsignal(sig) for sig in FORWARDED}
     environ = dict(os.environ)
     try:
-        yield
+        yield handlers
     finally:
         logging.disable(logging.NOTSET)
         for sig, handler in handlers.items():
