@@ -11,10 +11,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from runner.errors import ConfigError
+from runner.errors import ConfigError, WorkersFailed
 
 _UID = f"{os.getpid() % 100000:05d}{secrets.token_hex(2)}"
-OmegaConf.register_new_resolver("divrun_uid", lambda: _UID, replace=True)
+# cached: Hydra copies a sweep's resolver cache into each job's config, so jobs run in other processes
+# (the gpus launcher, SLURM, a requeued SLURM job) land in the folder the sweep named
+OmegaConf.register_new_resolver("divrun_uid", lambda: _UID, replace=True, use_cache=True)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://runner.conf", config_name="config")
@@ -29,6 +31,11 @@ def hydra_job(cfg: DictConfig):
         return run_job(cfg, Path(hydra_cfg.runtime.output_dir), name=name, group=group)
     except (ConfigError, KeyboardInterrupt) as error:
         fail(error, multirun)
+    except WorkersFailed as error:  # the worker printed its error; exit 2 means a one-line ConfigError
+        if error.exitcode != 2:
+            print(f"divrun: error: {error}", file=sys.stderr)
+        if not multirun:
+            sys.exit(error.exitcode)
     except Exception as error:  # noqa: BLE001 - a sweep goes on past a failing job; summary.json has the trace
         if not multirun:
             raise

@@ -243,14 +243,37 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
+def shard(order: torch.Tensor, batch_size: int, rank: int, world_size: int, drop_last: bool) -> torch.Tensor:
+    """This rank's part of an epoch's sample order; the ranks' parts never overlap.
+
+    Training (drop_last): global batch b (batch_size x world_size samples of the one shared order) is dealt
+    out in rank order, so the ranks' batches of step b together are exactly batch b of one process with the
+    global batch. Validation: each rank takes a contiguous 1/world_size of the samples, so every sample is
+    seen exactly once, with no padding even when world_size does not divide the split.
+    """
+    if world_size == 1:
+        return order
+    if drop_last:
+        steps = len(order) // (batch_size * world_size)
+        return order[:steps * batch_size * world_size].view(steps, world_size, batch_size)[:, rank].reshape(-1)
+    return order.tensor_split(world_size)[rank]
+
+
+def batches_per_epoch(num_samples: int, batch_size: int, rank: int, world_size: int, drop_last: bool) -> int:
+    if drop_last:
+        return num_samples // (batch_size * world_size)
+    return -(-len(shard(torch.arange(num_samples), batch_size, rank, world_size, False)) // batch_size)
+
+
 class TensorLoader:
     """Device-resident batches: the whole split lives on `device` as uint8; crop, flip and normalisation
     are done per batch with a few tensor ops. `epoch(e, start_batch)` replays any epoch from any batch."""
 
     def __init__(self, split: TensorSplit, batch_size: int, device: torch.device, mean, std,
                  augment: Augment | None = None, shuffle: bool = False, drop_last: bool = False, seed: int = 0,
-                 channels_last: bool = False):
+                 channels_last: bool = False, rank: int = 0, world_size: int = 1):
         self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
+        self.rank, self.world_size = rank, world_size
         self.augment = augment or Augment()
         self.device = device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -268,8 +291,7 @@ class TensorLoader:
         self.channel_stride = torch.arange(channels, device=device) * padded[2] * padded[3]
 
     def __len__(self) -> int:
-        full, rest = divmod(self.num_samples, self.batch_size)
-        return full if self.drop_last or rest == 0 else full + 1
+        return batches_per_epoch(self.num_samples, self.batch_size, self.rank, self.world_size, self.drop_last)
 
     def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         order, offsets, flips = self.epoch_plan(epoch)
@@ -287,6 +309,7 @@ class TensorLoader:
         gen = epoch_generator(self.seed, epoch)
         n = self.num_samples
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        order = shard(order, self.batch_size, self.rank, self.world_size, self.drop_last)
         pad = self.augment.crop_padding
         offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=gen) if pad else None
         flips = torch.rand(n, generator=gen) < 0.5 if self.augment.flip else None
@@ -330,19 +353,21 @@ class FolderLoader:
     """A tuned DataLoader over a map-style dataset with the same `epoch(e, start_batch)` interface."""
 
     def __init__(self, dataset: Dataset, batch_size: int, device: torch.device, shuffle: bool = False,
-                 drop_last: bool = False, seed: int = 0, num_workers: int = 4, channels_last: bool = False):
+                 drop_last: bool = False, seed: int = 0, num_workers: int = 4, channels_last: bool = False,
+                 rank: int = 0, world_size: int = 1):
         self.dataset, self.batch_size, self.device = IndexedDataset(dataset), batch_size, device
+        self.rank, self.world_size = rank, world_size
         self.shuffle, self.drop_last, self.seed, self.num_workers = shuffle, drop_last, seed, num_workers
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __len__(self) -> int:
-        full, rest = divmod(len(self.dataset), self.batch_size)
-        return full if self.drop_last or rest == 0 else full + 1
+        return batches_per_epoch(len(self.dataset), self.batch_size, self.rank, self.world_size, self.drop_last)
 
     def epoch(self, epoch: int = 0, start_batch: int = 0):
         gen = epoch_generator(self.seed, epoch)
         n = len(self.dataset)
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        order = shard(order, self.batch_size, self.rank, self.world_size, self.drop_last)
         order = order[start_batch * self.batch_size:].tolist()
         workers = self.num_workers
         loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=order, drop_last=self.drop_last,
@@ -358,17 +383,20 @@ class FolderLoader:
 
 
 def build_loaders(splits: Splits, batch_size: int, eval_batch_size: int, device: torch.device, seed: int,
-                  num_workers: int, channels_last: bool = False):
-    """Train loader (shuffled, augmented, full batches) and validation loader (in order, every sample)."""
-    if batch_size > len(splits.train):
-        raise ConfigError(f"trainer.batch_size={batch_size} exceeds the {len(splits.train)} training samples; "
-                          f"lower trainer.batch_size")
+                  num_workers: int, channels_last: bool = False, rank: int = 0, world_size: int = 1):
+    """Train loader (shuffled, augmented, full batches) and validation loader (in order, every sample), each
+    yielding this rank's shard; `batch_size` is per device."""
+    if batch_size * world_size > len(splits.train):
+        raise ConfigError(f"trainer.batch_size={batch_size} x {world_size} processes exceeds the "
+                          f"{len(splits.train)} training samples; lower trainer.batch_size")
     if splits.in_memory:
-        common = dict(device=device, mean=splits.mean, std=splits.std, seed=seed, channels_last=channels_last)
+        common = dict(device=device, mean=splits.mean, std=splits.std, seed=seed, channels_last=channels_last,
+                      rank=rank, world_size=world_size)
         train = TensorLoader(splits.train, batch_size, augment=splits.augment, shuffle=True, drop_last=True, **common)
         val = TensorLoader(splits.val, eval_batch_size, **common)
     else:
-        common = dict(device=device, seed=seed, num_workers=num_workers, channels_last=channels_last)
+        common = dict(device=device, seed=seed, num_workers=num_workers, channels_last=channels_last,
+                      rank=rank, world_size=world_size)
         train = FolderLoader(splits.train, batch_size, shuffle=True, drop_last=True, **common)
         val = FolderLoader(splits.val, eval_batch_size, **common)
     return train, val

@@ -15,11 +15,14 @@ from runner.errors import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:
+    """auto: CUDA when present; a torchrun worker's GPU is the one of its LOCAL_RANK."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"trainer.device={name}: no CUDA device is visible; use trainer.device=cpu or auto")
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return device
 
 

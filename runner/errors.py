@@ -3,3 +3,11 @@
 
 class ConfigError(ValueError):
     """Bad input that the user can fix; `divrun` prints it as one line and exits with status 2."""
+
+
+class WorkersFailed(RuntimeError):
+    """A torchrun worker of the run ended with a non-zero status; it printed its own error."""
+
+    def __init__(self, rank: int, exitcode: int):
+        self.rank, self.exitcode = rank, exitcode
+        super().__init__(f"worker rank {rank} exited with status {exitcode} (its error is printed above)")

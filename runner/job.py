@@ -5,11 +5,12 @@ import json
 import os
 import time
 import traceback
+import uuid
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner import env
+from runner import distributed, env
 from runner.checkpoint import Checkpointer
 from runner.logger import RunLogger, read_meta, write_meta
 
@@ -34,7 +35,10 @@ def _looks_local(key: str, value: str) -> bool:
 
 def save_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
     resolved = OmegaConf.create(absolute_paths(OmegaConf.to_container(cfg, resolve=True)))
-    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(resolved))
+    # atomic: the nodes of a multi-node run each write the same file, and workers read it
+    tmp = run_dir / f".{CONFIG_FILE}.{uuid.uuid4().hex}"
+    tmp.write_text(OmegaConf.to_yaml(resolved))
+    os.replace(tmp, run_dir / CONFIG_FILE)
     return resolved
 
 
@@ -59,15 +63,19 @@ def run_job(cfg: DictConfig, run_dir: Path, name: str | None = None, group: str 
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = cfg if resolved else save_config(cfg, run_dir)
-    meta = read_meta(run_dir)
-    name, group = name or meta.get("name") or "default", group or meta.get("group")
-    write_meta(run_dir, name=name, group=group)
-    checkpointer = Checkpointer(run_dir)
+    if distributed.should_launch(cfg.trainer):
+        return launch_workers(cfg, run_dir, name, group)
+    main = distributed.is_main()  # under torchrun, rank 0 alone writes the folder
+    name, group = run_name(run_dir, name, group)
+    if main:
+        write_meta(run_dir, name=name, group=group)
+    checkpointer = Checkpointer(run_dir, enabled=main)
     payload = checkpointer.load()
     summary = {"name": name, "group": group, "status": "running", "run_dir": str(run_dir),
-               **env.provenance(str(env.resolve_device(cfg.trainer.device)))}
-    write_summary(run_dir, summary)
-    logger = RunLogger(cfg, run_dir, name, group, resume_step=payload["step"] if payload else None)
+               **env.provenance(str(env.resolve_device(cfg.trainer.device)), distributed.world_size())}
+    if main:
+        write_summary(run_dir, summary)
+    logger = RunLogger(cfg, run_dir, name, group, enabled=main, resume_step=payload["step"] if payload else None)
     started = time.time()
     try:
         trainer = Trainer(cfg, run_dir, logger, checkpointer)
@@ -82,11 +90,29 @@ def run_job(cfg: DictConfig, run_dir: Path, name: str | None = None, group: str 
         raise
     finally:
         summary["wall_time_s"] = round(time.time() - started + read_previous_wall_time(payload), 3)
-        write_summary(run_dir, summary)
+        if main:
+            write_summary(run_dir, summary)
         logger.close(summary)
         if summary["status"] == "finished":
             logger.summary_table(summary)
     return summary
+
+
+def run_name(run_dir: Path, name: str | None, group: str | None) -> tuple[str, str | None]:
+    """The name and group given, else those recorded in the folder (a resume)."""
+    meta = read_meta(run_dir)
+    return name or meta.get("name") or "default", group or meta.get("group")
+
+
+def launch_workers(cfg: DictConfig, run_dir: Path, name: str | None, group: str | None) -> dict:
+    """Several processes: record the run's name, start the torchrun workers on the saved config.yaml and
+    return the summary rank 0 wrote (other nodes of a multi-node run return an empty one)."""
+    if distributed.is_first_node(cfg.trainer):
+        name, group = run_name(run_dir, name, group)
+        write_meta(run_dir, name=name, group=group)
+    distributed.launch(cfg.trainer, run_dir)
+    summary_file = run_dir / SUMMARY_FILE
+    return json.loads(summary_file.read_text()) if summary_file.exists() else {}
 
 
 def read_previous_wall_time(payload: dict | None) -> float:

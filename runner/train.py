@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from runner import env
+from runner import distributed, env
 from runner.checkpoint import Checkpointer, set_rng_state
 from runner.data import build_loaders, cpu_count
 from runner.errors import ConfigError
@@ -79,7 +79,12 @@ class StepStats:
         self.count += 1
 
     def drain(self) -> list[list[float]]:
-        rows = self.buffer[:self.count].tolist()  # the one host sync per logging interval
+        """Rows over the global batch: loss and norms averaged over ranks, correct counts summed."""
+        rows = self.buffer[:self.count]
+        if distributed.world_size() > 1:
+            distributed.all_reduce_sum(rows)
+            rows[:, [0, 2, 3]] /= distributed.world_size()
+        rows = rows.tolist()  # the one host sync per logging interval
         self.count = 0
         return rows
 
@@ -101,13 +106,17 @@ class Trainer:
         self.model = build_model(cfg.model, self.splits.in_channels, self.splits.num_classes)
         self.rt = resolve_runtime(trainer, self.model)
         self.model.to(self.rt.device, memory_format=torch.channels_last if self.rt.channels_last else torch.preserve_format)
+        self.model = distributed.convert_sync_bn(self.model, trainer.sync_bn)
+        self.world_size = distributed.world_size()
         workers = min(8, cpu_count()) if trainer.num_workers == "auto" else int(trainer.num_workers)
         self.train_loader, self.val_loader = build_loaders(
             self.splits, trainer.batch_size, trainer.eval_batch_size, self.rt.device, cfg.seed, workers,
-            self.rt.channels_last)
+            self.rt.channels_last, distributed.rank(), self.world_size)
         self.optimizer = build_optimizer(cfg.optimizer, self.model)
+        distributed.refuse_unsupported(self.optimizer, trainer.sync_bn, self.rt.device)
         self.loss_fn = instantiate(cfg.loss)
-        self.forward = CompiledOrEager(self.model, trainer.compile, logger)
+        # DDP first, then compile (torch's DDPOptimizer splits the graph at DDP's bucket boundaries)
+        self.forward = CompiledOrEager(distributed.wrap(self.model, self.rt.device), trainer.compile, logger)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = int(trainer.max_steps or trainer.epochs * self.steps_per_epoch)
@@ -191,6 +200,8 @@ class Trainer:
             for row, values in enumerate((torch.ones_like(confidence), confidence, hits[:, 0].float())):
                 bins[row].index_add_(0, bin_index, values)
         model.train(was_training)
+        distributed.all_reduce_sum(sums)  # every rank evaluated its own shard: sum counts, never average rates
+        distributed.all_reduce_sum(bins)
         loss, nll, top1, top5, count = sums.tolist()
         ece = ((bins[1] - bins[2]).abs().sum() / count).item()
         return {"val/loss": loss / count, "val/nll": nll / count, "val/acc1": top1 / count,
@@ -218,7 +229,8 @@ class Trainer:
         stats = StepStats(trainer.log_every, self.rt.device)
         log.print(f"divrun: {self.splits.name} ({len(self.splits.train)} train / {len(self.splits.val)} val), "
                   f"{sum(p.numel() for p in self.params):,} parameters, {self.total_steps} steps on {self.rt.device}, "
-                  f"batch {trainer.batch_size}")
+                  f"batch {trainer.batch_size} per device x {self.world_size} processes = "
+                  f"{trainer.batch_size * self.world_size} global")
         log.start_progress(self.total_steps, self.epochs, self.steps_per_epoch, self.step, self.epoch)
         train_loss = math.nan
         clock = time.perf_counter()
@@ -245,12 +257,12 @@ class Trainer:
         """Write one record for the steps since the last flush (one host sync), return mean loss and time."""
         first, rows = stats.first_step, stats.drain()
         now = time.perf_counter()
-        n = len(rows)
+        n, global_batch = len(rows), self.cfg.trainer.batch_size * self.world_size
         loss = sum(r[0] for r in rows) / n
         record = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "train/loss": loss,
-                  "train/acc1": sum(r[1] for r in rows) / (n * self.cfg.trainer.batch_size),
+                  "train/acc1": sum(r[1] for r in rows) / (n * global_batch),
                   "train/lr": self.optimizer.param_groups[0]["lr"], "train/grad_norm": sum(r[2] for r in rows) / n,
-                  "train/img_per_s": n * self.cfg.trainer.batch_size / max(now - clock, 1e-9)}
+                  "train/img_per_s": n * global_batch / max(now - clock, 1e-9)}
         self.logger.log(record)
         self.logger.log_grad_norms(first, [[r[2], r[3]] for r in rows])
         self.logger.advance(0, info=f"loss {loss:.4f}  acc {record['train/acc1']:.3f}  lr {record['train/lr']:.3g}  "

@@ -1,0 +1,178 @@
+"""Several processes per run (torchrun, DDP with gloo on the CPU), sweeps on top, and the `gpus` launcher."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import divrun, read_summary, run_folders
+from runner import distributed
+from runner.checkpoint import Checkpointer
+from runner.data import FolderLoader, TensorLoader, TensorSplit
+from runner.errors import ConfigError
+from runner.job import load_config
+from runner.logger import RunLogger
+from runner.train import Trainer
+
+QUICK = ("model=mlp", "trainer.epochs=1", "logger.progress=false", "trainer.device=cpu")
+RUN_FILES = {"config.yaml", "meta.json", "summary.json", "metrics.jsonl", "grad_norms.csv", "checkpoints", ".hydra",
+             "cli.log"}
+
+
+def records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# ---- sharding: every rank its own samples, the union the one-process epoch ------------------------------
+def tiny_split(n: int) -> TensorSplit:
+    return TensorSplit(torch.zeros(n, 1, 2, 2, dtype=torch.uint8), torch.arange(n) % 10)
+
+
+def loader_indices(make, world_size: int, epoch: int = 3) -> list[list[torch.Tensor]]:
+    """Per rank, the sample indices of each batch of `epoch`."""
+    return [[index.cpu() for *_, index in make(rank, world_size).epoch(epoch)] for rank in range(world_size)]
+
+
+@pytest.mark.parametrize("kind", ["tensor", "folder"])
+def test_training_shards_deal_out_the_one_process_batches(kind):
+    n, batch, world = 103, 8, 3
+    if kind == "tensor":
+        make = lambda rank, ws, b=batch: TensorLoader(tiny_split(n), b, torch.device("cpu"), (0.5,), (0.5,),
+                                                      shuffle=True, drop_last=True, seed=7, rank=rank, world_size=ws)
+    else:
+        dataset = torch.utils.data.TensorDataset(torch.zeros(n, 1, 2, 2), torch.arange(n))
+        make = lambda rank, ws, b=batch: FolderLoader(dataset, b, torch.device("cpu"), shuffle=True, drop_last=True,
+                                                      seed=7, num_workers=0, rank=rank, world_size=ws)
+    shards = loader_indices(make, world)
+    [single] = loader_indices(lambda rank, ws: make(rank, ws, batch * world), 1)
+    assert all(len(make(rank, world)) == len(single) == n // (batch * world) for rank in range(world))
+    for step, global_batch in enumerate(single):
+        parts = [shards[rank][step] for rank in range(world)]
+        assert all(len(part) == batch for part in parts)
+        assert torch.equal(torch.cat(parts), global_batch)  # rank r holds slice r of the global batch
+    seen = torch.cat([i for rank in shards for i in rank])
+    assert len(seen.unique()) == len(seen)  # no sample twice in an epoch
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_validation_shards_hold_every_sample_exactly_once(world):
+    n = 359  # divisible by none of the world sizes: a padded sampler would repeat samples here
+    make = lambda rank, ws: TensorLoader(tiny_split(n), 16, torch.device("cpu"), (0.5,), (0.5,), rank=rank, world_size=ws)
+    seen = torch.cat([i for rank in loader_indices(make, world) for i in rank])
+    assert sorted(seen.tolist()) == list(range(n))
+
+
+# ---- the command: one run folder, rank 0 writes, 2 processes end where 1 process ends ---------------------
+def test_two_gloo_processes_train_like_one_process_with_the_global_batch(tmp_path):
+    """mlp (no BatchNorm): the mean loss over 2 shards of 32 has the gradient of the mean over the 64 samples,
+    so DDP's averaged gradients equal one process's and the weights agree up to float summation order.
+    (With BatchNorm each rank normalises by its own shard's statistics; trainer.sync_bn restores equality on
+    CUDA.) 359 validation samples: 2 ranks evaluate 180 + 179."""
+    common = (*QUICK, "dataset.limit_val=359", "seed=3")
+    (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
+    divrun(*common, "trainer.devices=1", "trainer.batch_size=64", cwd=tmp_path / "one")
+    result = divrun(*common, "trainer.devices=2", "trainer.batch_size=32", cwd=tmp_path / "two")
+    [one], [two] = run_folders(tmp_path / "one"), run_folders(tmp_path / "two")
+    assert {p.name for p in two.iterdir()} <= RUN_FILES  # one folder, no per-rank files
+    assert len(list((tmp_path / "two").rglob("metrics.jsonl"))) == 1
+    assert result.stderr.count("divrun: digits") == 1  # rank 1 is quiet
+    assert "batch 32 per device x 2 processes = 64 global" in result.stderr.replace("\n", " ")
+    summary = read_summary(two)
+    assert summary["status"] == "finished" and summary["world_size"] == 2
+
+    weights = [torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"] for run in (one, two)]
+    for key in weights[0]:
+        torch.testing.assert_close(weights[1][key], weights[0][key], rtol=1e-5, atol=1e-6)
+    train_one, train_two = ([r for r in records(run) if "train/loss" in r] for run in (one, two))
+    assert [r["step"] for r in train_one] == [r["step"] for r in train_two]
+    for a, b in zip(train_one, train_two):  # logged over the global batch on both
+        assert b["train/loss"] == pytest.approx(a["train/loss"], rel=1e-5)
+        assert b["train/acc1"] == pytest.approx(a["train/acc1"])
+
+    # the distributed evaluation equals a one-process evaluation of the same weights
+    cfg = load_config(two)
+    trainer = Trainer(cfg, two, RunLogger(cfg, two, "check", None, enabled=False), Checkpointer(two, enabled=False))
+    trainer.model.load_state_dict(weights[1])
+    single = trainer.evaluate()
+    logged = [r for r in records(two) if "val/acc1" in r][-1]
+    assert logged["val/acc1"] == single["val/acc1"]
+    assert logged["val/acc1"] * 359 == pytest.approx(round(logged["val/acc1"] * 359))  # counts over 359 samples
+    assert logged["val/loss"] == pytest.approx(single["val/loss"], rel=1e-6)
+    assert logged["val/ece"] == pytest.approx(single["val/ece"], abs=1e-6)
+
+
+def test_multirun_jobs_each_get_their_own_process_group(tmp_path):
+    divrun("-m", "seed=0,1", "trainer.devices=2", *QUICK, cwd=tmp_path)
+    runs = run_folders(tmp_path)
+    assert len(runs) == 2
+    assert all(read_summary(run)["status"] == "finished" and read_summary(run)["world_size"] == 2 for run in runs)
+
+
+def test_gpus_launcher_runs_a_sweep_in_parallel_slots(tmp_path):
+    """4 jobs, 2 slots on the CPU; the two 2-process jobs run side by side, each with its own rendezvous."""
+    result = divrun("-m", "hydra/launcher=gpus", "hydra.launcher.cpu_jobs=2", "trainer.devices=1,2", "seed=0,1",
+                    *QUICK, cwd=tmp_path)
+    runs = run_folders(tmp_path)
+    assert len(runs) == 4 and len({run.parent for run in runs}) == 1  # one sweep folder, four job folders
+    summaries = [read_summary(run) for run in runs]
+    assert all(s["status"] == "finished" for s in summaries), result.stderr[-3000:]
+    assert sorted(s["world_size"] for s in summaries) == [1, 1, 2, 2]
+    assert "4 jobs, 2 at a time" in result.stdout + result.stderr
+
+
+# ---- configuration -------------------------------------------------------------------------------------
+def trainer_cfg(**overrides):
+    base = {"device": "cpu", "devices": "auto", "nnodes": 1, "node_rank": "auto", "rdzv_endpoint": "auto"}
+    return OmegaConf.create(base | overrides)
+
+
+def test_devices_count_processes_on_the_cpu():
+    assert distributed.processes_per_node(trainer_cfg()) == 1
+    assert distributed.processes_per_node(trainer_cfg(devices=3)) == 3
+    assert distributed.requested_world_size(trainer_cfg(devices=2, nnodes=2)) == 4
+    for bad in (0, "many"):
+        with pytest.raises(ConfigError, match="trainer.devices"):
+            distributed.processes_per_node(trainer_cfg(devices=bad))
+
+
+def test_single_node_rendezvous_lets_torch_bind_a_free_port(tmp_path):
+    args = distributed.torchrun_args(trainer_cfg(devices=2), tmp_path)
+    assert "--standalone" in args and "--nproc-per-node=2" in args
+    assert args[-3:] == ["-m", "runner.worker", str(tmp_path)]
+
+
+def test_multi_node_arguments_come_from_the_config_or_slurm(tmp_path, monkeypatch):
+    explicit = distributed.torchrun_args(trainer_cfg(devices=4, nnodes=2, node_rank=1, rdzv_endpoint="node0:29400"), tmp_path)
+    assert {"--nnodes=2", "--node-rank=1", "--master-addr=node0", "--master-port=29400"} <= set(explicit)
+    monkeypatch.setattr(distributed, "slurm_first_host", lambda nodelist: f"first-of-{nodelist}")
+    slurm = {"SLURM_NODEID": "1", "SLURM_JOB_NODELIST": "gpu[3-4]", "SLURM_JOB_ID": "123456"}
+    args = distributed.torchrun_args(trainer_cfg(devices=8, nnodes=2), tmp_path, environ=slurm)
+    assert {"--node-rank=1", "--master-addr=first-of-gpu[3-4]", f"--master-port={15000 + 123456 % 20000}"} <= set(args)
+    with pytest.raises(ConfigError, match="trainer.rdzv_endpoint"):
+        distributed.torchrun_args(trainer_cfg(devices=8, nnodes=2, node_rank=0), tmp_path, environ={})
+    with pytest.raises(ConfigError, match="trainer.node_rank"):
+        distributed.torchrun_args(trainer_cfg(nnodes=2, node_rank=2, rdzv_endpoint="h:1"), tmp_path, environ={})
+
+
+def test_second_order_optimizers_and_cpu_sync_bn_are_refused_on_several_processes(monkeypatch):
+    class SecondOrder(torch.optim.SGD):
+        second_order = True
+
+    optimizer = SecondOrder([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    distributed.refuse_unsupported(optimizer, sync_bn=True, device=torch.device("cpu"))  # one process: fine
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    with pytest.raises(ConfigError, match="trainer.devices=1"):
+        distributed.refuse_unsupported(optimizer, sync_bn=False, device=torch.device("cpu"))
+    with pytest.raises(ConfigError, match="trainer.sync_bn"):
+        distributed.refuse_unsupported(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), sync_bn=True,
+                                       device=torch.device("cpu"))
+
+
+def test_a_config_error_in_the_workers_is_one_line(tmp_path):
+    result = divrun("dataset=cifar10", f"dataset.root={tmp_path}", "trainer.devices=2", *QUICK, cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"divrun: error: dataset.root: no cifar-10-batches-py/ under {tmp_path}; set dataset.root=<folder holding "
+        f"cifar-10-batches-py> or dataset.download=true"]
