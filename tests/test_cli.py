@@ -17,7 +17,6 @@ def test_default_run_learns_digits_and_writes_its_folder(tmp_path):
     summary = read_summary(run)
     assert summary["status"] == "finished"
     assert summary["final_val_acc1"] >= 0.95
-    assert summary["wall_time_s"] < 60
     assert SUMMARY_KEYS <= summary.keys()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if "train/loss" in r]
