@@ -114,6 +114,10 @@ class Recipe:
             visit(name, ())
         return stage
 
+    def smoke_overrides(self, cell: str) -> list[str]:
+        """The smoke budget: overrides for every cell, then the cell's own (`smoke.cells`)."""
+        return list(self.smoke.get("overrides", [])) + list((self.smoke.get("cells") or {}).get(cell, []))
+
     def runs(self, out_root: Path, scale: str = "full", seeds: int | None = None, data_root: Path = Path("data"),
              extra: list[str] = ()) -> list[Run]:
         """Every run of the table in launch order, with its overrides filled in and its run folder."""
@@ -121,10 +125,10 @@ class Recipe:
             raise ConfigError(f"scale={scale}: choose one of {', '.join(SCALES)}")
         table_dir = self.table_dir(out_root, scale).resolve()
         seeds = seeds or (self.smoke.get("seeds", 1) if scale == "smoke" else self.seeds)
-        budget = list(self.smoke.get("overrides", [])) if scale == "smoke" else []
         stages, runs = self.stages(), []
         for name in sorted(self.cells, key=lambda n: stages[n]):
             cell = self.cells[name]
+            budget = self.smoke_overrides(name) if scale == "smoke" else []
             for (variant, point), seed in itertools.product(cell.variants(), range(seeds)):
                 merged = ov.merge(cell.overrides, point, budget, list(extra), [f"seed={seed}"])
                 filled = [ov.fill(o, Path(data_root), lambda c, s=seed: table_dir / c / f"seed{s}") for o in merged]
@@ -152,13 +156,15 @@ def load(name_or_path: str | Path) -> Recipe:
         path = recipes_dir() / f"{name_or_path}.yaml"
     if not path.exists():
         raise ConfigError(f"no table {name_or_path!r}: choose one of {', '.join(available())} or give a recipe file")
-    raw = yaml.safe_load(path.read_text())
     try:
+        raw = yaml.safe_load(path.read_text())
         return parse(path, raw)
-    except (KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError, ValueError, yaml.YAMLError) as error:
         if isinstance(error, ConfigError):
             raise
-        raise ConfigError(f"{path}: malformed recipe ({type(error).__name__}: {error}); see README.md, section Tables") from error
+        message = " ".join(str(error).split())
+        raise ConfigError(f"{path}: malformed recipe ({type(error).__name__}: {message}); "
+                          f"see README.md, section Tables (quote overrides holding [ ] or ${{...}})") from error
 
 
 def parse(path: Path, raw: dict) -> Recipe:
@@ -199,6 +205,9 @@ def parse(path: Path, raw: dict) -> Recipe:
     for metric in metrics.values():
         if metric.relative_to and metric.relative_to not in columns:
             fail(f"metric {metric.name}: relative_to={metric.relative_to} is not a column")
+    for name in (raw["smoke"] or {}).get("cells") or {}:
+        if name not in cells:
+            fail(f"smoke.cells names {name!r}, which is not a cell of the table")
     default_source = raw.get("paper_source", "paper")
     for name, entry in (raw.get("paper") or {}).items():
         if name not in cells:
