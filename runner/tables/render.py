@@ -122,7 +122,8 @@ def plot(path: Path, recipe: Recipe, lines: list[Line], smoke: bool) -> None:
         ax.set_xlim(-0.5, len(mine) - 0.5)
         ax.set_ylabel(metric.label)
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.suptitle(recipe.title + (" (SMOKE: not comparable)" if smoke else ""), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
