@@ -13,11 +13,11 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
 
 PLACEHOLDER = re.compile(r"\$\{(data|cell):([^}]*)\}")
 SAFE_VALUE = re.compile(r"^[\w./@:+-]*$")
-ROOT_KEYS = {"seed", "resume", "notes", "hydra"}  # top-level keys of conf/config.yaml that are not groups
 _ABSENT = object()
 
 
@@ -31,10 +31,17 @@ def split(override: str) -> tuple[str, str]:
     return key.lstrip("+~"), value
 
 
+@lru_cache(maxsize=1)
+def root_keys() -> frozenset[str]:
+    """The plain top-level keys of conf/config.yaml (seed, resume, notes, hydra, ...)."""
+    root = yaml.safe_load((conf_dir() / "config.yaml").read_text())
+    return frozenset(root) - {"defaults"}
+
+
 def is_group(key: str) -> bool:
     """A group choice (`optimizer=adamw`, `distill=kd`) rather than a value: conf/<key>/ is a folder, or the
-    key is a top-level name the root config does not hold (a group another branch adds)."""
-    return (conf_dir() / key.replace(".", "/")).is_dir() or ("." not in key and key not in ROOT_KEYS)
+    key is a top-level name the root config does not hold (a group this checkout lacks)."""
+    return (conf_dir() / key.replace(".", "/")).is_dir() or ("." not in key and key not in root_keys())
 
 
 def merge(*lists: list[str]) -> list[str]:
