@@ -129,9 +129,10 @@ def test_bad_recipes_are_one_clear_error(tmp_path, extra, message):
 # ---- end to end ---------------------------------------------------------------------------------------------
 
 def test_digits_table_end_to_end(tmp_path, capsys):
-    """digits_demo plus a failing cell, a cell blocked by it, a cell this checkout cannot build and a cell that
-    needs another's run folder: runs, records, skips on re-run, renders."""
+    """digits_demo with AdamW swept over two lrs, plus a failing cell, a cell blocked by it, a cell this checkout
+    cannot build and a cell that needs another's run folder: runs, records, skips on re-run, renders."""
     raw = yaml.safe_load((recipes.recipes_dir() / "digits_demo.yaml").read_text())
+    raw["columns"]["adamw"]["grid"] = {"optimizer.lr": [1.0e-4, 3.0e-3]}
     raw["columns"] |= {
         "broken": {"label": "broken", "overrides": ["optimizer=sgd", "optimizer.lr=-1.0"]},
         "after_broken": {"label": "after broken", "overrides": ["notes=${cell:small_cnn/broken}"]},
@@ -145,14 +146,15 @@ def test_digits_table_end_to_end(tmp_path, capsys):
     cli.main(args)
     table = out / "digits_e2e"
     status = {c: json.loads((table / "small_cnn" / c / "seed0" / "summary.json").read_text())["status"]
-              for c in ("sgd", "adamw", "after_sgd", "broken")}
-    assert status == {"sgd": "finished", "adamw": "finished", "after_sgd": "finished", "broken": "failed"}
+              for c in ("sgd", "adamw/lr=0.0001", "adamw/lr=0.003", "after_sgd", "broken")}
+    assert set(status.values()) == {"finished", "failed"} and status["broken"] == "failed"
     assert not (table / "small_cnn" / "after_broken").exists() and not (table / "small_cnn" / "missing").exists()
     notes = yaml.safe_load((table / "small_cnn" / "after_sgd" / "seed0" / "config.yaml").read_text())["notes"]
     assert notes == str(table / "small_cnn" / "sgd" / "seed0")
 
     markdown = (table / "table.md").read_text()
-    for text in ("| small CNN / SGD | top-1 (%) | 99.58 +- 0.20 (check) |", "not measured", "1 failed: ", "Invalid learning rate",
+    for text in ("| small CNN / SGD | top-1 (%) | 99.58 +- 0.20 (check) |", "| small CNN / AdamW [lr=0.003] |",
+                 "not measured", "2 finished", "1 failed: ", "Invalid learning rate",
                  "1 blocked: needs small_cnn/broken seed0, which is failed",
                  "1 unavailable: missing conf/optimizer/not_an_optimizer.yaml"):
         assert text in markdown, text
@@ -170,3 +172,20 @@ def test_digits_table_end_to_end(tmp_path, capsys):
     cli.main(args[:1] + ["--out", str(out), "--scale", "smoke", "--render"])
     smoke = (table / "smoke" / "table.md").read_text()
     assert "SMOKE RUN" in smoke and "| verdict |" not in smoke and "99.58" not in smoke
+
+
+# ---- the kuangliu CIFAR models the AdaBelief, diffGrad and PS-KD tables train -------------------------------
+
+@pytest.mark.parametrize("option, millions", [("vgg11", 9.23), ("densenet121", 6.96), ("preact_resnet18", 11.17)])
+def test_kuangliu_models_have_the_reference_sizes(option, millions):
+    """Parameter counts of kuangliu/pytorch-cifar's models on CIFAR-10 (VGG-11 there adds 2,752 conv biases
+    that batch norm makes redundant), and a forward pass to 10 logits through features() and head."""
+    import torch
+    from hydra.utils import instantiate
+
+    model = instantiate(compose(f"model={option}").model)(in_channels=3, num_classes=10).eval()
+    assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(millions, abs=0.01)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        logits = model(x)
+        assert logits.shape == (1, 10) and torch.allclose(logits, model.head(model.features(x)))

@@ -191,6 +191,9 @@ def parse(path: Path, raw: dict) -> Recipe:
         grid = {**(r.get("grid") or {}), **(c.get("grid") or {}), **(own.get("grid") or {})}
         label = own.get("label") or f"{r.get('label', row)} / {c.get('label', column)}"
         needs = sorted({ref for o in overrides for ref in ov.cell_references(o)})
+        tails = [key.rsplit(".", 1)[-1] for key in grid]
+        if len(set(tails)) < len(tails):
+            fail(f"cell {name}: grid keys {list(grid)} end alike; their run folders would collide")
         cells[name] = Cell(name, row, column, label, overrides, grid, {}, needs)
     pairs = {f"{r}/{c}" for r in rows for c in columns}
     for name in list(extras) + sorted(excluded):
