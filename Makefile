@@ -24,6 +24,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
+# make reproduce-table [TABLE=name|recipe.yaml] [SCALE=full|smoke] [SEEDS=n] [DATA=dir] [TABLE_ARGS="--jobs 2 ..."]
+# Without TABLE: the list of tables, their cells and cost.
+reproduce-table: $(STAMP)
+	$(BIN)/python -m runner.tables $(TABLE) $(if $(SCALE),--scale $(SCALE)) $(if $(SEEDS),--seeds $(SEEDS)) \
+		$(if $(DATA),--data $(DATA)) $(TABLE_ARGS)
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,3 @@
+from runner.tables.cli import main
+
+main()

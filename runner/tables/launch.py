@@ -1,0 +1,144 @@
+"""Running a table's runs: each one a `divrun` subprocess writing into its own known run folder.
+
+A run whose summary.json says finished (or diverged: a result, which another try would repeat) is skipped,
+so re-running a table only trains what is missing; a failed or interrupted run starts again (continuing from
+its last checkpoint). A run this checkout cannot compose, or whose `${cell:...}` dependency did not finish, is
+recorded and skipped; nothing stops the table. Stages run in order; inside one, `jobs` runs go in parallel,
+each pinned to one of `devices` (CUDA_VISIBLE_DEVICES) when given.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import groupby
+from pathlib import Path
+
+from rich.console import Console
+
+from runner.tables import overrides as ov
+from runner.tables.recipe import Run
+
+DONE = {"finished", "diverged"}
+LOG_FILE = "table.log"  # the subprocess's stdout and stderr, inside its run folder
+
+
+@dataclass
+class Outcome:
+    run: Run
+    status: str       # finished, diverged, failed, running, not run, unavailable, blocked
+    detail: str = ""  # why: the missing options, the blocking cell, the error
+
+
+def read_status(run_dir: Path) -> tuple[str, str]:
+    """(status, error) from a run folder's summary.json; ("not run", "") without one."""
+    summary = read_summary(run_dir)
+    if summary is None:
+        log = run_dir / LOG_FILE
+        return ("failed", last_error_line(log)) if log.exists() else ("not run", "")
+    return summary.get("status", "failed"), summary.get("error", "")
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def last_error_line(log: Path) -> str:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or lines or ["no output"])[-1].strip()[:300]
+
+
+def inspect(runs: list[Run]) -> dict[Path, Outcome]:
+    """Each run's outcome as the folders and this checkout stand: done, failed, unavailable, or not run."""
+    outcomes = {}
+    for run in runs:
+        status, detail = read_status(run.run_dir)
+        if status not in DONE:
+            missing = ov.missing_features(run.overrides)
+            if missing:
+                status, detail = "unavailable", "missing " + ", ".join(missing)
+        outcomes[run.run_dir] = Outcome(run, status, detail)
+    return outcomes
+
+
+def command(run: Run) -> list[str]:
+    return [sys.executable, "-m", "runner.cli", *run.overrides, f"hydra.run.dir={ov.quote(str(run.run_dir))}",
+            "logger.progress=false"]
+
+
+def launch(run: Run, device: str | None) -> Outcome:
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    env = {"WANDB_RUN_GROUP": run.group, **os.environ}  # wandb groups a table's runs (unless a group is set)
+    if device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = device
+    with open(run.run_dir / LOG_FILE, "w") as log:
+        log.write("$ " + " ".join(command(run)) + "\n")
+        log.flush()
+        subprocess.run(command(run), stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
+    status, detail = read_status(run.run_dir)
+    if status == "running":  # killed before it could write its final status
+        status, detail = "failed", last_error_line(run.run_dir / LOG_FILE)
+    return Outcome(run, status, detail)
+
+
+def run_all(runs: list[Run], jobs: int = 1, devices: list[str] | None = None,
+            console: Console | None = None) -> dict[Path, Outcome]:
+    """Launch what is not done, stage by stage; returns every run's outcome by run folder."""
+    console = console or Console(stderr=True)
+    outcomes = inspect(runs)  # composes configs: done here, once, not in the worker threads
+    slots: queue.Queue = queue.Queue()
+    for slot in (devices or [None] * jobs):
+        slots.put(slot)
+    total, counter = len(runs), iter(range(1, len(runs) + 1))
+
+    def one(run: Run) -> Outcome:
+        outcome = outcomes[run.run_dir]
+        if outcome.status in DONE:
+            outcome.detail = "done before"
+        elif outcome.status != "unavailable":
+            outcome = blocked(run, outcomes)
+            if outcome is None:
+                device, started = slots.get(), time.time()
+                try:
+                    outcome = launch(run, device)
+                finally:
+                    slots.put(device)
+                outcome.detail = outcome.detail or f"{time.time() - started:.0f} s"
+        report(console, next(counter), total, outcome)
+        return outcome
+
+    with ThreadPoolExecutor(max_workers=len(devices) if devices else max(1, jobs)) as pool:
+        for _, stage in groupby(runs, key=lambda r: r.stage):
+            for outcome in pool.map(one, list(stage)):
+                outcomes[outcome.run.run_dir] = outcome
+    return outcomes
+
+
+def blocked(run: Run, outcomes: dict[Path, Outcome]) -> Outcome | None:
+    """A run whose `${cell:...}` dependency (same seed) did not finish cannot start."""
+    for need in run.cell.needs:
+        dependency = outcomes.get(run.table_dir / need / f"seed{run.seed}")
+        status = dependency.status if dependency else "not run"
+        if status != "finished":
+            return Outcome(run, "blocked", f"needs {need} seed{run.seed}, which is {status}")
+    return None
+
+
+STYLE = {"finished": "green", "diverged": "yellow", "failed": "red", "unavailable": "magenta", "blocked": "magenta"}
+
+
+def report(console: Console, index: int, total: int, outcome: Outcome) -> None:
+    run = outcome.run
+    name = run.cell.name + (f" [{run.variant}]" if run.variant else "") + f" seed{run.seed}"
+    style = STYLE.get(outcome.status, "white")
+    console.print(f"[{index:>{len(str(total))}}/{total}] {name}: [{style}]{outcome.status}[/{style}]"
+                  + (f" ({outcome.detail})" if outcome.detail else ""), highlight=False)

@@ -1,0 +1,130 @@
+"""From run folders to table lines: each cell's metrics as mean +- std over seeds, next to the paper's number.
+
+Verdict: "reproduced" when |ours - paper| is inside the paper's std or twice ours (the larger), else the gap.
+A smoke run is never compared. A metric the runs do not record is "not measured"; a cell without finished
+runs shows why (failed, diverged, unavailable in this checkout, blocked, not run).
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.tables.launch import Outcome, read_summary
+from runner.tables.recipe import Cell, Metric, PaperValue, Recipe, Run
+
+PROBLEMS = {"failed", "diverged", "unavailable", "blocked"}
+
+
+@dataclass
+class Estimate:
+    mean: float
+    std: float | None  # sample std (n - 1); None for one seed
+    n: int
+
+    def __str__(self) -> str:
+        return f"{self.mean:.2f}" + (f" +- {self.std:.2f}" if self.std is not None else "") + f" (n={self.n})"
+
+
+@dataclass
+class Line:
+    """One cell x metric line of the rendered table."""
+    cell: Cell
+    metric: Metric
+    paper: PaperValue | None
+    ours: Estimate | None
+    runs: str            # "3 finished", "2 finished, 1 failed: <error>"
+    variant: str | None  # the grid point reported (the best one)
+    verdict: str
+
+    @property
+    def diff(self) -> float | None:
+        return None if self.paper is None or self.ours is None else self.ours.mean - self.paper.mean
+
+
+def raw_value(run_dir: Path, metric: Metric) -> float | None:
+    """The metric of one finished run: a summary.json key, or a metrics.jsonl key reduced over its records."""
+    if "/" in metric.key:
+        values = [r[metric.key] for r in read_records(run_dir) if r.get(metric.key) is not None]
+        value = (values[-1] if metric.reduce == "last" else statistics.fmean(values)) if values else None
+    else:
+        value = (read_summary(run_dir) or {}).get(metric.key)
+    if value is None or not isinstance(value, (int, float)) or math.isnan(value):
+        return None
+    return metric.offset + metric.scale * float(value)
+
+
+def read_records(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def estimate(values: list[float]) -> Estimate | None:
+    if not values:
+        return None
+    return Estimate(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
+
+
+def verdict(paper: PaperValue | None, ours: Estimate | None, smoke: bool) -> str:
+    if smoke:
+        return "smoke run: not compared"
+    if paper is None or ours is None:
+        return ""
+    diff = ours.mean - paper.mean
+    tolerance = max(paper.std or 0.0, 2 * (ours.std or 0.0))
+    if tolerance == 0:
+        return f"gap {diff:+.2f} (no std to judge: run more seeds)"
+    return "reproduced" if abs(diff) <= tolerance else f"gap {diff:+.2f}"
+
+
+def describe(outcomes: list[Outcome]) -> str:
+    """The runs' statuses counted, with the first problem's reason: "2 finished, 1 failed: ValueError: ..."."""
+    text = ", ".join(f"{n} {status}" for status, n in Counter(o.status for o in outcomes).items())
+    problem = next((o.detail for o in outcomes if o.status in PROBLEMS and o.detail), None)
+    return f"{text}: {problem}" if problem else text
+
+
+def collect(recipe: Recipe, runs: list[Run], outcomes: dict[Path, Outcome], smoke: bool) -> list[Line]:
+    by_cell: dict[str, dict[str | None, list[Run]]] = {}
+    for run in runs:
+        by_cell.setdefault(run.cell.name, {}).setdefault(run.variant, []).append(run)
+    values = {name: {variant: {m: [v for r in vruns if outcomes[r.run_dir].status == "finished"
+                                   and (v := raw_value(r.run_dir, metric)) is not None]
+                               for m, metric in recipe.metrics.items()}
+                     for variant, vruns in variants.items()}
+              for name, variants in by_cell.items()}
+    best = {name: best_variant(variants, recipe.primary) for name, variants in values.items()}
+    lines = []
+    for name, cell in recipe.cells.items():
+        cell_outcomes = [outcomes[r.run_dir] for vruns in by_cell[name].values() for r in vruns]
+        for m, metric in recipe.metrics.items():
+            ours = estimate(values[name][best[name]][m])
+            if ours and metric.relative_to:
+                ours = relative(ours, values.get(f"{cell.row}/{metric.relative_to}"), best, cell.row, metric)
+            paper = cell.paper.get(m)
+            text = verdict(paper, ours, smoke)
+            if ours is None and not smoke and any(o.status == "finished" for o in cell_outcomes):
+                text = "not measured"
+            lines.append(Line(cell, metric, paper, ours, describe(cell_outcomes), best[name], text))
+    return lines
+
+
+def best_variant(variants: dict[str | None, dict[str, list[float]]], primary: Metric) -> str | None:
+    """The grid point with the best mean primary metric (the first variant when none has a value)."""
+    scored = [(statistics.fmean(v[primary.name]), variant) for variant, v in variants.items() if v[primary.name]]
+    if not scored:
+        return next(iter(variants))
+    pick = max if primary.higher_is_better else min
+    return pick(scored, key=lambda item: item[0])[1]
+
+
+def relative(ours: Estimate, reference: dict | None, best: dict, row: str, metric: Metric) -> Estimate | None:
+    """100 * ours / the reference column's mean in the same row (e.g. images/s relative to SGD)."""
+    ref_values = reference[best[f"{row}/{metric.relative_to}"]][metric.name] if reference else []
+    if not ref_values:
+        return None
+    ref = statistics.fmean(ref_values)
+    return Estimate(100 * ours.mean / ref, None if ours.std is None else 100 * ours.std / ref, ours.n)
