@@ -101,6 +101,44 @@ def test_lookahead_matches_the_written_out_update(power):
     assert wrapped.alpha_at(total) == pytest.approx(1 - decay)
 
 
+def test_lookahead_with_buffers_equals_an_ema_of_the_whole_state_dict():
+    """airbench's LookaheadState: every 5 steps each floating-point state-dict entry (weights and BN running
+    statistics) does ema = lerp(ema, w, 1 - decay), w = ema; at the end w = ema."""
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6), torch.nn.Linear(6, 3))
+
+    data = torch.randn(12, 8, 4, generator=torch.Generator().manual_seed(3))
+    total = 12
+
+    def train(model, optimizer, after_step=lambda t: None):
+        for t, x in enumerate(data, start=1):
+            model(x).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            after_step(t)
+
+    reference = net()
+    ema = {k: v.clone() for k, v in reference.state_dict().items()}
+
+    def ema_update(t):
+        decays = ([0.95 ** 5 * (t / total) ** 3] if t % 5 == 0 else []) + ([1.0] if t == total else [])
+        for decay in decays:
+            for key, value in reference.state_dict().items():
+                if value.is_floating_point():
+                    ema[key].lerp_(value, 1 - decay)
+                    value.copy_(ema[key])
+
+    train(reference, torch.optim.SGD(reference.parameters(), lr=0.1), ema_update)
+    ours = net()
+    cfg = compose("optimizer=lookahead", "optimizer.base.lr=0.1", "optimizer.base.momentum=0",
+                  "optimizer.base.weight_decay=0", "optimizer.base.decay_bias_and_norm=true",
+                  "optimizer.alpha=0.2262190625", "optimizer.power=3", "optimizer.average_buffers=true").optimizer
+    train(ours, build_optimizer(cfg, ours, total_steps=total))
+    for (key, a), b in zip(reference.state_dict().items(), ours.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=key)
+
+
 def test_lookahead_state_dict_round_trips_mid_run():
     def fresh():
         param = torch.nn.Parameter(torch.tensor([2.0, 1.0, -1.0]))

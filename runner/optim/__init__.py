@@ -5,7 +5,7 @@ train loop how to drive one: `second_order = True` (backward with create_graph=T
 `needs_closure = True` (step(closure) re-evaluates the loss, e.g. SAM).
 
 A wrapper optimizer (Lookahead) names its inner optimizer's config under `base`: the builder builds the
-inner one first and passes it in, with `total_steps` when the wrapper's factory takes it.
+inner one first and passes it in, with `total_steps` and `model` when the wrapper's factory takes them.
 """
 from __future__ import annotations
 
@@ -48,8 +48,9 @@ def build_optimizer(cfg: DictConfig | dict, model: torch.nn.Module, total_steps:
     if base is not None:  # a wrapper: build the inner optimizer, then wrap it
         factory = instantiate(options)
         inner = build_optimizer(base, model, total_steps)
-        takes_steps = "total_steps" in inspect.signature(factory.func).parameters
-        return factory(inner, **({"total_steps": total_steps} if takes_steps else {}))
+        accepted = inspect.signature(factory.func).parameters
+        runtime = {"total_steps": total_steps, "model": model}
+        return factory(inner, **{key: value for key, value in runtime.items() if key in accepted})
     decay_bias_and_norm = bool(options.pop("decay_bias_and_norm", False))
     norm_lr_scale = float(options.pop("norm_lr_scale", 1.0))
     factory = instantiate(options)

@@ -7,7 +7,8 @@ The paper keeps alpha constant (0.5, k = 5). airbench94 uses the same update as 
 0.95^5 (t/T)^3 grows over the run, i.e. alpha_t = 1 - (1 - alpha) (t/T)^power with alpha = 1 - 0.95^5 and
 power = 3: theta is copied unchanged early on, averaged more and more strongly towards the end. With
 power = 0 alpha_t = alpha (the paper). At the run's last step theta is set to phi, so the trained model
-is the slow weights.
+is the slow weights. `average_buffers: true` treats the model's floating-point buffers (BatchNorm's running
+statistics) the same way, as airbench's EMA of the whole state dict does.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ class Lookahead:
     """An optimizer wrapper: exposes the inner optimizer's `param_groups` (the trainer sets their lr)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, k: int = 5, alpha: float = 0.5, power: float = 0.0,
-                 total_steps: int | None = None):
+                 average_buffers: bool = False, total_steps: int | None = None, model: torch.nn.Module | None = None):
         if k < 1:
             raise ConfigError(f"optimizer.k={k}: the slow weights sync every k >= 1 steps")
         if not 0.0 < alpha <= 1.0:
@@ -31,6 +32,10 @@ class Lookahead:
             raise ConfigError("optimizer.power > 0 needs the run length (total_steps); divrun's trainer passes it")
         self.optimizer, self.k, self.alpha, self.power, self.total_steps = optimizer, k, alpha, power, total_steps
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        if average_buffers:
+            if model is None:
+                raise ConfigError("optimizer.average_buffers=true needs the model; divrun's trainer passes it")
+            self.params += [b for b in model.buffers() if b.is_floating_point()]
         self.slow = [p.detach().clone() for p in self.params]
         self.steps = 0
         self.second_order = getattr(optimizer, "second_order", False)
