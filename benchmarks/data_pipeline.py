@@ -50,9 +50,12 @@ def run(quick: bool) -> list[dict]:
     baseline = images_per_second(loader, len(loader) * 512)
     rows = [{"loader": f"torchvision DataLoader ({workers} workers)", "device": "cpu", "images/s": baseline, "ratio": 1.0}]
     split = TensorSplit(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels))
+    augments = {"": Augment(4, True), " (airbench: reflect pad 2, alternate flip)": Augment(2, "alternate", "reflect")}
     for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
-        resident = TensorLoader(split, 512, torch.device(device), CIFAR_MEAN[10], CIFAR_STD[10],
-                                augment=Augment(4, True), shuffle=True, drop_last=True)
-        speed = images_per_second(resident.epoch(0), len(resident) * 512)
-        rows.append({"loader": "divrun device-resident", "device": device, "images/s": speed, "ratio": speed / baseline})
+        for label, augment in augments.items():
+            resident = TensorLoader(split, 512, torch.device(device), CIFAR_MEAN[10], CIFAR_STD[10],
+                                    augment=augment, shuffle=True, drop_last=True)
+            speed = images_per_second(resident.epoch(1), len(resident) * 512)
+            rows.append({"loader": "divrun device-resident" + label, "device": device, "images/s": speed,
+                         "ratio": speed / baseline})
     return rows

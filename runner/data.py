@@ -29,11 +29,26 @@ CIFAR_ARCHIVES = {
 }
 
 
+FLIP_MODES = {True: "random", False: "none", "random": "random", "none": "none", "alternate": "alternate"}
+PAD_MODES = ("zeros", "reflect")
+
+
 @dataclass
 class Augment:
-    """Batched augmentation for in-memory images: random crop after zero padding, horizontal flip."""
+    """Batched augmentation for in-memory images: a random crop after padding by `crop_padding` pixels
+    (`pad_mode` zeros or reflect) and a horizontal flip. `flip`: random (true: each image with p = 1/2 each
+    epoch), none (false), or alternate (airbench: a random half flipped once, then every odd epoch flips
+    every image relative to the even epochs, so each image is seen both ways in every pair of epochs)."""
     crop_padding: int = 0
-    flip: bool = False
+    flip: bool | str = False
+    pad_mode: str = "zeros"
+
+    def __post_init__(self):
+        if self.flip not in FLIP_MODES:
+            raise ConfigError(f"dataset.flip={self.flip}: choose random (true), none (false) or alternate")
+        if self.pad_mode not in PAD_MODES:
+            raise ConfigError(f"dataset.pad_mode={self.pad_mode}: choose zeros or reflect")
+        self.flip = FLIP_MODES[self.flip]
 
 
 @dataclass
@@ -109,7 +124,7 @@ def synthetic(num_classes: int = 10, image_size: int = 32, in_channels: int = 3,
 
 
 def cifar(num_classes: int = 10, root: str = "data", download: bool = False, crop_padding: int = 4,
-          flip: bool = True, image_size: int = 32,
+          flip: bool | str = True, pad_mode: str = "zeros", image_size: int = 32,
           limit_train: int | None = None, limit_val: int | None = None) -> Splits:
     """CIFAR-10/100 read straight from the python pickle batches under `root` (as the fast loaders do).
 
@@ -129,7 +144,7 @@ def cifar(num_classes: int = 10, root: str = "data", download: bool = False, cro
     label_key = "labels" if num_classes == 10 else "fine_labels"
     train, val = (_read_cifar_batches(base, files, label_key) for files in names)
     splits = Splits(f"cifar{num_classes}", train, val, num_classes, 3, 32, CIFAR_MEAN[num_classes],
-                    CIFAR_STD[num_classes], Augment(crop_padding, flip))
+                    CIFAR_STD[num_classes], Augment(crop_padding, flip, pad_mode))
     return limit(splits, limit_train, limit_val)
 
 
@@ -279,7 +294,8 @@ class TensorLoader:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         pad = self.augment.crop_padding
         images = split.images.to(device)
-        self.images = torch.nn.functional.pad(images, (pad,) * 4) if pad else images
+        mode = "constant" if self.augment.pad_mode == "zeros" else "reflect"
+        self.images = torch.nn.functional.pad(images, (pad,) * 4, mode=mode) if pad else images
         self.labels = split.labels.to(device)
         self.num_samples, _, self.height, self.width = split.images.shape
         channels = split.images.shape[1]
@@ -312,9 +328,23 @@ class TensorLoader:
         order = shard(order, self.batch_size, self.rank, self.world_size, self.drop_last)
         pad = self.augment.crop_padding
         offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=gen) if pad else None
-        flips = torch.rand(n, generator=gen) < 0.5 if self.augment.flip else None
+        flips = self.flips(epoch, gen)
         move = lambda t: None if t is None else t.to(self.device, non_blocking=True)
         return move(order), move(offsets), move(flips)
+
+    def flips(self, epoch: int, gen: torch.Generator) -> torch.Tensor | None:
+        if self.augment.flip == "random":
+            return torch.rand(self.num_samples, generator=gen) < 0.5
+        if self.augment.flip == "alternate":  # one fixed random half per run, all inverted on odd epochs
+            fixed = torch.rand(self.num_samples, generator=epoch_generator(self.seed, -1)) < 0.5
+            return fixed ^ bool(epoch % 2)
+        return None
+
+    def sample(self, count: int) -> torch.Tensor:
+        """The first `count` training images, normalised, without augmentation (data-dependent init)."""
+        pad = self.augment.crop_padding
+        images = self.images[:count, :, pad:pad + self.height, pad:pad + self.width]
+        return images.float().sub_(self.mean).mul_(self.inv_std)
 
     def _crop_and_flip(self, index: torch.Tensor, offsets: torch.Tensor | None, flips: torch.Tensor | None):
         """Gather each sample's HxW window (at its offset into the padded image, mirrored if flipped) with
@@ -377,6 +407,15 @@ class FolderLoader:
         for images, labels, index in loader:
             images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             yield images, labels.to(self.device, non_blocking=True), index.to(self.device, non_blocking=True)
+
+    def sample(self, count: int) -> torch.Tensor:
+        """About `count` images of the first epoch, as the model sees them (data-dependent init)."""
+        batches = []
+        for images, _, _ in self.epoch(0):
+            batches.append(images)
+            if sum(map(len, batches)) >= count:
+                break
+        return torch.cat(batches)[:count]
 
     def __iter__(self):
         return self.epoch(0)

@@ -1,7 +1,8 @@
 """Learning-rate schedules as pure functions of the optimizer step.
 
 A schedule maps step t (0-based, the t-th update) of a T-step run to a multiplier of each param group's
-configured lr. Warmup ramps linearly to 1 over W = `warmup` steps (an int) or a fraction of T (a float < 1);
+configured lr. Warmup ramps linearly from `warmup_start` (default 0) to 1 over W = `warmup` steps (an int)
+or a fraction of T (a float < 1): factor(t) = s + (1 - s) (t + 1) / W;
 after it, the decay shape f of the progress u = (t - W) / (T - W) in [0, 1) is floored:
     factor(t) = floor + (1 - floor) * f(u)
 so `floor` is the final lr as a fraction of the peak. `conf/schedule/*.yaml` names a subclass with
@@ -23,18 +24,23 @@ SCHEDULE_CSV, SCHEDULE_PNG = "lr_schedule.csv", "lr_schedule.png"
 
 
 class Schedule:
-    def __init__(self, total_steps: int, steps_per_epoch: int = 1, warmup: int | float = 0, floor: float = 0.0):
+    def __init__(self, total_steps: int, steps_per_epoch: int = 1,
+                 warmup: int | float = 0, floor: float = 0.0,
+                 warmup_start: float = 0.0):
         if total_steps <= 0:
             raise ConfigError(f"schedule: the run has {total_steps} steps; set trainer.epochs or trainer.max_steps > 0")
         if not 0.0 <= floor <= 1.0:
             raise ConfigError(f"schedule.floor={floor}: the final lr fraction must lie in [0, 1]")
+        if not 0.0 <= warmup_start <= 1.0:
+            raise ConfigError(f"schedule.warmup_start={warmup_start}: the first warmup lr fraction must lie in [0, 1]")
+        self.warmup_start = warmup_start
         self.total_steps, self.steps_per_epoch, self.floor = total_steps, steps_per_epoch, floor
         self.warmup_steps = resolve_steps(warmup, total_steps, "schedule.warmup")
         self.decay_steps = total_steps - self.warmup_steps
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
+            return self.warmup_start + (1 - self.warmup_start) * (step + 1) / self.warmup_steps
         return self.floor + (1 - self.floor) * self.decay(step - self.warmup_steps)
 
     def decay(self, steps_after_warmup: int) -> float:
@@ -104,9 +110,8 @@ class Linear(Schedule):
 class Poly(Schedule):
     """f(u) = (1 - u)^power (torch's PolynomialLR; power 1 is linear decay, 0.9 the segmentation classic)."""
 
-    def __init__(self, total_steps: int, steps_per_epoch: int = 1, warmup: int | float = 0, floor: float = 0.0,
-                 power: float = 0.9):
-        super().__init__(total_steps, steps_per_epoch, warmup, floor)
+    def __init__(self, total_steps: int, steps_per_epoch: int = 1, power: float = 0.9, **common):
+        super().__init__(total_steps, steps_per_epoch, **common)
         if power <= 0:
             raise ConfigError(f"schedule.power={power}: the exponent must be > 0")
         self.power = power
@@ -122,9 +127,8 @@ class UBA(Schedule):
     phi > 2 decays sooner. The denominator stays positive for every phi > 0.
     """
 
-    def __init__(self, total_steps: int, steps_per_epoch: int = 1, warmup: int | float = 0, floor: float = 0.0,
-                 phi: float = 1.0):
-        super().__init__(total_steps, steps_per_epoch, warmup, floor)
+    def __init__(self, total_steps: int, steps_per_epoch: int = 1, phi: float = 1.0, **common):
+        super().__init__(total_steps, steps_per_epoch, **common)
         if not phi > 0:
             raise ConfigError(f"schedule.phi={phi}: UBA's phi must be > 0 (phi = 2 is cosine)")
         self.phi = phi
@@ -141,9 +145,9 @@ class WSD(Schedule):
     COOLDOWNS = {"1-sqrt": lambda v: 1 - math.sqrt(v), "linear": lambda v: 1 - v,
                  "cosine": lambda v: 0.5 * (1 + math.cos(math.pi * v))}
 
-    def __init__(self, total_steps: int, steps_per_epoch: int = 1, warmup: int | float = 0, floor: float = 0.0,
-                 decay: int | float = 0.2, cooldown: str = "1-sqrt"):
-        super().__init__(total_steps, steps_per_epoch, warmup, floor)
+    def __init__(self, total_steps: int, steps_per_epoch: int = 1,
+                 decay: int | float = 0.2, cooldown: str = "1-sqrt", **common):
+        super().__init__(total_steps, steps_per_epoch, **common)
         if cooldown not in self.COOLDOWNS:
             raise ConfigError(f"schedule.cooldown={cooldown}: choose one of {', '.join(self.COOLDOWNS)}")
         self.cooldown = self.COOLDOWNS[cooldown]
@@ -162,9 +166,9 @@ class MultiStep(Schedule):
     Milestones are epochs (ints) or fractions of the run (floats < 1); He et al.'s CIFAR ResNets use
     x0.1 at 50% and 75% of the run."""
 
-    def __init__(self, total_steps: int, steps_per_epoch: int = 1, warmup: int | float = 0, floor: float = 0.0,
-                 milestones: list = (0.5, 0.75), gamma: float = 0.1):
-        super().__init__(total_steps, steps_per_epoch, warmup, floor)
+    def __init__(self, total_steps: int, steps_per_epoch: int = 1,
+                 milestones: list = (0.5, 0.75), gamma: float = 0.1, **common):
+        super().__init__(total_steps, steps_per_epoch, **common)
         if not 0 < gamma <= 1:
             raise ConfigError(f"schedule.gamma={gamma}: the factor per milestone must lie in (0, 1]")
         self.gamma = gamma
@@ -188,9 +192,9 @@ class Step(MultiStep):
     """f = gamma^floor(epoch / step_size) (torch's StepLR per epoch): a milestone every `step_size` epochs
     (an int) or every fraction of the run (a float < 1)."""
 
-    def __init__(self, total_steps: int, steps_per_epoch: int = 1, warmup: int | float = 0, floor: float = 0.0,
-                 step_size: int | float = 30, gamma: float = 0.1):
-        super().__init__(total_steps, steps_per_epoch, warmup, floor, milestones=(), gamma=gamma)
+    def __init__(self, total_steps: int, steps_per_epoch: int = 1,
+                 step_size: int | float = 30, gamma: float = 0.1, **common):
+        super().__init__(total_steps, steps_per_epoch, milestones=(), gamma=gamma, **common)
         every = max(1, self.epoch_step(step_size, "schedule.step_size"))
         self.milestone_steps = list(range(every, total_steps, every))
 
@@ -203,10 +207,10 @@ class Refined(Schedule):
     run; 0 turns it off), the curve is resampled to this run's T - W steps and scaled to peak 1."""
     SMOOTHING_POINTS = 10_000  # norm sequences are resampled to this many points before filtering
 
-    def __init__(self, total_steps: int, steps_per_epoch: int = 1, warmup: int | float = 0, floor: float = 0.0,
+    def __init__(self, total_steps: int, steps_per_epoch: int = 1,
                  source: str | None = None, smoothing: float = 0.1, norm: str = "auto",
-                 run_optimizer: str | None = None):
-        super().__init__(total_steps, steps_per_epoch, warmup, floor)
+                 run_optimizer: str | None = None, **common):
+        super().__init__(total_steps, steps_per_epoch, **common)
         from runner.optim import is_adam_family
 
         run_dir = require_source(source)

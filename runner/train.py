@@ -22,8 +22,10 @@ from runner.errors import ConfigError
 from runner.logger import RunLogger
 from runner.models import build_model
 from runner.optim import build_optimizer, is_adam_family
+from runner.tta import check_level, tta_logits
 
 ECE_BINS = 15
+DATA_INIT_SAMPLES = 5000  # training images handed to a model's init_from_data (airbench's whitening uses 5000)
 
 
 @dataclass
@@ -112,15 +114,18 @@ class Trainer:
         self.train_loader, self.val_loader = build_loaders(
             self.splits, trainer.batch_size, trainer.eval_batch_size, self.rt.device, cfg.seed, workers,
             self.rt.channels_last, distributed.rank(), self.world_size)
-        self.optimizer = build_optimizer(cfg.optimizer, self.model)
+        self.steps_per_epoch = len(self.train_loader)
+        self.total_steps = int(trainer.max_steps or trainer.epochs * self.steps_per_epoch)
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        if hasattr(self.model, "init_from_data"):  # data-dependent init (airbench's whitening), before the optimizer
+            self.model.init_from_data(self.train_loader.sample(DATA_INIT_SAMPLES))
+        self.optimizer = build_optimizer(cfg.optimizer, self.model, self.total_steps)
         distributed.refuse_unsupported(self.optimizer, trainer.sync_bn, self.rt.device)
         self.loss_fn = instantiate(cfg.loss)
         # DDP first, then compile (torch's DDPOptimizer splits the graph at DDP's bucket boundaries)
         self.forward = CompiledOrEager(distributed.wrap(self.model, self.rt.device), trainer.compile, logger)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.steps_per_epoch = len(self.train_loader)
-        self.total_steps = int(trainer.max_steps or trainer.epochs * self.steps_per_epoch)
-        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.tta = check_level(trainer.tta)
         self.schedule = instantiate(cfg.schedule)(total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch)
         self.lr_factors = self.schedule.factors()
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
@@ -188,8 +193,7 @@ class Trainer:
         bins = torch.zeros(3, ECE_BINS, device=device)  # count, confidence, accuracy
         for images, labels, _ in self.val_loader.epoch(0):
             with self.autocast():
-                logits = model(images)
-            logits = logits.float()
+                logits = tta_logits(model, images, self.tta)
             loss = self.loss_fn(logits, labels) * len(labels)
             nll = F.cross_entropy(logits, labels, reduction="sum")
             top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
@@ -237,6 +241,8 @@ class Trainer:
         self.model.train()
         while self.step < self.total_steps:
             start_batch = self.step - self.epoch * self.steps_per_epoch
+            if hasattr(self.model, "set_epoch"):  # per-epoch model settings (airbench freezes its whitening bias)
+                self.model.set_epoch(self.epoch)
             for images, labels, _ in self.train_loader.epoch(self.epoch, start_batch):
                 stats.add(self.step, self.train_step(images, labels))
                 self.step += 1

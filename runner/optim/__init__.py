@@ -3,6 +3,9 @@
 Optimizers of the package live one per module (`runner/optim/lion.py`, ...). Two attributes tell the
 train loop how to drive one: `second_order = True` (backward with create_graph=True) and
 `needs_closure = True` (step(closure) re-evaluates the loss, e.g. SAM).
+
+A wrapper optimizer (Lookahead) names its inner optimizer's config under `base`: the builder builds the
+inner one first and passes it in, with `total_steps` and `model` when the wrapper's factory takes them.
 """
 from __future__ import annotations
 
@@ -13,27 +16,46 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 # keys of conf/optimizer that divrun consumes instead of passing to the optimizer
-BUILDER_KEYS = ("decay_bias_and_norm",)
+BUILDER_KEYS = ("decay_bias_and_norm", "norm_lr_scale")
+NORM_LAYERS = (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.RMSNorm)
 
 
-def param_groups(model: torch.nn.Module, decay_bias_and_norm: bool) -> list[dict]:
-    """Split parameters into decayed weights (>= 2-D) and biases/normalisation weights (<= 1-D, no decay)."""
+def param_groups(model: torch.nn.Module, decay_bias_and_norm: bool, norm_lr_scale: float = 1.0,
+                 lr: float | None = None, weight_decay: float = 0.0) -> list[dict]:
+    """Split parameters into decayed weights (>= 2-D) and biases/normalisation weights (<= 1-D, no decay).
+
+    `norm_lr_scale != 1` puts the parameters of normalisation layers in a group of their own whose lr is
+    scaled by it and whose weight_decay is divided by it, so their decay per step (lr x weight_decay)
+    stays that of their group (airbench's `bias_scaler`)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if decay_bias_and_norm:
-        return [{"params": params}]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+    scaled = set()
+    if norm_lr_scale != 1.0:
+        scaled = {p for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)
+                  if p.requires_grad}
+    rest = [p for p in params if p not in scaled]
+    groups = [{"params": rest}] if decay_bias_and_norm else [
+        {"params": [p for p in rest if p.ndim >= 2]},
+        {"params": [p for p in rest if p.ndim < 2], "weight_decay": 0.0}]
+    if scaled:
+        decay = weight_decay / norm_lr_scale if decay_bias_and_norm else 0.0
+        groups.append({"params": [p for p in params if p in scaled], "lr": lr * norm_lr_scale, "weight_decay": decay})
+    return [g for i, g in enumerate(groups) if i == 0 or g["params"]]
 
 
-def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    options = OmegaConf.to_container(cfg, resolve=True)
+def build_optimizer(cfg: DictConfig | dict, model: torch.nn.Module, total_steps: int | None = None):
+    options = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    base = options.pop("base", None)
+    if base is not None:  # a wrapper: build the inner optimizer, then wrap it
+        factory = instantiate(options)
+        inner = build_optimizer(base, model, total_steps)
+        accepted = inspect.signature(factory.func).parameters
+        runtime = {"total_steps": total_steps, "model": model}
+        return factory(inner, **{key: value for key, value in runtime.items() if key in accepted})
     decay_bias_and_norm = bool(options.pop("decay_bias_and_norm", False))
+    norm_lr_scale = float(options.pop("norm_lr_scale", 1.0))
     factory = instantiate(options)
-    groups = param_groups(model, decay_bias_and_norm)
+    groups = param_groups(model, decay_bias_and_norm, norm_lr_scale, options.get("lr"),
+                          options.get("weight_decay", 0.0))
     return factory(groups, **fast_path_defaults(factory, options, groups))
 
 
