@@ -11,7 +11,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner import env
 from runner.checkpoint import Checkpointer
+from runner.errors import ConfigError
 from runner.logger import RunLogger, read_meta, write_meta
+from runner.nonfinite import Diverged
+from runner.preemption import Preempted, PreemptionWatch
+from runner.validate import validate
 
 CONFIG_FILE, SUMMARY_FILE = "config.yaml", "summary.json"
 PATH_KEYS = {"root", "path", "source", "teacher", "checkpoint"}
@@ -39,8 +43,6 @@ def save_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
 
 
 def load_config(run_dir: Path) -> DictConfig:
-    from runner.errors import ConfigError
-
     path = Path(run_dir) / CONFIG_FILE
     if not path.exists():
         raise ConfigError(f"{run_dir} is not a divrun run folder (no {CONFIG_FILE}); pass the folder a run printed")
@@ -52,33 +54,41 @@ def write_summary(run_dir: Path, summary: dict) -> None:
 
 
 def run_job(cfg: DictConfig, run_dir: Path, name: str | None = None, group: str | None = None,
-            resolved: bool = False) -> dict:
-    """Train `cfg` in `run_dir`, continuing from checkpoints/last.pt when the folder holds one."""
+            resolved: bool = False, resume: bool | None = None) -> dict:
+    """Train `cfg` in `run_dir`. With `resume` (default: trainer.resume=auto) continue from the folder's newest
+    readable checkpoint (from step 0 if it has none); without it a folder that holds checkpoints is refused.
+    Nothing is written before the config has been validated and the checkpoint read."""
     from runner.train import Trainer  # torch-heavy; keep `divrun --help` fast
 
+    validate(cfg)
     run_dir = Path(run_dir).resolve()
+    checkpointer = Checkpointer(run_dir, keep=cfg.trainer.keep_checkpoints)
+    resume = cfg.trainer.resume == "auto" if resume is None else resume
+    if not resume and checkpointer.exists():
+        raise ConfigError(f"{run_dir} already holds a run's checkpoints; continue it with trainer.resume=auto "
+                          f"(or divrun resume={run_dir}) or choose a new hydra.run.dir")
+    payload = checkpointer.load() if resume else None
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = cfg if resolved else save_config(cfg, run_dir)
     meta = read_meta(run_dir)
     name, group = name or meta.get("name") or "default", group or meta.get("group")
     write_meta(run_dir, name=name, group=group)
-    checkpointer = Checkpointer(run_dir)
-    payload = checkpointer.load()
     summary = {"name": name, "group": group, "status": "running", "run_dir": str(run_dir),
                **env.provenance(str(env.resolve_device(cfg.trainer.device)))}
     write_summary(run_dir, summary)
-    logger = RunLogger(cfg, run_dir, name, group, resume_step=payload["step"] if payload else None)
-    started = time.time()
+    # a resumed folder drops the records after its checkpoint (all of them when it has none): written again
+    logger = RunLogger(cfg, run_dir, name, group, resume_step=payload["step"] if payload else 0 if resume else None)
+    started, trainer = time.time(), None
     try:
-        trainer = Trainer(cfg, run_dir, logger, checkpointer)
-        if payload:
-            trainer.restore(payload)
-            logger.print(f"divrun: resuming {run_dir} at step {trainer.step} (epoch {trainer.epoch})")
-        summary |= trainer.fit()
+        with PreemptionWatch() as preemption:
+            trainer = Trainer(cfg, run_dir, logger, checkpointer, preemption)
+            if payload:
+                trainer.restore(payload)
+                logger.print(f"divrun: resuming {run_dir} at step {trainer.step} (epoch {trainer.epoch})")
+            summary |= trainer.fit()
         summary["status"] = "finished"
     except BaseException as error:
-        summary |= {"status": "failed", "error": f"{type(error).__name__}: {error}",
-                    "traceback": traceback.format_exc(limit=20)}
+        summary |= (trainer.results() if trainer else {}) | outcome(error)
         raise
     finally:
         summary["wall_time_s"] = round(time.time() - started + read_previous_wall_time(payload), 3)
@@ -87,6 +97,19 @@ def run_job(cfg: DictConfig, run_dir: Path, name: str | None = None, group: str 
         if summary["status"] == "finished":
             logger.summary_table(summary)
     return summary
+
+
+def outcome(error: BaseException) -> dict:
+    """summary.json fields for a run that stopped early: its status and why."""
+    message = str(error) or type(error).__name__
+    if isinstance(error, Diverged):
+        return {"status": "diverged", "error": message, "diverged_at_step": error.step, "diverged_tensor": error.tensor}
+    if isinstance(error, Preempted):
+        return {"status": "preempted", "error": message}
+    if isinstance(error, KeyboardInterrupt):
+        return {"status": "interrupted", "error": "KeyboardInterrupt"}
+    return {"status": "failed", "error": f"{type(error).__name__}: {message}",
+            "traceback": traceback.format_exc(limit=20)}
 
 
 def read_previous_wall_time(payload: dict | None) -> float:
