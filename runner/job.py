@@ -76,8 +76,7 @@ def run_job(cfg: DictConfig, run_dir: Path, name: str | None = None, group: str 
     summary = {"name": name, "group": group, "status": "running", "run_dir": str(run_dir),
                **env.provenance(str(env.resolve_device(cfg.trainer.device)))}
     write_summary(run_dir, summary)
-    # a resumed folder drops the records after its checkpoint (all of them when it has none): written again
-    logger = RunLogger(cfg, run_dir, name, group, resume_step=payload["step"] if payload else 0 if resume else None)
+    logger = RunLogger(cfg, run_dir, name, group, resume_step=records_final_through(payload) if resume else None)
     started, trainer = time.time(), None
     try:
         with PreemptionWatch() as preemption:
@@ -110,6 +109,14 @@ def outcome(error: BaseException) -> dict:
         return {"status": "interrupted", "error": "KeyboardInterrupt"}
     return {"status": "failed", "error": f"{type(error).__name__}: {message}",
             "traceback": traceback.format_exc(limit=20)}
+
+
+def records_final_through(payload: dict | None) -> int:
+    """The step up to which a resumed folder's records stand; later ones are dropped and written again. The
+    steps a checkpoint holds unflushed statistics for are written by the resumed run, so they go too."""
+    if not payload:
+        return 0  # no checkpoint: the run starts over
+    return payload["step"] - len(payload.get("pending_stats", ()))
 
 
 def read_previous_wall_time(payload: dict | None) -> float:
