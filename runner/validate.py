@@ -132,19 +132,24 @@ def _target_nodes(node, path: str = "") -> Iterable[tuple[str, DictConfig]]:
 
 
 def locate(target_path: str):
-    from hydra.utils import get_object
+    """The object a `_target_` names, imported as hydra.utils.instantiate will (without its error logging)."""
+    from hydra._internal.utils import _locate
 
-    return get_object(target_path)
+    return _locate(target_path)
 
 
 def _check_target(cfg: DictConfig, path: str, node: DictConfig) -> Iterable[str]:
     try:
         target = locate(node._target_)
     except Exception as error:  # noqa: BLE001 - any import failure: the same fix
-        yield (f"{path}._target_={node._target_}: cannot be imported ({type(error).__name__}: "
-               f"{str(error).splitlines()[0] if str(error) else ''}); check the name")
+        cause = error.__cause__ or error
+        yield (f"{path}._target_={node._target_}: cannot be imported ({type(cause).__name__}: "
+               f"{(str(cause).strip().splitlines() or [''])[0]}); check the name")
         return
-    yield from _check_arguments(path, node, target)
+    wrong_arguments = list(_check_arguments(path, node, target))
+    if wrong_arguments:  # the checks below read these values: report the types first
+        yield from wrong_arguments
+        return
     if path == "optimizer" and "lr" in node and _number(node.lr) and node.lr <= 0:
         yield f"optimizer.lr={_show(node.lr)}: the learning rate must be > 0; pass e.g. optimizer.lr=0.1"
     hook = getattr(target, "validate_config", None)
@@ -176,16 +181,19 @@ def _check_arguments(path: str, node: DictConfig, target) -> Iterable[str]:
             value = node[key]
         except Exception:  # noqa: BLE001 - an interpolation that resolves only at run time
             continue
-        if not _fits(value, hints[key]):
+        if _fits(value, hints[key]) is False:
             default = defaults.get(key, inspect.Parameter.empty)
             example = f"; pass e.g. {path}.{key}={_show(default)}" if default is not inspect.Parameter.empty else ""
             yield f"{path}.{key}={_show(value)}: expected {_describe(hints[key])} ({name}'s {key}){example}"
 
 
-def _fits(value, annotation) -> bool:
+def _fits(value, annotation) -> bool | None:
+    """Whether a config value fits an annotation; None where the annotation is nothing a config value can be
+    (a tensor, a module, a callable), so there is nothing to judge."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, arg) for arg in typing.get_args(annotation))
+        verdicts = [_fits(value, arg) for arg in typing.get_args(annotation)]
+        return True if True in verdicts else None if all(v is None for v in verdicts) else False
     if origin is typing.Literal:
         return value in typing.get_args(annotation)
     if annotation is type(None) or annotation is None:
@@ -202,7 +210,7 @@ def _fits(value, annotation) -> bool:
         return isinstance(value, (ListConfig, list, tuple))
     if annotation is dict or origin is dict:
         return isinstance(value, (DictConfig, dict))
-    return True  # a tensor, a module, a callable...: not something a config value can be judged against
+    return None
 
 
 def _describe(annotation) -> str:
