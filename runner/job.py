@@ -1,6 +1,7 @@
 """One job = one run folder: save the resolved config, train (or continue), write summary.json."""
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
 import time
@@ -46,7 +47,10 @@ def load_config(run_dir: Path) -> DictConfig:
     path = Path(run_dir) / CONFIG_FILE
     if not path.exists():
         raise ConfigError(f"{run_dir} is not a divrun run folder (no {CONFIG_FILE}); pass the folder a run printed")
-    return OmegaConf.load(path)
+    # trainer and logger keys added to divrun after the run was made take their defaults
+    conf = importlib.resources.files("runner.conf")
+    defaults = {group: OmegaConf.load(conf / group / "default.yaml") for group in ("trainer", "logger")}
+    return OmegaConf.merge(defaults, OmegaConf.load(path))
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:

@@ -91,6 +91,8 @@ class StepStats:
         return self.buffer[:self.count]
 
     def restore(self, rows: torch.Tensor, first_step: int) -> None:
+        if len(rows) > len(self.buffer):  # resumed with a smaller log_every: room for the saved rows
+            self.buffer = torch.zeros(len(rows), self.buffer.shape[1], device=self.buffer.device)
         self.count, self.first_step = len(rows), first_step
         self.buffer[:self.count] = rows.to(self.buffer.device)
 
@@ -244,14 +246,14 @@ class Trainer:
         final and a resumed run writes exactly the records that follow."""
         trainer = self.cfg.trainer
         epoch_done = self.step in (self.total_steps, (self.epoch + 1) * self.steps_per_epoch)
-        if self.stats.count == trainer.log_every or (epoch_done and self.stats.count):
+        if self.stats.count >= trainer.log_every or (epoch_done and self.stats.count):
             self.flush()
         if epoch_done:
             self.epoch += 1
             self.end_of_epoch()
         if self.checkpoint_due(epoch_done):
             self.checkpoint()
-        if self.preemption is not None and self.preemption.requested:
+        if self.preemption is not None and self.preemption.requested and self.step < self.total_steps:
             if self.saved_step != self.step:
                 self.checkpoint()
             raise Preempted(self.preemption.received, self.step)
