@@ -33,15 +33,19 @@ MULTIRUN_FLAGS = ("-m", "--multirun")
 
 @hydra.main(version_base="1.3", config_path="pkg://runner.conf", config_name="config")
 def hydra_job(cfg: DictConfig):
-    from runner.job import run_job
+    from runner.job import SUMMARY_FILE, run_job, write_summary
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     name = hydra_cfg.job.override_dirname or "default"
     group = Path(hydra_cfg.sweep.dir).name if multirun else None
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        return run_job(cfg, Path(hydra_cfg.runtime.output_dir), name=name, group=group)
+        return run_job(cfg, run_dir, name=name, group=group)
     except BaseException as error:  # noqa: BLE001 - report() decides: exit, re-raise, or go on with the sweep
+        if multirun and not (run_dir / SUMMARY_FILE).exists():  # refused before it started: record why
+            write_summary(run_dir, {"name": name, "group": group, "status": "failed", "run_dir": str(run_dir),
+                                    "error": f"{type(error).__name__}: {error}"})
         report(error, multirun, name)
     return None
 

@@ -17,15 +17,21 @@ TINY = ["trainer.max_steps=6", "trainer.log_every=2", "trainer.batch_size=64", "
 
 
 def test_a_sweep_records_failed_and_diverged_jobs_and_goes_on(tmp_path):
-    models = "faulty.Boom,faulty.NaNAt,runner.models.small.SmallCNN"
+    """Naming the sweeper leaves job expansion to Hydra, so the invalid job (a model that does not import) is
+    only found inside the sweep, like with any other sweeper plugin."""
+    models = "faulty.Boom,faulty.NaNAt,nowhere.Model,runner.models.small.SmallCNN"
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO / "tests")}
-    result = subprocess.run([str(Path(sys.executable).with_name("divrun")), "-m", f"model._target_={models}", *TINY],
+    result = subprocess.run([str(Path(sys.executable).with_name("divrun")), "-m", "hydra/sweeper=basic",
+                             f"model._target_={models}", *TINY],
                             cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     summaries = {read_summary(d)["name"].split("model._target_=")[1].split(",")[0]: read_summary(d)
                  for d in run_folders(tmp_path)}
     assert {name: s["status"] for name, s in summaries.items()} == {
-        "faulty.Boom": "failed", "faulty.NaNAt": "diverged", "runner.models.small.SmallCNN": "finished"}
+        "faulty.Boom": "failed", "faulty.NaNAt": "diverged", "nowhere.Model": "failed",
+        "runner.models.small.SmallCNN": "finished"}
+    assert summaries["nowhere.Model"]["error"].startswith(
+        "ConfigError: model._target_=nowhere.Model: cannot be imported (ModuleNotFoundError")
     assert summaries["faulty.Boom"]["error"] == "RuntimeError: this model cannot be built"
     assert "Traceback" in summaries["faulty.Boom"]["traceback"]
     diverged = summaries["faulty.NaNAt"]
