@@ -71,7 +71,7 @@ def run(quick: bool) -> list[dict]:
             start = time.perf_counter()
             trainer.checkpoint()
             saves.append(time.perf_counter() - start)
-        best["one checkpoint save (fsync)"] = min(saves)
+        best["one checkpoint save (fsync; wall time)"] = min(saves)
     baseline = best["stop (default)"]
     return [{"case": name, "ms": seconds * 1e3, "ratio to a default step": seconds / baseline,
              "device": device if device == "cuda" else "cpu (1 thread, CPU time)",
