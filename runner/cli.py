@@ -125,9 +125,15 @@ def check_command(args: list[str]) -> None:
             for problem in problems:
                 found.setdefault(problem, []).append(" ".join(overrides) or "defaults")
     if found:
-        raise ConfigError("\n".join(problem if len(where) == len(jobs) else f"{problem} [in job {where[0]}"
-                                    + (f" and {len(where) - 1} more]" if len(where) > 1 else "]")
-                                    for problem, where in found.items()))
+        raise ConfigError("\n".join(problem + jobs_note(where, len(jobs)) for problem, where in found.items()))
+
+
+def jobs_note(jobs_with_problem: list[str], jobs: int) -> str:
+    """Which jobs of a sweep a problem is in (nothing when it is in all of them)."""
+    if len(jobs_with_problem) == jobs:
+        return ""
+    more = f" and {len(jobs_with_problem) - 1} more" if len(jobs_with_problem) > 1 else ""
+    return f" [in job {jobs_with_problem[0]}{more}]"
 
 
 def composition_problem(error: Exception, overrides: list[str], compose) -> str:
