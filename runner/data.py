@@ -8,6 +8,7 @@ yield `(images, labels, sample_indices)` so per-sample memories (self-distillati
 """
 from __future__ import annotations
 
+import math
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from runner.errors import ConfigError
+from runner.validate import batch_fits, checked_by
 
 CIFAR_MEAN = {10: (0.4914, 0.4822, 0.4465), 100: (0.5071, 0.4865, 0.4409)}
 CIFAR_STD = {10: (0.2470, 0.2435, 0.2616), 100: (0.2673, 0.2564, 0.2762)}
@@ -85,6 +87,20 @@ class Splits:
 # Dataset factories (the `_target_`s of conf/dataset)
 # ----------------------------------------------------------------------------------------------------
 
+DIGITS_SAMPLES = 1797
+DIGITS_SIZE_ERROR = "dataset.image_size: digits are 8x8; leave dataset.image_size=8"
+
+
+def _check_digits(cfg) -> list[str]:
+    data = cfg.dataset
+    if not 0 < data.val_fraction < 1:
+        return [f"dataset.val_fraction={data.val_fraction}: must lie strictly between 0 and 1; pass e.g. 0.2"]
+    train_size = DIGITS_SAMPLES - math.ceil(data.val_fraction * DIGITS_SAMPLES)  # scikit-learn's split sizes
+    problems = [DIGITS_SIZE_ERROR] if data.image_size != 8 else []
+    return problems + batch_fits(cfg, min(train_size, data.limit_train or train_size), "digits")
+
+
+@checked_by(_check_digits)
 def digits(val_fraction: float = 0.2, split_seed: int = 0, image_size: int = 8,
            limit_train: int | None = None, limit_val: int | None = None) -> Splits:
     """scikit-learn's bundled 8x8 digits (1,797 images), split once, stratified, with a fixed seed."""
@@ -92,7 +108,7 @@ def digits(val_fraction: float = 0.2, split_seed: int = 0, image_size: int = 8,
     from sklearn.model_selection import train_test_split
 
     if image_size != 8:
-        raise ConfigError("dataset.image_size: digits are 8x8; leave dataset.image_size=8")
+        raise ConfigError(DIGITS_SIZE_ERROR)
     bunch = load_digits()
     images = torch.from_numpy(np.round(bunch.images * (255 / 16)).astype(np.uint8)).unsqueeze(1)
     labels = torch.from_numpy(bunch.target.astype(np.int64))
@@ -104,6 +120,12 @@ def digits(val_fraction: float = 0.2, split_seed: int = 0, image_size: int = 8,
     return limit(splits, limit_train, limit_val)
 
 
+def _check_synthetic(cfg) -> list[str]:
+    data = cfg.dataset
+    return batch_fits(cfg, min(data.train_size, data.limit_train or data.train_size), "synthetic")
+
+
+@checked_by(_check_synthetic)
 def synthetic(num_classes: int = 10, image_size: int = 32, in_channels: int = 3, train_size: int = 2048,
               val_size: int = 512, noise: float = 0.5, data_seed: int = 0,
               limit_train: int | None = None, limit_val: int | None = None) -> Splits:
@@ -123,6 +145,25 @@ def synthetic(num_classes: int = 10, image_size: int = 32, in_channels: int = 3,
     return limit(splits, limit_train, limit_val)
 
 
+CIFAR_TRAIN_SIZE = 50_000
+
+
+def _missing_cifar(root: str, folder: str) -> str:
+    return (f"dataset.root={Path(root).expanduser().resolve()}: no {folder}/ there; pass "
+            f"dataset.root=<folder holding {folder}> or dataset.download=true")
+
+
+def _check_cifar(cfg) -> list[str]:
+    data = cfg.dataset
+    if data.num_classes not in CIFAR_ARCHIVES:
+        return [f"dataset.num_classes={data.num_classes}: CIFAR has 10 or 100 classes"]
+    folder = CIFAR_ARCHIVES[data.num_classes][1]
+    problems = [] if data.download or (Path(data.root).expanduser() / folder).is_dir() else \
+        [_missing_cifar(data.root, folder)]
+    return problems + batch_fits(cfg, min(CIFAR_TRAIN_SIZE, data.limit_train or CIFAR_TRAIN_SIZE), f"cifar{data.num_classes}")
+
+
+@checked_by(_check_cifar)
 def cifar(num_classes: int = 10, root: str = "data", download: bool = False, crop_padding: int = 4,
           flip: bool | str = True, pad_mode: str = "zeros", image_size: int = 32,
           limit_train: int | None = None, limit_val: int | None = None) -> Splits:
@@ -136,8 +177,7 @@ def cifar(num_classes: int = 10, root: str = "data", download: bool = False, cro
     base = Path(root).expanduser() / folder
     if not base.is_dir():
         if not download:
-            raise ConfigError(f"dataset.root: no {folder}/ under {Path(root).resolve()}; set "
-                              f"dataset.root=<folder holding {folder}> or dataset.download=true")
+            raise ConfigError(_missing_cifar(root, folder))
         from torchvision.datasets.utils import download_and_extract_archive
         download_and_extract_archive(url, download_root=str(Path(root).expanduser()))
     names = (["data_batch_%d" % i for i in range(1, 6)], ["test_batch"]) if num_classes == 10 else (["train"], ["test"])
@@ -158,6 +198,14 @@ def _read_cifar_batches(base: Path, files: list[str], label_key: str) -> TensorS
     return TensorSplit(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)))
 
 
+def _missing_image_folders(root: str, train_dir: str, val_dir: str) -> list[str]:
+    base = Path(root).expanduser()
+    return [f"dataset.root={base.resolve()}: {base / sub} is not a folder; point dataset.root at a tree with "
+            f"{train_dir}/<class>/*.jpg and {val_dir}/<class>/*.jpg" for sub in (train_dir, val_dir)
+            if not (base / sub).is_dir()][:1]
+
+
+@checked_by(lambda cfg: _missing_image_folders(cfg.dataset.root, cfg.dataset.train_dir, cfg.dataset.val_dir))
 def imagefolder(root: str, train_dir: str = "train", val_dir: str = "val", image_size: int = 224,
                 resize_size: int | None = None, name: str = "imagefolder",
                 limit_train: int | None = None, limit_val: int | None = None) -> Splits:
@@ -168,11 +216,10 @@ def imagefolder(root: str, train_dir: str = "train", val_dir: str = "val", image
     from torchvision import datasets
     from torchvision.transforms import v2
 
+    problems = _missing_image_folders(root, train_dir, val_dir)
+    if problems:
+        raise ConfigError(problems[0])
     base = Path(root).expanduser()
-    for sub in (train_dir, val_dir):
-        if not (base / sub).is_dir():
-            raise ConfigError(f"dataset.root: {base / sub} is not a folder; point dataset.root at a tree "
-                              f"with {train_dir}/<class>/*.jpg and {val_dir}/<class>/*.jpg")
     to_float = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     train_tf = v2.Compose([v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip(), *to_float])
     val_tf = v2.Compose([v2.Resize(resize_size or int(image_size * 256 / 224), antialias=True),

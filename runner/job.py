@@ -1,6 +1,7 @@
 """One job = one run folder: save the resolved config, train (or continue), write summary.json."""
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
 import time
@@ -12,7 +13,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner import distributed, env
 from runner.checkpoint import Checkpointer
+from runner.errors import ConfigError
 from runner.logger import RunLogger, read_meta, write_meta
+from runner.nonfinite import Diverged
+from runner.preemption import Preempted, PreemptionWatch
+from runner.validate import validate
 
 CONFIG_FILE, SUMMARY_FILE = "config.yaml", "summary.json"
 PATH_KEYS = {"root", "path", "source", "teacher", "checkpoint"}
@@ -43,12 +48,13 @@ def save_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
 
 
 def load_config(run_dir: Path) -> DictConfig:
-    from runner.errors import ConfigError
-
     path = Path(run_dir) / CONFIG_FILE
     if not path.exists():
         raise ConfigError(f"{run_dir} is not a divrun run folder (no {CONFIG_FILE}); pass the folder a run printed")
-    return OmegaConf.load(path)
+    # trainer and logger keys added to divrun after the run was made take their defaults
+    conf = importlib.resources.files("runner.conf")
+    defaults = {group: OmegaConf.load(conf / group / "default.yaml") for group in ("trainer", "logger")}
+    return OmegaConf.merge(defaults, OmegaConf.load(path))
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:
@@ -56,37 +62,46 @@ def write_summary(run_dir: Path, summary: dict) -> None:
 
 
 def run_job(cfg: DictConfig, run_dir: Path, name: str | None = None, group: str | None = None,
-            resolved: bool = False) -> dict:
-    """Train `cfg` in `run_dir`, continuing from checkpoints/last.pt when the folder holds one."""
+            resolved: bool = False, resume: bool | None = None) -> dict:
+    """Train `cfg` in `run_dir`. With `resume` (default: trainer.resume=auto) continue from the folder's newest
+    readable checkpoint (from step 0 if it has none); without it a folder that holds checkpoints is refused.
+    Nothing is written before the config has been validated and the checkpoint read."""
     from runner.train import Trainer  # torch-heavy; keep `divrun --help` fast
 
+    validate(cfg)
     run_dir = Path(run_dir).resolve()
+    main = distributed.is_main()  # under torchrun, rank 0 alone writes the folder
+    checkpointer = Checkpointer(run_dir, keep=cfg.trainer.keep_checkpoints, enabled=main)
+    resume = cfg.trainer.resume == "auto" if resume is None else resume
+    if not resume and checkpointer.exists():
+        raise ConfigError(f"{run_dir} already holds a run's checkpoints; continue it with trainer.resume=auto "
+                          f"(or divrun resume={run_dir}) or choose a new hydra.run.dir")
+    launching = distributed.should_launch(cfg.trainer)  # the torchrun workers read the checkpoint themselves
+    payload = checkpointer.load() if resume and not launching else None
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = cfg if resolved else save_config(cfg, run_dir)
-    if distributed.should_launch(cfg.trainer):
+    if launching:
         return launch_workers(cfg, run_dir, name, group)
-    main = distributed.is_main()  # under torchrun, rank 0 alone writes the folder
     name, group = run_name(run_dir, name, group)
     if main:
         write_meta(run_dir, name=name, group=group)
-    checkpointer = Checkpointer(run_dir, enabled=main)
-    payload = checkpointer.load()
     summary = {"name": name, "group": group, "status": "running", "run_dir": str(run_dir),
                **env.provenance(str(env.resolve_device(cfg.trainer.device)), distributed.world_size())}
     if main:
         write_summary(run_dir, summary)
-    logger = RunLogger(cfg, run_dir, name, group, enabled=main, resume_step=payload["step"] if payload else None)
-    started = time.time()
+    logger = RunLogger(cfg, run_dir, name, group, enabled=main,
+                       resume_step=records_final_through(payload) if resume else None)
+    started, trainer = time.time(), None
     try:
-        trainer = Trainer(cfg, run_dir, logger, checkpointer)
-        if payload:
-            trainer.restore(payload)
-            logger.print(f"divrun: resuming {run_dir} at step {trainer.step} (epoch {trainer.epoch})")
-        summary |= trainer.fit()
+        with PreemptionWatch() as preemption:
+            trainer = Trainer(cfg, run_dir, logger, checkpointer, preemption)
+            if payload:
+                trainer.restore(payload)
+                logger.print(f"divrun: resuming {run_dir} at step {trainer.step} (epoch {trainer.epoch})")
+            summary |= trainer.fit()
         summary["status"] = "finished"
     except BaseException as error:
-        summary |= {"status": "failed", "error": f"{type(error).__name__}: {error}",
-                    "traceback": traceback.format_exc(limit=20)}
+        summary |= (trainer.results() if trainer else {}) | outcome(error)
         raise
     finally:
         summary["wall_time_s"] = round(time.time() - started + read_previous_wall_time(payload), 3)
@@ -113,6 +128,27 @@ def launch_workers(cfg: DictConfig, run_dir: Path, name: str | None, group: str 
     distributed.launch(cfg.trainer, run_dir)
     summary_file = run_dir / SUMMARY_FILE
     return json.loads(summary_file.read_text()) if summary_file.exists() else {}
+
+
+def outcome(error: BaseException) -> dict:
+    """summary.json fields for a run that stopped early: its status and why."""
+    message = str(error) or type(error).__name__
+    if isinstance(error, Diverged):
+        return {"status": "diverged", "error": message, "diverged_at_step": error.step, "diverged_tensor": error.tensor}
+    if isinstance(error, Preempted):
+        return {"status": "preempted", "error": message}
+    if isinstance(error, KeyboardInterrupt):
+        return {"status": "interrupted", "error": "KeyboardInterrupt"}
+    return {"status": "failed", "error": f"{type(error).__name__}: {message}",
+            "traceback": traceback.format_exc(limit=20)}
+
+
+def records_final_through(payload: dict | None) -> int:
+    """The step up to which a resumed folder's records stand; later ones are dropped and written again. The
+    steps a checkpoint holds unflushed statistics for are written by the resumed run, so they go too."""
+    if not payload:
+        return 0  # no checkpoint: the run starts over
+    return payload["step"] - len(payload.get("pending_stats", ()))
 
 
 def read_previous_wall_time(payload: dict | None) -> float:

@@ -59,7 +59,11 @@ class RunLogger:
             return
         self.metrics_file.write(json.dumps(record) + "\n")
         if self.wandb_run is not None:
-            self.wandb_run.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+            try:
+                self.wandb_run.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+            except Exception as error:  # noqa: BLE001 - a wandb failure must never cost the local results
+                warnings.warn(f"wandb: logging failed ({error}); wandb is off for this run, metrics.jsonl is complete")
+                self.wandb_run = None
 
     def log_grad_norms(self, first_step: int, rows: list[list[float]]) -> None:
         if self.enabled:
@@ -129,19 +133,29 @@ class RunLogger:
         self.wandb_mode = resolve_wandb_mode(settings.mode)
         if self.wandb_mode == "disabled":
             return
-        meta = read_meta(self.run_dir)
-        try:
-            import wandb
+        for attempt in (self.wandb_mode, "offline"):
+            try:
+                self.wandb_run, self.wandb_mode = self._init_wandb(name, group, attempt), attempt
+                return
+            except Exception as error:  # noqa: BLE001 - wandb trouble (no server, bad key) must not stop training
+                reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                if attempt != "online":
+                    warnings.warn(f"wandb: could not start ({reason}); training continues, metrics.jsonl is complete")
+                    return
+                warnings.warn(f"wandb: cannot reach the server or log in ({reason}); logging offline instead, "
+                              f"training continues and metrics.jsonl is complete")
 
-            self.wandb_run = wandb.init(
-                project=settings.project, entity=settings.entity, name=name, group=settings.group or group,
-                tags=list(settings.tags), dir=str(self.run_dir), mode=self.wandb_mode,
-                config=OmegaConf.to_container(self.cfg, resolve=True), id=meta.get("wandb_id"), resume="allow",
-                settings=wandb.Settings(init_timeout=60, silent=True))
-            write_meta(self.run_dir, wandb_id=self.wandb_run.id)
-        except Exception as error:  # noqa: BLE001 - wandb trouble must not stop training
-            warnings.warn(f"wandb: could not start ({error}); training continues, metrics.jsonl is complete")
-            self.wandb_run = None
+    def _init_wandb(self, name: str, group: str | None, mode: str):
+        import wandb
+
+        settings = self.cfg.logger.wandb
+        run = wandb.init(
+            project=settings.project, entity=settings.entity, name=name, group=settings.group or group,
+            tags=list(settings.tags), dir=str(self.run_dir), mode=mode,
+            config=OmegaConf.to_container(self.cfg, resolve=True), id=read_meta(self.run_dir).get("wandb_id"),
+            resume="allow", settings=wandb.Settings(init_timeout=settings.get("init_timeout", 60), silent=True))
+        write_meta(self.run_dir, wandb_id=run.id)
+        return run
 
 
 def resolve_wandb_mode(mode: str) -> str:

@@ -21,7 +21,9 @@ from runner.data import build_loaders, cpu_count
 from runner.errors import ConfigError
 from runner.logger import RunLogger
 from runner.models import build_model
+from runner.nonfinite import Diverged, SkipNonFinite, first_divergence, first_nonfinite_index, is_finite_step
 from runner.optim import build_optimizer, is_adam_family
+from runner.preemption import Preempted, PreemptionWatch
 from runner.tta import check_level, tta_logits
 
 ECE_BINS = 15
@@ -67,8 +69,9 @@ class CompiledOrEager:
 
 
 class StepStats:
-    """Per-step loss, correct count and gradient norms kept on the device until the logging interval."""
-    FIELDS = ("loss", "correct", "grad_l2", "grad_l1")
+    """Per-step loss, correct count, gradient norms and the first parameter with a non-finite gradient, kept on
+    the device until the logging interval."""
+    FIELDS = ("loss", "correct", "grad_l2", "grad_l1", "nonfinite_param")
 
     def __init__(self, capacity: int, device: torch.device):
         self.buffer = torch.zeros(capacity, len(self.FIELDS), device=device)
@@ -83,25 +86,41 @@ class StepStats:
     def drain(self) -> list[list[float]]:
         """Rows over the global batch: loss and norms averaged over ranks, correct counts summed."""
         rows = self.buffer[:self.count]
-        if distributed.world_size() > 1:
-            distributed.all_reduce_sum(rows)
+        if distributed.world_size() > 1:  # the non-finite parameter index (column 4) is per rank: kept
+            reduced = rows[:, :4].contiguous()
+            distributed.all_reduce_sum(reduced)
+            rows[:, :4] = reduced
             rows[:, [0, 2, 3]] /= distributed.world_size()
         rows = rows.tolist()  # the one host sync per logging interval
         self.count = 0
         return rows
 
+    def pending(self) -> torch.Tensor:
+        """The rows not yet drained (a checkpoint carries them so the resumed run writes the same records)."""
+        return self.buffer[:self.count]
+
+    def restore(self, rows: torch.Tensor, first_step: int) -> None:
+        if len(rows) > len(self.buffer):  # resumed with a smaller log_every: room for the saved rows
+            self.buffer = torch.zeros(len(rows), self.buffer.shape[1], device=self.buffer.device)
+        self.count, self.first_step = len(rows), first_step
+        self.buffer[:self.count] = rows.to(self.buffer.device)
+
 
 @torch.no_grad()
-def grad_norms(params: list[torch.Tensor], with_l1: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    grads = [p.grad for p in params if p.grad is not None]
-    l2 = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+def grad_norms(params: list[torch.Tensor], with_l1: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """L2 (and L1) norm of all gradients, and the index in `params` of the first non-finite one."""
+    grads = [p.grad if p.grad is not None else p.new_empty(0) for p in params]  # empty: norm 0, keeps indices
+    norms = torch.stack(torch._foreach_norm(grads))
+    l2 = torch.linalg.vector_norm(norms)
     l1 = torch.stack(torch._foreach_norm(grads, 1)).sum() if with_l1 else torch.zeros_like(l2)
-    return l2, l1
+    return l2, l1, first_nonfinite_index(norms)
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, run_dir: Path, logger: RunLogger, checkpointer: Checkpointer):
+    def __init__(self, cfg: DictConfig, run_dir: Path, logger: RunLogger, checkpointer: Checkpointer,
+                 preemption: PreemptionWatch | None = None):
         self.cfg, self.run_dir, self.logger, self.checkpointer = cfg, Path(run_dir), logger, checkpointer
+        self.preemption = preemption
         trainer = cfg.trainer
         env.seed_everything(cfg.seed, trainer.deterministic)
         self.splits = instantiate(cfg.dataset)
@@ -125,6 +144,7 @@ class Trainer:
         # DDP first, then compile (torch's DDPOptimizer splits the graph at DDP's bucket boundaries)
         self.forward = CompiledOrEager(distributed.wrap(self.model, self.rt.device), trainer.compile, logger)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.param_names = [name for name, p in self.model.named_parameters() if p.requires_grad]
         self.tta = check_level(trainer.tta)
         self.schedule = instantiate(cfg.schedule)(total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch)
         self.lr_factors = self.schedule.factors()
@@ -133,11 +153,13 @@ class Trainer:
             self.schedule.save(self.run_dir, self.base_lrs[0])  # lr_schedule.csv and .png
         auto_l1 = trainer.grad_norm_l1 == "auto"
         self.grad_norm_l1 = is_adam_family(cfg.optimizer._target_) if auto_l1 else bool(trainer.grad_norm_l1)
-        self.second_order = getattr(self.optimizer, "second_order", False)
-        if self.second_order and self.rt.autocast_dtype is not None:
-            raise ConfigError(f"optimizer={cfg.optimizer._target_.rsplit('.', 1)[-1]} is second-order and needs "
-                              f"fp32 Hessian-vector products; set trainer.precision=fp32")
+        self.second_order = getattr(self.optimizer, "second_order", False)  # fp32 only: runner/validate.py
+        self.guard = (SkipNonFinite(self.model, self.optimizer, self.params, self.rt.scaler is not None)
+                      if trainer.on_nonfinite == "skip" else None)
+        self.stats = StepStats(trainer.log_every, self.rt.device)
         self.step, self.epoch, self.best_acc1, self.last_eval = 0, 0, 0.0, {}
+        self.train_loss, self.skipped_steps, self.saved_step = math.nan, 0, None
+        self.wall_time_before, self.started, self.clock = 0.0, time.time(), time.perf_counter()
 
     # ---- one optimizer step --------------------------------------------------------------------------
     def autocast(self):
@@ -154,24 +176,31 @@ class Trainer:
         factor = self.lr_factors[self.step]
         for group, base_lr in zip(optimizer.param_groups, self.base_lrs):
             group["lr"] = base_lr * factor
+        if self.guard:
+            self.guard.snapshot()
         loss, logits = self.compute_loss(images, labels)
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
         else:
             loss.backward(create_graph=self.second_order)
-        l2, l1 = grad_norms(self.params, self.grad_norm_l1)  # before the optimizer touches the gradients
+        l2, l1, nonfinite = grad_norms(self.params, self.grad_norm_l1)  # before the optimizer touches them
         if trainer.grad_clip:
             torch.nn.utils.clip_grads_with_norm_(self.params, trainer.grad_clip, l2, foreach=True)
         closure = self.closure(images, labels) if getattr(optimizer, "needs_closure", False) else None
+        do_step = lambda: self.optimizer_step(closure)
+        self.guard.step(loss.detach(), l2, do_step) if self.guard else do_step()
+        optimizer.zero_grad(set_to_none=True)
+        correct = (logits.detach().argmax(-1) == labels).sum() if labels.ndim == 1 else torch.zeros_like(l2)
+        return torch.stack([loss.detach().float(), correct.float(), l2.float(), l1.float(), nonfinite.float()])
+
+    def optimizer_step(self, closure) -> None:
+        optimizer, scaler = self.optimizer, self.rt.scaler
         if scaler is not None:
             scaler.step(optimizer, closure) if closure else scaler.step(optimizer)
             scaler.update()
         else:
             optimizer.step(closure) if closure else optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        correct = (logits.detach().argmax(-1) == labels).sum() if labels.ndim == 1 else torch.zeros_like(l2)
-        return torch.stack([loss.detach().float(), correct.float(), l2.float(), l1.float()])
 
     def closure(self, images: torch.Tensor, labels: torch.Tensor):
         """Re-evaluates loss and gradients at the optimizer's current weights (SAM's second pass)."""
@@ -212,79 +241,132 @@ class Trainer:
                 "val/acc5": top5 / count, "val/ece": ece}
 
     # ---- the loop ------------------------------------------------------------------------------------
-    def restore(self, payload: dict) -> None:
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        if self.rt.scaler is not None and payload.get("scaler"):
-            self.rt.scaler.load_state_dict(payload["scaler"])
-        self.step, self.epoch = payload["step"], payload["epoch"]
-        self.best_acc1, self.last_eval = payload.get("best_acc1", 0.0), payload.get("last_eval", {})
-        set_rng_state(payload["rng"])
-
-    def checkpoint(self) -> None:
-        self.checkpointer.save({
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scaler": self.rt.scaler.state_dict() if self.rt.scaler else {}, "step": self.step,
-            "epoch": self.epoch, "best_acc1": self.best_acc1, "last_eval": self.last_eval,
-            "total_steps": self.total_steps})
-
     def fit(self) -> dict:
         trainer, log = self.cfg.trainer, self.logger
-        stats = StepStats(trainer.log_every, self.rt.device)
         log.print(f"divrun: {self.splits.name} ({len(self.splits.train)} train / {len(self.splits.val)} val), "
                   f"{sum(p.numel() for p in self.params):,} parameters, {self.total_steps} steps on {self.rt.device}, "
                   f"batch {trainer.batch_size} per device x {self.world_size} processes = "
                   f"{trainer.batch_size * self.world_size} global")
         log.start_progress(self.total_steps, self.epochs, self.steps_per_epoch, self.step, self.epoch)
-        train_loss = math.nan
-        clock = time.perf_counter()
+        self.clock = time.perf_counter()
         self.model.train()
         while self.step < self.total_steps:
-            start_batch = self.step - self.epoch * self.steps_per_epoch
+            start_batch = self.step - self.epoch * self.steps_per_epoch  # > 0 when resuming inside an epoch
             if hasattr(self.model, "set_epoch"):  # per-epoch model settings (airbench freezes its whitening bias)
                 self.model.set_epoch(self.epoch)
             for images, labels, _ in self.train_loader.epoch(self.epoch, start_batch):
-                stats.add(self.step, self.train_step(images, labels))
+                self.stats.add(self.step, self.train_step(images, labels))
                 self.step += 1
                 log.advance()
-                if stats.count == trainer.log_every or self.step == self.total_steps:
-                    train_loss, clock = self.flush(stats, clock)
+                self.end_of_step()
                 if self.step == self.total_steps:
                     break
-            self.epoch += 1
-            if stats.count:
-                train_loss, clock = self.flush(stats, clock)
-            self.end_of_epoch(train_loss)
-        return {"final_train_loss": train_loss, "best_val_acc1": self.best_acc1,
-                "final_val_acc1": self.last_eval.get("val/acc1"), "final_val_loss": self.last_eval.get("val/loss"),
-                "final_val_ece": self.last_eval.get("val/ece"), "steps": self.step, "epochs": self.epoch}
+        return self.results()
 
-    def flush(self, stats: StepStats, clock: float) -> tuple[float, float]:
-        """Write one record for the steps since the last flush (one host sync), return mean loss and time."""
-        first, rows = stats.first_step, stats.drain()
+    def end_of_step(self) -> None:
+        """Records, evaluation and checkpoints that fall on this step; a preemption signal saves and stops here.
+
+        A checkpoint taken here is the state after all of the step's work, so the records up to its step are
+        final and a resumed run writes exactly the records that follow."""
+        trainer = self.cfg.trainer
+        epoch_done = self.step in (self.total_steps, (self.epoch + 1) * self.steps_per_epoch)
+        if self.stats.count >= trainer.log_every or (epoch_done and self.stats.count):
+            self.flush()
+        if epoch_done:
+            self.epoch += 1
+            self.end_of_epoch()
+        if self.checkpoint_due(epoch_done):
+            self.checkpoint()
+        if self.preemption is not None and self.preemption.requested and self.step < self.total_steps:
+            if self.saved_step != self.step:
+                self.checkpoint()
+            raise Preempted(self.preemption.received, self.step)
+
+    def checkpoint_due(self, epoch_done: bool) -> bool:
+        trainer = self.cfg.trainer
+        every_epochs, every_steps = trainer.checkpoint_every, trainer.checkpoint_every_steps
+        return (self.step == self.total_steps or bool(every_steps and self.step % every_steps == 0)
+                or bool(epoch_done and every_epochs and self.epoch % every_epochs == 0))
+
+    def flush(self) -> None:
+        """Write one record for the steps since the last flush (one host sync) and check them for NaN/Inf."""
+        first, rows = self.stats.first_step, self.stats.drain()
         now = time.perf_counter()
-        n, global_batch = len(rows), self.cfg.trainer.batch_size * self.world_size
-        loss = sum(r[0] for r in rows) / n
-        record = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "train/loss": loss,
-                  "train/acc1": sum(r[1] for r in rows) / (n * global_batch),
-                  "train/lr": self.optimizer.param_groups[0]["lr"], "train/grad_norm": sum(r[2] for r in rows) / n,
-                  "train/img_per_s": n * global_batch / max(now - clock, 1e-9)}
+        finite = [r for r in rows if is_finite_step(r[0], r[2])]
+        self.skipped_steps += len(rows) - len(finite)
+        mean = lambda column: sum(r[column] for r in finite) / len(finite) if finite else math.nan
+        global_batch = self.cfg.trainer.batch_size * self.world_size
+        record = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "train/loss": mean(0),
+                  "train/acc1": sum(r[1] for r in rows) / (len(rows) * global_batch),
+                  "train/lr": self.optimizer.param_groups[0]["lr"], "train/grad_norm": mean(2),
+                  "train/img_per_s": len(rows) * global_batch / max(now - self.clock, 1e-9),
+                  "train/skipped_steps": self.skipped_steps}
         self.logger.log(record)
         self.logger.log_grad_norms(first, [[r[2], r[3]] for r in rows])
-        self.logger.advance(0, info=f"loss {loss:.4f}  acc {record['train/acc1']:.3f}  lr {record['train/lr']:.3g}  "
-                                    f"{record['train/img_per_s']:.0f} img/s")
-        return loss, now
+        self.logger.advance(0, info=f"loss {record['train/loss']:.4f}  acc {record['train/acc1']:.3f}  "
+                                    f"lr {record['train/lr']:.3g}  {record['train/img_per_s']:.0f} img/s")
+        self.train_loss, self.clock = record["train/loss"], now
+        self.stop_if_diverged(rows, first)
 
-    def end_of_epoch(self, train_loss: float) -> None:
+    def stop_if_diverged(self, rows: list[list[float]], first_step: int) -> None:
+        if self.cfg.trainer.on_nonfinite != "stop":
+            return
+        found = first_divergence(rows, first_step, self.param_names, scaled=self.rt.scaler is not None)
+        if found:
+            step, tensor = found
+            raise Diverged(step, self.base_lrs[0] * self.lr_factors[step], tensor, self.saved_step)
+
+    def end_of_epoch(self) -> None:
         trainer, done = self.cfg.trainer, self.step >= self.total_steps
         if done or self.epoch % trainer.eval_every == 0:
             self.last_eval = self.evaluate()
             self.best_acc1 = max(self.best_acc1, self.last_eval["val/acc1"])
             self.logger.log({"step": self.step, "epoch": self.epoch, **self.last_eval})
-            info = f"train loss {train_loss:.4f}  val acc {self.last_eval['val/acc1']:.4f}"
+            info = f"train loss {self.train_loss:.4f}  val acc {self.last_eval['val/acc1']:.4f}"
             self.logger.set_epoch_info(info)
             if not self.logger.progress:
                 self.logger.print(f"epoch {self.epoch}/{self.epochs}  step {self.step}  {info}")
         self.logger.advance(0, epoch_done=True)
-        if done or self.epoch % trainer.checkpoint_every == 0:
-            self.checkpoint()
+
+    def results(self) -> dict:
+        """The summary.json fields of the run so far (also written for a run that stops early)."""
+        finite = lambda value: value if value is not None and math.isfinite(value) else None
+        return {"final_train_loss": finite(self.train_loss), "best_val_acc1": self.best_acc1,
+                "final_val_acc1": self.last_eval.get("val/acc1"), "final_val_loss": finite(self.last_eval.get("val/loss")),
+                "final_val_ece": finite(self.last_eval.get("val/ece")), "steps": self.step, "epochs": self.epoch,
+                "skipped_steps": self.skipped_steps}
+
+    # ---- checkpoints ---------------------------------------------------------------------------------
+    def stateful(self) -> dict:
+        """Everything whose state_dict a checkpoint carries (model, optimizer, loss, scaler, and a schedule or
+        any other component that has state): a new stateful component is one more entry here."""
+        objects = {"model": self.model, "optimizer": self.optimizer, "loss": self.loss_fn, "scaler": self.rt.scaler,
+                   "schedule": self.schedule}
+        return {name: obj for name, obj in objects.items() if hasattr(obj, "state_dict")}
+
+    def checkpoint(self) -> None:
+        if self.cfg.trainer.on_nonfinite == "stop":  # never save a diverged model (one sync, as the save is one)
+            self.stop_if_diverged(self.stats.pending().tolist(), self.stats.first_step)
+        self.checkpointer.save({
+            **{name: obj.state_dict() for name, obj in self.stateful().items()},
+            "step": self.step, "epoch": self.epoch, "best_acc1": self.best_acc1, "last_eval": self.last_eval,
+            "train_loss": self.train_loss, "skipped_steps": self.skipped_steps, "total_steps": self.total_steps,
+            "pending_stats": self.stats.pending().cpu(), "pending_first_step": self.stats.first_step,
+            "wall_time_s": self.wall_time_before + time.time() - self.started})
+        self.saved_step = self.step
+
+    def restore(self, payload: dict) -> None:
+        for name, obj in self.stateful().items():
+            if name in payload:
+                try:
+                    obj.load_state_dict(payload[name])
+                except (RuntimeError, KeyError, ValueError) as error:
+                    raise ConfigError(f"the checkpoint's {name} state does not fit this config "
+                                      f"({str(error).splitlines()[0]}); resume with the run's own config") from error
+        self.step, self.epoch = payload["step"], payload["epoch"]
+        self.best_acc1, self.last_eval = payload.get("best_acc1", 0.0), payload.get("last_eval", {})
+        self.train_loss, self.skipped_steps = payload.get("train_loss", math.nan), payload.get("skipped_steps", 0)
+        self.wall_time_before, self.saved_step = payload.get("wall_time_s", 0.0), self.step
+        if "pending_stats" in payload:
+            self.stats.restore(payload["pending_stats"], payload["pending_first_step"])
+        set_rng_state(payload["rng"])

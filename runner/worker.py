@@ -12,6 +12,7 @@ from pathlib import Path
 
 from runner import distributed
 from runner.errors import ConfigError
+from runner.cli import report
 from runner.job import load_config, run_job
 
 
@@ -21,16 +22,12 @@ def main(run_dir: str) -> None:
         if not distributed.is_main():
             warnings.simplefilter("ignore")
         try:
-            run_job(cfg, Path(run_dir), resolved=True)
-        except KeyboardInterrupt:
-            sys.exit(130)
-        except Exception as error:
-            config_error = find_config_error(error)
-            if config_error is None:
-                raise
-            if distributed.is_main():
-                print(f"divrun: error: {config_error}", file=sys.stderr)
-            sys.exit(2)  # divrun adds nothing to a status-2 failure: this line says it all
+            run_job(cfg, Path(run_dir), resolved=True, resume=True)  # divrun already checked the intent
+        except BaseException as error:  # noqa: BLE001 - report() prints one line and exits with the code
+            error = find_config_error(error) or error
+            if isinstance(error, ConfigError) and not distributed.is_main():
+                sys.exit(2)  # rank 0 says it once
+            report(error)
 
 
 def find_config_error(error: BaseException | None) -> ConfigError | None:

@@ -1,41 +1,144 @@
-"""`divrun resume=<run folder>` continues a stopped run and ends where an uninterrupted run ends."""
+"""A run killed at any moment and resumed ends bit-identical to one that never stopped (CPU, deterministic).
+
+Each test starts `divrun` in a subprocess, kills it at a randomly drawn point (SIGKILL: no chance to clean up;
+SIGTERM: the preemption path), resumes it and compares weights, optimizer state, every metric record and
+every gradient norm with an uninterrupted run of the same config.
+"""
 from __future__ import annotations
 
 import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import divrun, read_summary, train
-from runner.train import Trainer
+from conftest import divrun, read_summary
+from runner.checkpoint import load, step_of
+from runner.preemption import REQUEUE_EXIT_CODE, PreemptionWatch
 
-OVERRIDES = ("trainer.epochs=3", "trainer.deterministic=true", "dataset.limit_train=512")
+STEPS_PER_EPOCH = 22  # 1437 digits training images // 64
+RUN = ["trainer.epochs=4", "trainer.batch_size=64", "trainer.log_every=4", "trainer.deterministic=true",
+       "trainer.device=cpu", "logger.progress=false", "model.width=16"]
+TOTAL_STEPS = 4 * STEPS_PER_EPOCH
+DRAW = random.Random()  # a random kill point per test; the value is in every failure message
 
 
-def metric_records(run_dir):
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "train/img_per_s"} for r in records]
+def start(run_dir: Path, *overrides: str) -> subprocess.Popen:
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    log = open(run_dir.parent / f"{run_dir.name}.log", "w")
+    return subprocess.Popen([str(Path(sys.executable).with_name("divrun")), f"hydra.run.dir={run_dir}", *RUN, *overrides],
+                            cwd=run_dir.parent, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "WANDB_MODE": "disabled"})
 
 
-def test_resume_after_a_stop_matches_the_uninterrupted_run(tmp_path, monkeypatch):
-    _, straight = train(tmp_path / "straight", *OVERRIDES)
+def wait_until(condition, process: subprocess.Popen, what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"divrun exited with {process.returncode} before {what}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
 
-    finish_epoch = Trainer.end_of_epoch
 
-    def stop_after_first_epoch(self, train_loss):
-        finish_epoch(self, train_loss)
-        if self.epoch == 1:
-            raise KeyboardInterrupt
+def newest_checkpoint_step(run_dir: Path) -> int:
+    return max((step_of(p) for p in (run_dir / "checkpoints").glob("step_*.pt")), default=-1)
 
-    monkeypatch.setattr(Trainer, "end_of_epoch", stop_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(tmp_path / "stopped", *OVERRIDES)
-    monkeypatch.undo()
-    stopped = tmp_path / "stopped" / "run"
-    assert read_summary(stopped)["status"] == "failed"
 
-    divrun(f"resume={stopped}", "logger.progress=false", cwd=tmp_path)
-    assert read_summary(stopped)["status"] == "finished"
-    assert metric_records(stopped) == metric_records(straight)
-    weights = [torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"] for run in (straight, stopped)]
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+def kill_after_checkpoint(process: subprocess.Popen, run_dir: Path, min_step: int) -> None:
+    wait_until(lambda: newest_checkpoint_step(run_dir) >= min_step, process, f"a checkpoint at step >= {min_step}")
+    time.sleep(DRAW.uniform(0, 0.05))
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert read_summary(run_dir)["status"] == "running"
+
+
+def resumed_at(result: subprocess.CompletedProcess) -> int:
+    return int(re.search(r"resuming[\s\S]*?at step (\d+)", result.stdout + result.stderr).group(1))
+
+
+def records(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "train/img_per_s"} for line in lines]
+
+
+def assert_same_run(run_dir: Path, reference: Path, context: str) -> None:
+    got, want = load(run_dir / "checkpoints" / "last.pt"), load(reference / "checkpoints" / "last.pt")
+    assert got["step"] == want["step"] == TOTAL_STEPS, context
+    for name, tensor in want["model"].items():
+        assert torch.equal(got["model"][name], tensor), f"{context}: weights differ in {name}"
+    for index, state in want["optimizer"]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(got["optimizer"]["state"][index][key], value), f"{context}: optimizer state {index}.{key}"
+    assert records(run_dir) == records(reference), f"{context}: metrics.jsonl differs"
+    assert (run_dir / "grad_norms.csv").read_text() == (reference / "grad_norms.csv").read_text(), context
+    summary = read_summary(run_dir)
+    assert summary["status"] == "finished" and summary["steps"] == TOTAL_STEPS, context
+    for key in ("final_val_acc1", "best_val_acc1", "final_train_loss", "final_val_loss"):
+        assert summary[key] == read_summary(reference)[key], f"{context}: {key}"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The same run, never interrupted."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    divrun(f"hydra.run.dir={run_dir}", *RUN, cwd=run_dir.parent)
+    return run_dir
+
+
+def test_sigkill_then_resume_from_an_epoch_boundary_is_exact(reference, tmp_path):
+    run_dir, kill_at = tmp_path / "run", DRAW.choice([1, 2]) * STEPS_PER_EPOCH
+    process = start(run_dir, "trainer.checkpoint_every=1")
+    kill_after_checkpoint(process, run_dir, kill_at)
+    result = divrun(f"resume={run_dir}", cwd=tmp_path)
+    step, context = resumed_at(result), f"killed after the checkpoint at step >= {kill_at}"
+    assert step % STEPS_PER_EPOCH == 0 and 0 < step < TOTAL_STEPS, context
+    assert_same_run(run_dir, reference, f"{context}, resumed at {step}")
+
+
+def test_sigkill_then_resume_from_inside_an_epoch_is_exact(reference, tmp_path):
+    run_dir, kill_at = tmp_path / "run", DRAW.randrange(5, 55, 5)
+    process = start(run_dir, "trainer.checkpoint_every=null", "trainer.checkpoint_every_steps=5",
+                    "trainer.keep_checkpoints=1")
+    kill_after_checkpoint(process, run_dir, kill_at)
+    result = divrun(f"resume={run_dir}", cwd=tmp_path)
+    step, context = resumed_at(result), f"killed after the checkpoint at step >= {kill_at}"
+    assert step % STEPS_PER_EPOCH != 0 and step < TOTAL_STEPS, context
+    assert_same_run(run_dir, reference, f"{context}, resumed at {step}")
+
+
+def test_sigterm_saves_a_checkpoint_exits_for_requeue_and_resume_auto_is_exact(reference, tmp_path):
+    run_dir, records_before = tmp_path / "run", DRAW.randrange(1, 10)
+    overrides = ["trainer.checkpoint_every=null"]  # the only checkpoint before the end is the one SIGTERM asks for
+    process = start(run_dir, *overrides)
+    metrics = run_dir / "metrics.jsonl"
+    wait_until(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= records_before, process,
+               f"{records_before} metric records")
+    process.send_signal(signal.SIGTERM)
+    context = f"SIGTERM after {records_before} records"
+    assert process.wait(timeout=300) == REQUEUE_EXIT_CODE, context
+    summary = read_summary(run_dir)
+    assert summary["status"] == "preempted" and "SIGTERM received" in summary["error"], context
+    assert newest_checkpoint_step(run_dir) == summary["steps"] < TOTAL_STEPS, context
+    # a SLURM requeue runs the same command again: the fixed run folder plus trainer.resume=auto continue it
+    result = divrun(f"hydra.run.dir={run_dir}", *RUN, *overrides, "trainer.resume=auto", cwd=tmp_path)
+    assert resumed_at(result) == summary["steps"], context
+    assert_same_run(run_dir, reference, context)
+
+
+def test_preemption_watch_turns_signals_into_a_flag_and_restores_the_handlers():
+    before = signal.getsignal(signal.SIGUSR1)
+    with PreemptionWatch() as watch:
+        assert not watch.requested
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.01)
+        assert watch.requested and watch.received == "SIGUSR1"
+    assert signal.getsignal(signal.SIGUSR1) is before
