@@ -20,6 +20,7 @@ from runner.checkpoint import Checkpointer, set_rng_state
 from runner.data import build_loaders, cpu_count
 from runner.errors import ConfigError
 from runner.logger import RunLogger
+from runner.losses import build_loss
 from runner.models import build_model
 from runner.optim import build_optimizer
 
@@ -106,7 +107,7 @@ class Trainer:
             self.splits, trainer.batch_size, trainer.eval_batch_size, self.rt.device, cfg.seed, workers,
             self.rt.channels_last)
         self.optimizer = build_optimizer(cfg.optimizer, self.model)
-        self.loss_fn = instantiate(cfg.loss)
+        self.loss_fn = build_loss(cfg.loss)
         self.forward = CompiledOrEager(self.model, trainer.compile, logger)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.steps_per_epoch = len(self.train_loader)
@@ -183,7 +184,8 @@ class Trainer:
             hits = top5 == labels[:, None]
             sums += torch.stack([loss, nll, hits[:, 0].sum(), hits.any(-1).sum(), torch.tensor(len(labels), device=device)])
             confidence = logits.softmax(-1).max(-1).values
-            bin_index = (confidence * ECE_BINS).long().clamp_(max=ECE_BINS - 1)
+            # bin b holds confidences in [b/15, (b+1)/15); the clamp keeps 1.0 and NaN (a diverged model) in range
+            bin_index = (confidence * ECE_BINS).long().clamp_(0, ECE_BINS - 1)
             for row, values in enumerate((torch.ones_like(confidence), confidence, hits[:, 0].float())):
                 bins[row].index_add_(0, bin_index, values)
         model.train(was_training)
