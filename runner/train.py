@@ -237,7 +237,8 @@ class Trainer:
             self.end_of_epoch(train_loss)
         return {"final_train_loss": train_loss, "best_val_acc1": self.best_acc1,
                 "final_val_acc1": self.last_eval.get("val/acc1"), "final_val_loss": self.last_eval.get("val/loss"),
-                "final_val_ece": self.last_eval.get("val/ece"), "steps": self.step, "epochs": self.epoch}
+                "final_val_ece": self.last_eval.get("val/ece"), "final_val_nll": self.last_eval.get("val/nll"),
+                "train_label_noise": self.splits.label_noise, "steps": self.step, "epochs": self.epoch}
 
     def flush(self, stats: StepStats, clock: float) -> tuple[float, float]:
         """Write one record for the steps since the last flush (one host sync), return mean loss and time."""

@@ -23,11 +23,9 @@ MAX_LOG = 20.0
 
 
 def target_distribution(target: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
-    """q as a (N, K) float32 matrix: one-hot from indices (smoothed towards uniform) or the given vectors."""
-    if target.ndim == 2:
-        q = target.float()
-    else:
-        q = F.one_hot(target, num_classes).float()
+    """q as a (N, K) float matrix (at least float32): one-hot from indices (smoothed towards uniform) or the given vectors."""
+    q = target if target.ndim == 2 else F.one_hot(target, num_classes)
+    q = q.to(torch.promote_types(q.dtype, torch.float32))  # float64 stays float64 (reference checks)
     return q * (1 - smoothing) + smoothing / num_classes if smoothing else q
 
 
@@ -58,7 +56,7 @@ class Loss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         with torch.autocast(logits.device.type, enabled=False):
-            logits = logits.float()
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
             loss = self.batch_loss(logits / self.temperature, target)
             if self.z_reg:  # z_reg * log(Z)^2 keeps the softmax normaliser near 1 (PaLM's z-loss)
                 loss = loss + self.z_reg * torch.logsumexp(logits, -1).square().mean()

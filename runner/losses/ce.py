@@ -11,7 +11,7 @@ class CrossEntropy(Loss):
     """H(q, p) = KL(q || p) + H(q): same gradient as KL for fixed q; torch's kernel for both target kinds."""
 
     def batch_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        target = target if target.ndim == 1 else target.float()
+        target = target if target.ndim == 1 else target.to(logits.dtype)
         return F.cross_entropy(logits, target, label_smoothing=self.smoothing)
 
     def divergence(self, log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:

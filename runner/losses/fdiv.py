@@ -112,7 +112,8 @@ class Alpha(Loss):
 class FDivergence(Loss):
     """sum_k p_k f(q_k / p_k) for a generator f named in `runner.losses.generators` (convex, f(1) = 0).
 
-    The ratio is taken in log space and clipped to [-MAX_LOG, MAX_LOG]; each term is written as
+    The ratio is taken in log space and clipped to [-80, MAX_LOG] (t = 0 becomes e^-80, so f'(t) stays
+    finite in float32 while f(t) equals f(0) to ~e^-40 even for sqrt-like f); each term is written as
     p f(t) where q <= p and q f(t) / t where q > p, so neither side underflows to 0 * inf.
     """
 
@@ -130,6 +131,7 @@ class FDivergence(Loss):
             self.require_full_support(f"the f-divergence with generator {generator} (f(0) is infinite)")
 
     def divergence(self, log_q, log_p):
-        t = (log_q - log_p).clamp(-MAX_LOG, MAX_LOG).exp()
+        u = (log_q - log_p).clamp(-80.0, MAX_LOG)
+        t, q_larger = u.exp(), u > 0
         f_t = self.f(t)
-        return torch.where(log_q > log_p, log_q.exp() * f_t / t, log_p.exp() * f_t).sum(-1)
+        return torch.where(q_larger, log_q.exp() * f_t / t, log_p.exp() * f_t).sum(-1)
