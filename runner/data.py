@@ -245,7 +245,7 @@ def add_label_noise(splits: Splits, label_noise: dict | None) -> Splits:
     clean = _split_labels(splits.train)
     noisy = corrupt_labels(clean, splits.num_classes, **label_noise)
     splits.train = splits.train.relabel(noisy) if isinstance(splits.train, TensorSplit) else Relabeled(splits.train, noisy)
-    splits.label_noise = (noisy != clean).float().mean().item()
+    splits.label_noise = (noisy != clean).sum().item() / len(clean)
     return splits
 
 
