@@ -65,11 +65,16 @@ class Loss(nn.Module):
     def batch_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Mean over the batch; `logits` are already divided by the temperature."""
         log_p = F.log_softmax(logits, dim=-1)
-        return self.divergence(self.log_target(target, logits.shape[-1]), log_p).mean()
+        return self.divergence(self.log_target(target, logits.shape[-1], log_p.dtype), log_p).mean()
 
-    def log_target(self, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-        """log q (N, K): -inf where q is zero."""
-        return target_distribution(target, num_classes, self.smoothing).log()
+    def log_target(self, target: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """log q (N, K): -inf where q is zero. Class indices are scattered straight into log space."""
+        if target.ndim == 2:
+            return target_distribution(target, num_classes, self.smoothing).log()
+        off, on = self.smoothing / num_classes, 1 - self.smoothing + self.smoothing / num_classes
+        log_q = torch.full((len(target), num_classes), math.log(off) if off else -math.inf, dtype=dtype,
+                           device=target.device)
+        return log_q.scatter_(1, target.unsqueeze(1), math.log(on))
 
     def divergence(self, log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} defines no per-sample divergence")

@@ -28,7 +28,8 @@ class CompSum(Loss):
         if self.tau == 1:
             per_class = -log_p
         else:  # expm1 keeps precision near tau = 1; tau < 1 grows like 1/p and continues linearly past the cap
-            per_class = -bounded_expm1((self.tau - 1) * log_p) / (self.tau - 1)
+            expm1 = torch.expm1 if self.tau > 1 else bounded_expm1
+            per_class = -expm1((self.tau - 1) * log_p) / (self.tau - 1)
         return (log_q.exp() * per_class).sum(-1)
 
 
