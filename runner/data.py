@@ -64,6 +64,9 @@ class TensorSplit:
     def subset(self, index: torch.Tensor) -> "TensorSplit":
         return TensorSplit(self.images[index], self.labels[index])
 
+    def relabel(self, labels: torch.Tensor) -> "TensorSplit":
+        return TensorSplit(self.images, labels)
+
 
 @dataclass
 class Splits:
@@ -77,6 +80,7 @@ class Splits:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     augment: Augment = field(default_factory=Augment)
+    label_noise: float = 0.0  # fraction of training labels corrupted by `dataset.label_noise`
 
     @property
     def in_memory(self) -> bool:
@@ -102,7 +106,8 @@ def _check_digits(cfg) -> list[str]:
 
 @checked_by(_check_digits)
 def digits(val_fraction: float = 0.2, split_seed: int = 0, image_size: int = 8,
-           limit_train: int | None = None, limit_val: int | None = None) -> Splits:
+           limit_train: int | None = None, limit_val: int | None = None,
+          label_noise: dict | None = None) -> Splits:
     """scikit-learn's bundled 8x8 digits (1,797 images), split once, stratified, with a fixed seed."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -117,7 +122,7 @@ def digits(val_fraction: float = 0.2, split_seed: int = 0, image_size: int = 8,
     splits = Splits("digits", TensorSplit(images[train_idx], labels[train_idx]),
                     TensorSplit(images[val_idx], labels[val_idx]), num_classes=10, in_channels=1,
                     image_size=8, mean=(0.5,), std=(0.5,))
-    return limit(splits, limit_train, limit_val)
+    return add_label_noise(limit(splits, limit_train, limit_val), label_noise)
 
 
 def _check_synthetic(cfg) -> list[str]:
@@ -128,7 +133,8 @@ def _check_synthetic(cfg) -> list[str]:
 @checked_by(_check_synthetic)
 def synthetic(num_classes: int = 10, image_size: int = 32, in_channels: int = 3, train_size: int = 2048,
               val_size: int = 512, noise: float = 0.5, data_seed: int = 0,
-              limit_train: int | None = None, limit_val: int | None = None) -> Splits:
+              limit_train: int | None = None, limit_val: int | None = None,
+          label_noise: dict | None = None) -> Splits:
     """Learnable generated images: a smooth random prototype per class plus per-sample noise."""
     gen = torch.Generator().manual_seed(data_seed)
     coarse = torch.rand(num_classes, in_channels, 4, 4, generator=gen)
@@ -142,7 +148,7 @@ def synthetic(num_classes: int = 10, image_size: int = 32, in_channels: int = 3,
 
     splits = Splits("synthetic", draw(train_size), draw(val_size), num_classes, in_channels, image_size,
                     mean=(0.5,) * in_channels, std=(0.25,) * in_channels, augment=Augment(0, False))
-    return limit(splits, limit_train, limit_val)
+    return add_label_noise(limit(splits, limit_train, limit_val), label_noise)
 
 
 CIFAR_TRAIN_SIZE = 50_000
@@ -166,7 +172,8 @@ def _check_cifar(cfg) -> list[str]:
 @checked_by(_check_cifar)
 def cifar(num_classes: int = 10, root: str = "data", download: bool = False, crop_padding: int = 4,
           flip: bool | str = True, pad_mode: str = "zeros", image_size: int = 32,
-          limit_train: int | None = None, limit_val: int | None = None) -> Splits:
+          limit_train: int | None = None, limit_val: int | None = None,
+          label_noise: dict | None = None) -> Splits:
     """CIFAR-10/100 read straight from the python pickle batches under `root` (as the fast loaders do).
 
     With `download: true` torchvision's download code fetches and unpacks the archive first.
@@ -185,7 +192,7 @@ def cifar(num_classes: int = 10, root: str = "data", download: bool = False, cro
     train, val = (_read_cifar_batches(base, files, label_key) for files in names)
     splits = Splits(f"cifar{num_classes}", train, val, num_classes, 3, 32, CIFAR_MEAN[num_classes],
                     CIFAR_STD[num_classes], Augment(crop_padding, flip, pad_mode))
-    return limit(splits, limit_train, limit_val)
+    return add_label_noise(limit(splits, limit_train, limit_val), label_noise)
 
 
 def _read_cifar_batches(base: Path, files: list[str], label_key: str) -> TensorSplit:
@@ -208,7 +215,8 @@ def _missing_image_folders(root: str, train_dir: str, val_dir: str) -> list[str]
 @checked_by(lambda cfg: _missing_image_folders(cfg.dataset.root, cfg.dataset.train_dir, cfg.dataset.val_dir))
 def imagefolder(root: str, train_dir: str = "train", val_dir: str = "val", image_size: int = 224,
                 resize_size: int | None = None, name: str = "imagefolder",
-                limit_train: int | None = None, limit_val: int | None = None) -> Splits:
+                limit_train: int | None = None, limit_val: int | None = None,
+                label_noise: dict | None = None) -> Splits:
     """Any class-per-folder train/val tree with ImageNet-style transforms.
 
     Images are decoded by torchvision.io straight to uint8 tensors and transformed as tensors (transforms
@@ -227,12 +235,13 @@ def imagefolder(root: str, train_dir: str = "train", val_dir: str = "val", image
     train = datasets.ImageFolder(str(base / train_dir), transform=train_tf, loader=decode_rgb)
     val = datasets.ImageFolder(str(base / val_dir), transform=val_tf, loader=decode_rgb)
     splits = Splits(name, train, val, len(train.classes), 3, image_size)
-    return limit(splits, limit_train, limit_val)
+    return add_label_noise(limit(splits, limit_train, limit_val), label_noise)
 
 
 def hf(path: str, image_column: str = "image", label_column: str = "label", train_split: str = "train",
        val_split: str = "test", image_size: int = 32, in_channels: int = 3, name: str | None = None,
-       limit_train: int | None = None, limit_val: int | None = None) -> Splits:
+       limit_train: int | None = None, limit_val: int | None = None,
+          label_noise: dict | None = None) -> Splits:
     """Any Hugging Face `datasets` name (downloaded by `datasets`) or local path (`save_to_disk` or files)."""
     import datasets as hf_datasets
     from torchvision import transforms as T
@@ -256,7 +265,7 @@ def hf(path: str, image_column: str = "image", label_column: str = "label", trai
     train = HFImages(loaded[train_split], image_column, label_column, mode, to_tensor)
     val = HFImages(loaded[val_split], image_column, label_column, mode, to_tensor)
     splits = Splits(name or Path(path).name, train, val, num_classes, in_channels, image_size)
-    return limit(splits, limit_train, limit_val)
+    return add_label_noise(limit(splits, limit_train, limit_val), label_noise)
 
 
 def decode_rgb(path: str) -> torch.Tensor:
@@ -294,6 +303,75 @@ def _take(split, count: int | None, key: str):
     if isinstance(split, TensorSplit):
         return split.subset(index)
     return torch.utils.data.Subset(split, index.tolist())
+
+
+# ----------------------------------------------------------------------------------------------------
+# Label noise (training split only)
+# ----------------------------------------------------------------------------------------------------
+
+def add_label_noise(splits: Splits, label_noise: dict | None) -> Splits:
+    """Corrupt the training labels as `dataset.label_noise` says (kind, rate, seed, flip_map); val stays clean."""
+    if not label_noise or not label_noise.get("rate"):
+        return splits
+    clean = _split_labels(splits.train)
+    noisy = corrupt_labels(clean, splits.num_classes, **label_noise)
+    splits.train = splits.train.relabel(noisy) if isinstance(splits.train, TensorSplit) else Relabeled(splits.train, noisy)
+    splits.label_noise = (noisy != clean).sum().item() / len(clean)
+    return splits
+
+
+def corrupt_labels(labels: torch.Tensor, num_classes: int, kind: str = "symmetric", rate: float = 0.0,
+                   seed: int = 0, flip_map: dict | None = None) -> torch.Tensor:
+    """Flip exactly round(rate * n) labels, drawn with their own seed.
+
+    symmetric: n is the whole split and each chosen label moves to a different class, uniformly.
+    asymmetric (class flip): for each source class in `flip_map` (default k -> k + 1 mod K), n is that
+    class's count and its chosen labels move to the mapped class.
+    """
+    if not 0 <= rate < 1:
+        raise ConfigError(f"dataset.label_noise.rate={rate}: must be in [0, 1)")
+    gen = torch.Generator().manual_seed(seed)
+    noisy = labels.clone()
+    if kind == "symmetric":
+        chosen = torch.randperm(len(labels), generator=gen)[:round(rate * len(labels))]
+        shift = torch.randint(1, num_classes, (len(chosen),), generator=gen)
+        noisy[chosen] = (labels[chosen] + shift) % num_classes
+        return noisy
+    if kind != "asymmetric":
+        raise ConfigError(f"dataset.label_noise.kind={kind}: choose symmetric or asymmetric")
+    mapping = {int(k): int(v) for k, v in (flip_map or {k: (k + 1) % num_classes for k in range(num_classes)}).items()}
+    if any(not (0 <= c < num_classes) for pair in mapping.items() for c in pair) or any(k == v for k, v in mapping.items()):
+        raise ConfigError(f"dataset.label_noise.flip_map={mapping}: map classes in [0, {num_classes}) to other classes")
+    for source, target in mapping.items():
+        members = (labels == source).nonzero().squeeze(1)
+        chosen = members[torch.randperm(len(members), generator=gen)[:round(rate * len(members))]]
+        noisy[chosen] = target
+    return noisy
+
+
+def _split_labels(split) -> torch.Tensor:
+    if isinstance(split, TensorSplit):
+        return split.labels
+    if isinstance(split, torch.utils.data.Subset):
+        return _split_labels(split.dataset)[torch.as_tensor(split.indices)]
+    if isinstance(split, HFImages):
+        return torch.as_tensor(split.table[split.label_column])
+    if hasattr(split, "targets"):
+        return torch.as_tensor(split.targets)
+    raise ConfigError(f"dataset.label_noise: cannot read the labels of a {type(split).__name__}; set rate=0")
+
+
+class Relabeled(Dataset):
+    """A map-style dataset whose labels are replaced (the images are read as before)."""
+
+    def __init__(self, dataset: Dataset, labels: torch.Tensor):
+        self.dataset, self.labels = dataset, labels.tolist()
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.dataset[index][0], self.labels[index]
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from runner.checkpoint import Checkpointer, set_rng_state
 from runner.data import build_loaders, cpu_count
 from runner.errors import ConfigError
 from runner.logger import RunLogger
+from runner.losses import build_loss
 from runner.models import build_model
 from runner.nonfinite import Diverged, SkipNonFinite, first_divergence, first_nonfinite_index, is_finite_step
 from runner.optim import build_optimizer, is_adam_family
@@ -140,7 +141,7 @@ class Trainer:
             self.model.init_from_data(self.train_loader.sample(DATA_INIT_SAMPLES))
         self.optimizer = build_optimizer(cfg.optimizer, self.model, self.total_steps)
         distributed.refuse_unsupported(self.optimizer, trainer.sync_bn, self.rt.device)
-        self.loss_fn = instantiate(cfg.loss)
+        self.loss_fn = build_loss(cfg.loss)
         # DDP first, then compile (torch's DDPOptimizer splits the graph at DDP's bucket boundaries)
         self.forward = CompiledOrEager(distributed.wrap(self.model, self.rt.device), trainer.compile, logger)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -229,7 +230,8 @@ class Trainer:
             hits = top5 == labels[:, None]
             sums += torch.stack([loss, nll, hits[:, 0].sum(), hits.any(-1).sum(), torch.tensor(len(labels), device=device)])
             confidence = logits.softmax(-1).max(-1).values
-            bin_index = (confidence * ECE_BINS).long().clamp_(max=ECE_BINS - 1)
+            # bin b holds confidences in [b/15, (b+1)/15); the clamp keeps 1.0 and NaN (a diverged model) in range
+            bin_index = (confidence * ECE_BINS).long().clamp_(0, ECE_BINS - 1)
             for row, values in enumerate((torch.ones_like(confidence), confidence, hits[:, 0].float())):
                 bins[row].index_add_(0, bin_index, values)
         model.train(was_training)
@@ -333,8 +335,9 @@ class Trainer:
         finite = lambda value: value if value is not None and math.isfinite(value) else None
         return {"final_train_loss": finite(self.train_loss), "best_val_acc1": self.best_acc1,
                 "final_val_acc1": self.last_eval.get("val/acc1"), "final_val_loss": finite(self.last_eval.get("val/loss")),
-                "final_val_ece": finite(self.last_eval.get("val/ece")), "steps": self.step, "epochs": self.epoch,
-                "skipped_steps": self.skipped_steps}
+                "final_val_ece": finite(self.last_eval.get("val/ece")),
+                "final_val_nll": finite(self.last_eval.get("val/nll")), "train_label_noise": self.splits.label_noise,
+                "steps": self.step, "epochs": self.epoch, "skipped_steps": self.skipped_steps}
 
     # ---- checkpoints ---------------------------------------------------------------------------------
     def stateful(self) -> dict:

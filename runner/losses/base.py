@@ -1,0 +1,86 @@
+"""What every loss shares: float32 log-probabilities with a temperature, the target distribution q with
+label smoothing, and the optional log-partition (z_reg) penalty.
+
+A loss is called as `loss(logits, target)`; `target` holds class indices (N,) or probability vectors
+(N, K). Its core is `divergence(log_q, log_p) -> (N,)`, one value per sample between the target q and the
+model's p = softmax(logits / temperature), both given as log-probabilities. Distillation calls it with a
+teacher's log-probabilities as log_q. Everything runs in float32 from log-softmax (never the log of a
+softmax) with autocast off, so it stays finite under bf16 autocast and for extreme logits.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from runner.errors import ConfigError
+
+# Divergences that grow like exp(log-ratio) (Pearson/Neyman chi^2, alpha outside [0, 1], comp-sum with
+# tau < 1) continue linearly past exp(MAX_LOG) ~ 4.9e8: finite in float32, gradient still pointing home.
+MAX_LOG = 20.0
+
+
+def target_distribution(target: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
+    """q as a (N, K) float matrix (at least float32): one-hot from indices (smoothed towards uniform) or the given vectors."""
+    q = target if target.ndim == 2 else F.one_hot(target, num_classes)
+    q = q.to(torch.promote_types(q.dtype, torch.float32))  # float64 stays float64 (reference checks)
+    return q * (1 - smoothing) + smoothing / num_classes if smoothing else q
+
+
+def bounded_expm1(x: torch.Tensor, cap: float = MAX_LOG) -> torch.Tensor:
+    """expm1(x) up to x = cap, continued by its tangent beyond (value and slope match at the cap)."""
+    return torch.where(x <= cap, torch.expm1(x.clamp(max=cap)), math.exp(cap) * (1 + x - cap) - 1)
+
+
+def kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+    """sum_k a_k (log a_k - log b_k) = KL(a || b) per row, with 0 log 0 = 0 where a_k = 0."""
+    support = log_a > -math.inf
+    diff = torch.where(support, log_a, 0.0) - log_b
+    return torch.where(support, log_a.exp() * diff, 0.0).sum(-1)
+
+
+class Loss(nn.Module):
+    """Base class: subclasses define `divergence(log_q, log_p)` (per sample) or override `batch_loss`."""
+
+    def __init__(self, temperature: float = 1.0, smoothing: float = 0.0, z_reg: float = 0.0):
+        super().__init__()
+        if temperature <= 0:
+            raise ConfigError(f"loss.temperature={temperature}: must be > 0 (1 is plain softmax)")
+        if not 0 <= smoothing < 1:
+            raise ConfigError(f"loss.smoothing={smoothing}: must be in [0, 1)")
+        if z_reg < 0:
+            raise ConfigError(f"loss.z_reg={z_reg}: must be >= 0 (1e-4 is the usual log-partition penalty)")
+        self.temperature, self.smoothing, self.z_reg = temperature, smoothing, z_reg
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(logits.device.type, enabled=False):
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+            loss = self.batch_loss(logits / self.temperature, target)
+            if self.z_reg:  # z_reg * log(Z)^2 keeps the softmax normaliser near 1 (PaLM's z-loss)
+                loss = loss + self.z_reg * torch.logsumexp(logits, -1).square().mean()
+            return loss
+
+    def batch_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean over the batch; `logits` are already divided by the temperature."""
+        log_p = F.log_softmax(logits, dim=-1)
+        return self.divergence(self.log_target(target, logits.shape[-1], log_p.dtype), log_p).mean()
+
+    def log_target(self, target: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """log q (N, K): -inf where q is zero. Class indices are scattered straight into log space."""
+        if target.ndim == 2:
+            return target_distribution(target, num_classes, self.smoothing).log()
+        off, on = self.smoothing / num_classes, 1 - self.smoothing + self.smoothing / num_classes
+        log_q = torch.full((len(target), num_classes), math.log(off) if off else -math.inf, dtype=dtype,
+                           device=target.device)
+        return log_q.scatter_(1, target.unsqueeze(1), math.log(on))
+
+    def divergence(self, log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} defines no per-sample divergence")
+
+    def require_full_support(self, what: str) -> None:
+        """For divergences that are infinite where q = 0 < p: one-hot labels need smoothing."""
+        if self.smoothing <= 0:
+            raise ConfigError(f"loss.smoothing={self.smoothing}: {what} needs q > 0 wherever p > 0, which "
+                              f"one-hot labels break; set loss.smoothing > 0 (e.g. loss.smoothing=0.1)")
