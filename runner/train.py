@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from runner import env
 from runner.checkpoint import Checkpointer, set_rng_state
 from runner.data import build_loaders, cpu_count
+from runner.distill.base import Distiller
 from runner.errors import ConfigError
 from runner.logger import RunLogger
 from runner.models import build_model
@@ -120,23 +121,26 @@ class Trainer:
             raise ConfigError(f"optimizer={cfg.optimizer._target_.rsplit('.', 1)[-1]} is second-order and needs "
                               f"fp32 Hessian-vector products; set trainer.precision=fp32")
         self.step, self.epoch, self.best_acc1, self.last_eval = 0, 0, 0.0, {}
+        # run folders saved before the `distill` group existed have no distill key
+        self.distill = instantiate(cfg.distill) if cfg.get("distill") else Distiller()
+        self.distill.setup(self)
 
     # ---- one optimizer step --------------------------------------------------------------------------
     def autocast(self):
         dtype = self.rt.autocast_dtype
         return torch.autocast(self.rt.device.type, dtype=dtype, enabled=dtype is not None)
 
-    def compute_loss(self, images: torch.Tensor, targets: torch.Tensor):
+    def compute_loss(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor):
         with self.autocast():
             logits = self.forward(images)
-            return self.loss_fn(logits, targets), logits
+            return self.distill.loss(images, labels, indices, logits), logits
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         trainer, optimizer, scaler = self.cfg.trainer, self.optimizer, self.rt.scaler
         factor = self.lr_factors[self.step]
         for group, base_lr in zip(optimizer.param_groups, self.base_lrs):
             group["lr"] = base_lr * factor
-        loss, logits = self.compute_loss(images, labels)
+        loss, logits = self.compute_loss(images, labels, indices)
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -145,21 +149,23 @@ class Trainer:
         l2, l1 = grad_norms(self.params, trainer.grad_norm_l1)  # before the optimizer touches the gradients
         if trainer.grad_clip:
             torch.nn.utils.clip_grads_with_norm_(self.params, trainer.grad_clip, l2, foreach=True)
-        closure = self.closure(images, labels) if getattr(optimizer, "needs_closure", False) else None
+        closure = self.closure(images, labels, indices) if getattr(optimizer, "needs_closure", False) else None
         if scaler is not None:
             scaler.step(optimizer, closure) if closure else scaler.step(optimizer)
-            scaler.update()
         else:
             optimizer.step(closure) if closure else optimizer.step()
+        self.distill.after_step(self.step, scaler)  # a second model's optimizer, per-sample memories, EMA
+        if scaler is not None:
+            scaler.update()
         optimizer.zero_grad(set_to_none=True)
         correct = (logits.detach().argmax(-1) == labels).sum() if labels.ndim == 1 else torch.zeros_like(l2)
         return torch.stack([loss.detach().float(), correct.float(), l2.float(), l1.float()])
 
-    def closure(self, images: torch.Tensor, labels: torch.Tensor):
+    def closure(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor):
         """Re-evaluates loss and gradients at the optimizer's current weights (SAM's second pass)."""
         def evaluate_again():
             with torch.enable_grad():
-                loss, _ = self.compute_loss(images, labels)
+                loss, _ = self.compute_loss(images, labels, indices)
                 loss.backward()
             return loss
         return evaluate_again
@@ -200,6 +206,7 @@ class Trainer:
             self.rt.scaler.load_state_dict(payload["scaler"])
         self.step, self.epoch = payload["step"], payload["epoch"]
         self.best_acc1, self.last_eval = payload.get("best_acc1", 0.0), payload.get("last_eval", {})
+        self.distill.load_state_dict(payload.get("distill", {}))
         set_rng_state(payload["rng"])
 
     def checkpoint(self) -> None:
@@ -207,7 +214,7 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.rt.scaler.state_dict() if self.rt.scaler else {}, "step": self.step,
             "epoch": self.epoch, "best_acc1": self.best_acc1, "last_eval": self.last_eval,
-            "total_steps": self.total_steps})
+            "total_steps": self.total_steps, "distill": self.distill.state_dict()})
 
     def fit(self) -> dict:
         trainer, log = self.cfg.trainer, self.logger
@@ -221,8 +228,8 @@ class Trainer:
         self.model.train()
         while self.step < self.total_steps:
             start_batch = self.step - self.epoch * self.steps_per_epoch
-            for images, labels, _ in self.train_loader.epoch(self.epoch, start_batch):
-                stats.add(self.step, self.train_step(images, labels))
+            for images, labels, indices in self.train_loader.epoch(self.epoch, start_batch):
+                stats.add(self.step, self.train_step(images, labels, indices))
                 self.step += 1
                 log.advance()
                 if stats.count == trainer.log_every or self.step == self.total_steps:
@@ -235,7 +242,8 @@ class Trainer:
             self.end_of_epoch(train_loss)
         return {"final_train_loss": train_loss, "best_val_acc1": self.best_acc1,
                 "final_val_acc1": self.last_eval.get("val/acc1"), "final_val_loss": self.last_eval.get("val/loss"),
-                "final_val_ece": self.last_eval.get("val/ece"), "steps": self.step, "epochs": self.epoch}
+                "final_val_ece": self.last_eval.get("val/ece"), "steps": self.step, "epochs": self.epoch,
+                **self.distill.summary()}
 
     def flush(self, stats: StepStats, clock: float) -> tuple[float, float]:
         """Write one record for the steps since the last flush (one host sync), return mean loss and time."""
@@ -258,7 +266,7 @@ class Trainer:
         if done or self.epoch % trainer.eval_every == 0:
             self.last_eval = self.evaluate()
             self.best_acc1 = max(self.best_acc1, self.last_eval["val/acc1"])
-            self.logger.log({"step": self.step, "epoch": self.epoch, **self.last_eval})
+            self.logger.log({"step": self.step, "epoch": self.epoch, **self.last_eval, **self.distill.evaluate()})
             info = f"train loss {train_loss:.4f}  val acc {self.last_eval['val/acc1']:.4f}"
             self.logger.set_epoch_info(info)
             if not self.logger.progress:
