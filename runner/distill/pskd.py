@@ -33,7 +33,8 @@ class PSKD(Distiller):
         return self.alpha_T * (epoch + 1) / self.trainer.epochs
 
     def targets(self, labels: torch.Tensor, indices: torch.Tensor, epoch: int) -> torch.Tensor:
-        onehot = F.one_hot(labels, self.predictions.shape[1]).float()
+        onehot = labels.new_zeros(len(labels), self.predictions.shape[1], dtype=torch.float32)
+        onehot.scatter_(1, labels[:, None], 1.0)  # unlike F.one_hot, never checks the labels on the host
         previous = torch.where(self.seen[indices, None], self.predictions[indices], onehot)
         alpha = self.alpha(epoch)
         return (1 - alpha) * onehot + alpha * previous

@@ -13,11 +13,9 @@ def build_model(cfg: DictConfig, in_channels: int, num_classes: int) -> torch.nn
     return instantiate(cfg)(in_channels=in_channels, num_classes=num_classes)
 
 
-def model_config(choice: str | DictConfig, dataset: DictConfig, key: str = "model") -> DictConfig:
-    """A second model's config: a `conf/model` option by name (composed as `model=<name>` would be, with
-    interpolations such as ${dataset.image_size} resolved against `dataset`) or a full config as given."""
-    if isinstance(choice, DictConfig):
-        return choice
+def model_config(choice: str, dataset: DictConfig, key: str = "model") -> DictConfig:
+    """A second model's config by its `conf/model` option name, composed as `model=<name>` would be, with
+    interpolations such as ${dataset.image_size} resolved against `dataset`."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import MissingConfigException
