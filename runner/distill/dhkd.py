@@ -47,10 +47,9 @@ class DHKD(KD):
         self.aux_head = Companion(nn.Linear(head.in_features, head.out_features), trainer)
 
     def loss(self, images, labels, indices, logits):
-        _, teacher_logits = self.teacher(images)
         aux_logits = self.aux_head.module(self.tap.features)
         return (self.ce_weight * F.cross_entropy(logits.float(), labels)
-                + self.kd_weight * binary_kl_to_half(aux_logits, teacher_logits, self.temperature))
+                + self.kd_weight * binary_kl_to_half(aux_logits, self.teacher(images), self.temperature))
 
     def after_step(self, step, scaler) -> None:
         self.aux_head.step(step, scaler)

@@ -38,8 +38,7 @@ class KD(Distiller):
         return (1 - self.alpha) * hard + self.alpha * self.ramp() * soft
 
     def loss(self, images, labels, indices, logits):
-        _, teacher_logits = self.teacher(images)
-        return self.objective(logits, teacher_logits, labels)
+        return self.objective(logits, self.teacher(images), labels)
 
     def evaluate(self) -> dict:
         """The teacher's accuracy, measured once at setup, goes into the first evaluation record."""

@@ -36,7 +36,7 @@ def class_centers(teacher, loader, num_classes: int, autocast) -> torch.Tensor:
     sums, counts = None, None
     for images, labels, _ in loader.epoch(0):
         with autocast():
-            features, _ = teacher(images)
+            features, _ = teacher.features_and_logits(images)
         features = features.float()
         if sums is None:
             sums = torch.zeros(num_classes, features.shape[1], device=features.device)
@@ -64,7 +64,7 @@ class ND(KD):
             self.projector = Companion(projector, trainer)
 
     def loss(self, images, labels, indices, logits):
-        teacher_features, teacher_logits = self.teacher(images)
+        teacher_features, teacher_logits = self.teacher.features_and_logits(images)
         student_features = self.tap.features
         if self.projector is not None:
             student_features = self.projector.module(student_features)

@@ -52,7 +52,11 @@ class FrozenTeacher:
         trainer.logger.print(f"divrun: teacher {source}: val acc {self.metrics['teacher/val/acc1']:.4f}")
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(penultimate features, logits)."""
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    @torch.no_grad()
+    def features_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(penultimate features, logits) of a model exposing `features(x)` and `head` (every divrun model)."""
         features = self.model.features(images)
         return features, self.model.head(features)
