@@ -1,6 +1,6 @@
 """Cost of a distillation method per training step, as a ratio to `distill=none` in the same run.
 
-Each method trains the same student (synthetic 32x32 images, `small_cnn`) for the same steps through
+Each method trains the same student (synthetic 16x16 images, `small_cnn`, batch 128) for the same steps through
 `Trainer.train_step`; the teacher of the offline methods is another `small_cnn` (a run folder written
 here), the online methods train one like it. `ratio` = the method's time per step over `none`'s: 1.0 is
 free; a frozen teacher adds a forward pass (about a third of a step), a trained one a whole step.
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 METHODS = ["none", "kd", "nd", "dhkd", "dml", "bdkd", "pskd", "saf", "mesa"]
-COMMON = ["dataset=synthetic", "dataset.image_size=32", "model=small_cnn", "logger.progress=false",
+COMMON = ["dataset=synthetic", "dataset.image_size=16", "model=small_cnn", "logger.progress=false",
           "logger.wandb.mode=disabled", "trainer.batch_size=128"]
 
 

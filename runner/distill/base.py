@@ -76,13 +76,17 @@ def entropy(log_probs: torch.Tensor) -> torch.Tensor:
 
 
 # ---- shared pieces --------------------------------------------------------------------------------------
+def require_features_and_head(model: torch.nn.Module) -> None:
+    if not (callable(getattr(model, "features", None)) and isinstance(getattr(model, "head", None), torch.nn.Linear)):
+        raise ConfigError(f"model {type(model).__name__} has no `features(x)` and linear `head`; feature "
+                          f"distillation needs both (every divrun model but the torchvision ones has them)")
+
+
 class FeatureTap:
     """Keeps the input of `model.head` (the penultimate features) from the model's latest forward pass."""
 
     def __init__(self, model: torch.nn.Module):
-        if not isinstance(getattr(model, "head", None), torch.nn.Linear):
-            raise ConfigError(f"model {type(model).__name__} has no linear `head`; feature distillation needs a "
-                              f"model that exposes `features(x)` and `head` (every divrun model does)")
+        require_features_and_head(model)
         self.features: torch.Tensor | None = None
         model.head.register_forward_pre_hook(self._keep)
 

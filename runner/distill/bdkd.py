@@ -23,7 +23,8 @@ from runner.distill.base import entropy, kl_per_sample
 from runner.distill.dml import DML
 
 
-def balance_weights(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def balance_weights(student_log_probs: torch.Tensor,
+                    teacher_log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(w_forward, w_reverse) per sample from the two entropies; they sum to 1."""
     h_s, h_t = entropy(student_log_probs.detach()), entropy(teacher_log_probs.detach())
     total = (h_s + h_t).clamp_min(torch.finfo(h_s.dtype).tiny)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from runner.distill.base import Companion, FeatureTap
+from runner.distill.base import Companion, FeatureTap, require_features_and_head
 from runner.distill.kd import KD
 
 
@@ -55,11 +55,13 @@ class ND(KD):
     def setup(self, trainer) -> None:
         super().setup(trainer)
         self.tap = FeatureTap(trainer.model)
+        require_features_and_head(self.teacher.model)
         self.centers = class_centers(self.teacher, trainer.train_loader, trainer.splits.num_classes, trainer.autocast)
         student_width, teacher_width = trainer.model.head.in_features, self.teacher.model.head.in_features
         self.projector = None
         if student_width != teacher_width:
-            projector = nn.Sequential(nn.BatchNorm1d(student_width), nn.Dropout(0.5), nn.Linear(student_width, teacher_width))
+            projector = nn.Sequential(nn.BatchNorm1d(student_width), nn.Dropout(0.5),
+                                      nn.Linear(student_width, teacher_width))
             nn.init.zeros_(projector[2].bias)
             self.projector = Companion(projector, trainer)
 

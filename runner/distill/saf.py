@@ -31,7 +31,7 @@ class SAF(Distiller):
     def __init__(self, weight: float = 0.3, temperature: float = 5.0, epochs_back: int = 3, start_epoch: int = 5):
         if epochs_back < 1 or start_epoch + 1 < epochs_back:
             raise ConfigError(f"distill.epochs_back={epochs_back}, distill.start_epoch={start_epoch}: the loss reads "
-                              f"outputs from epochs_back >= 1 epochs earlier, so start_epoch must be >= epochs_back - 1")
+                              f"outputs from epochs_back >= 1 epochs earlier; set start_epoch >= epochs_back - 1")
         self.weight, self.temperature = weight, temperature
         self.epochs_back, self.start_epoch = epochs_back, start_epoch
 
