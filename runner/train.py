@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from runner import distributed, env
 from runner.checkpoint import Checkpointer, set_rng_state
 from runner.data import build_loaders, cpu_count
+from runner.distill.base import Distiller
 from runner.errors import ConfigError
 from runner.logger import RunLogger
 from runner.losses import build_loss
@@ -161,25 +162,28 @@ class Trainer:
         self.step, self.epoch, self.best_acc1, self.last_eval = 0, 0, 0.0, {}
         self.train_loss, self.skipped_steps, self.saved_step = math.nan, 0, None
         self.wall_time_before, self.started, self.clock = 0.0, time.time(), time.perf_counter()
+        # run folders saved before the `distill` group existed have no distill key
+        self.distill = instantiate(cfg.distill) if cfg.get("distill") else Distiller()
+        self.distill.setup(self)
 
     # ---- one optimizer step --------------------------------------------------------------------------
     def autocast(self):
         dtype = self.rt.autocast_dtype
         return torch.autocast(self.rt.device.type, dtype=dtype, enabled=dtype is not None)
 
-    def compute_loss(self, images: torch.Tensor, targets: torch.Tensor):
+    def compute_loss(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor):
         with self.autocast():
             logits = self.forward(images)
-            return self.loss_fn(logits, targets), logits
+            return self.distill.loss(images, labels, indices, logits), logits
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         trainer, optimizer, scaler = self.cfg.trainer, self.optimizer, self.rt.scaler
         factor = self.lr_factors[self.step]
         for group, base_lr in zip(optimizer.param_groups, self.base_lrs):
             group["lr"] = base_lr * factor
         if self.guard:
             self.guard.snapshot()
-        loss, logits = self.compute_loss(images, labels)
+        loss, logits = self.compute_loss(images, labels, indices)
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -188,7 +192,7 @@ class Trainer:
         l2, l1, nonfinite = grad_norms(self.params, self.grad_norm_l1)  # before the optimizer touches them
         if trainer.grad_clip:
             torch.nn.utils.clip_grads_with_norm_(self.params, trainer.grad_clip, l2, foreach=True)
-        closure = self.closure(images, labels) if getattr(optimizer, "needs_closure", False) else None
+        closure = self.closure(images, labels, indices) if getattr(optimizer, "needs_closure", False) else None
         do_step = lambda: self.optimizer_step(closure)
         self.guard.step(loss.detach(), l2, do_step) if self.guard else do_step()
         optimizer.zero_grad(set_to_none=True)
@@ -199,15 +203,17 @@ class Trainer:
         optimizer, scaler = self.optimizer, self.rt.scaler
         if scaler is not None:
             scaler.step(optimizer, closure) if closure else scaler.step(optimizer)
-            scaler.update()
         else:
             optimizer.step(closure) if closure else optimizer.step()
+        self.distill.after_step(self.step, scaler)  # a second model's optimizer, per-sample memories, EMA
+        if scaler is not None:
+            scaler.update()  # after every optimizer that stepped with this scale
 
-    def closure(self, images: torch.Tensor, labels: torch.Tensor):
+    def closure(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor):
         """Re-evaluates loss and gradients at the optimizer's current weights (SAM's second pass)."""
         def evaluate_again():
             with torch.enable_grad():
-                loss, _ = self.compute_loss(images, labels)
+                loss, _ = self.compute_loss(images, labels, indices)
                 loss.backward()
             return loss
         return evaluate_again
@@ -256,8 +262,8 @@ class Trainer:
             start_batch = self.step - self.epoch * self.steps_per_epoch  # > 0 when resuming inside an epoch
             if hasattr(self.model, "set_epoch"):  # per-epoch model settings (airbench freezes its whitening bias)
                 self.model.set_epoch(self.epoch)
-            for images, labels, _ in self.train_loader.epoch(self.epoch, start_batch):
-                self.stats.add(self.step, self.train_step(images, labels))
+            for images, labels, indices in self.train_loader.epoch(self.epoch, start_batch):
+                self.stats.add(self.step, self.train_step(images, labels, indices))
                 self.step += 1
                 log.advance()
                 self.end_of_step()
@@ -323,7 +329,7 @@ class Trainer:
         if done or self.epoch % trainer.eval_every == 0:
             self.last_eval = self.evaluate()
             self.best_acc1 = max(self.best_acc1, self.last_eval["val/acc1"])
-            self.logger.log({"step": self.step, "epoch": self.epoch, **self.last_eval})
+            self.logger.log({"step": self.step, "epoch": self.epoch, **self.last_eval, **self.distill.evaluate()})
             info = f"train loss {self.train_loss:.4f}  val acc {self.last_eval['val/acc1']:.4f}"
             self.logger.set_epoch_info(info)
             if not self.logger.progress:
@@ -337,14 +343,15 @@ class Trainer:
                 "final_val_acc1": self.last_eval.get("val/acc1"), "final_val_loss": finite(self.last_eval.get("val/loss")),
                 "final_val_ece": finite(self.last_eval.get("val/ece")),
                 "final_val_nll": finite(self.last_eval.get("val/nll")), "train_label_noise": self.splits.label_noise,
-                "steps": self.step, "epochs": self.epoch, "skipped_steps": self.skipped_steps}
+                "steps": self.step, "epochs": self.epoch, "skipped_steps": self.skipped_steps,
+                **self.distill.summary()}
 
     # ---- checkpoints ---------------------------------------------------------------------------------
     def stateful(self) -> dict:
         """Everything whose state_dict a checkpoint carries (model, optimizer, loss, scaler, and a schedule or
         any other component that has state): a new stateful component is one more entry here."""
         objects = {"model": self.model, "optimizer": self.optimizer, "loss": self.loss_fn, "scaler": self.rt.scaler,
-                   "schedule": self.schedule}
+                   "schedule": self.schedule, "distill": self.distill}
         return {name: obj for name, obj in objects.items() if hasattr(obj, "state_dict")}
 
     def checkpoint(self) -> None:

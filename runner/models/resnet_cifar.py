@@ -69,14 +69,16 @@ def make_shortcut(in_planes: int, out_planes: int, stride: int, kind: str) -> nn
 
 
 class ResNet(nn.Module):
-    """A 3x3 stem, then stages of residual blocks, global pooling and a linear head."""
+    """A 3x3 stem (`stem_width` channels, default the first stage's), then stages of residual blocks,
+    global pooling and a linear head."""
 
     def __init__(self, block, blocks_per_stage, widths, in_channels: int, num_classes: int,
-                 shortcut: str = "conv"):
+                 shortcut: str = "conv", stem_width: int | None = None):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
-        stages, in_planes = [], widths[0]
+        stem_width = stem_width or widths[0]
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_width, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(stem_width), nn.ReLU(inplace=True))
+        stages, in_planes = [], stem_width
         for i, (width, count) in enumerate(zip(widths, blocks_per_stage)):
             for j in range(count):
                 stride = 2 if i > 0 and j == 0 else 1

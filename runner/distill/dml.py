@@ -1,0 +1,74 @@
+"""Deep mutual learning (Zhang et al. 2018): two networks trained together, each distilling the other.
+
+    L_s = CE(y, z_s) + beta * T^2 * D(softmax(z_t / T), softmax(z_s / T))
+    L_t = CE(y, z_t) + beta * T^2 * D(softmax(z_s / T), softmax(z_t / T))
+
+D is the run's `loss` (kl gives the paper's KL), the other model's distribution is a fixed target (no
+gradient through it), T = `distill.temperature` (the paper: 1). The second network ("teacher",
+`distill.teacher_model`, default the student's architecture) has its own optimizer (the run's optimizer
+config; `distill.teacher_lr` sets its own lr) and its own instance of the run's schedule. The step
+backpropagates L_s + L_t, which gives each network exactly its own loss's gradient (the targets are
+detached); `train/loss` therefore logs L_s + L_t. Both networks are evaluated (`teacher/val/...` records)
+and checkpointed.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from runner.distill.base import Companion, Distiller, check_divergence, prefixed, tempered_divergence
+from runner.models import build_model, model_config
+
+
+class DML(Distiller):
+    def __init__(self, teacher_model=None, teacher_lr: float | None = None, weight: float = 1.0,
+                 temperature: float = 1.0):
+        self.teacher_model, self.teacher_lr = teacher_model, teacher_lr
+        self.weight, self.temperature = weight, temperature
+
+    def setup(self, trainer) -> None:
+        super().setup(trainer)
+        check_divergence(self.criterion, type(self).__name__.lower())
+        cfg = trainer.cfg
+        teacher_cfg = model_config(self.teacher_model, cfg.dataset, "distill.teacher_model") \
+            if self.teacher_model is not None else cfg.model
+        model = build_model(teacher_cfg, trainer.splits.in_channels, trainer.splits.num_classes)
+        self.peer = Companion(model, trainer, {"lr": self.teacher_lr} if self.teacher_lr is not None else None)
+        self.last_metrics: dict = {}
+
+    @property
+    def teacher(self) -> torch.nn.Module:
+        return self.peer.module
+
+    def student_distillation(self, logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        return self.weight * tempered_divergence(self.criterion, logits, teacher_logits, self.temperature)
+
+    def teacher_distillation(self, teacher_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return self.weight * tempered_divergence(self.criterion, teacher_logits, logits, self.temperature)
+
+    def pair_losses(self, logits: torch.Tensor, teacher_logits: torch.Tensor,
+                    labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        student = F.cross_entropy(logits.float(), labels) + self.student_distillation(logits, teacher_logits)
+        teacher = F.cross_entropy(teacher_logits.float(), labels) + self.teacher_distillation(teacher_logits, logits)
+        return student, teacher
+
+    def loss(self, images, labels, indices, logits):
+        student, teacher = self.pair_losses(logits, self.teacher(images), labels)
+        return student + teacher
+
+    def after_step(self, step, scaler) -> None:
+        self.peer.step(step, scaler)
+
+    def evaluate(self) -> dict:
+        self.last_metrics = prefixed(self.trainer.evaluate(self.teacher), "teacher")
+        return self.last_metrics
+
+    def summary(self) -> dict:
+        return {"teacher_final_val_acc1": self.last_metrics.get("teacher/val/acc1")}
+
+    def state_dict(self) -> dict:
+        return {"teacher": self.peer.state_dict(), "last_metrics": self.last_metrics}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.peer.load_state_dict(state["teacher"])
+        self.last_metrics = state.get("last_metrics", {})

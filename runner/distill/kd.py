@@ -1,0 +1,57 @@
+"""Offline knowledge distillation with any divergence of the loss group (Hinton et al. 2015):
+
+    L = (1 - alpha) * CE(y, z_s) + alpha * w_e * T^2 * D(softmax(z_t / T), softmax(z_s / T))
+
+D is the run's `loss` (kl, rkl, js, ... all called as loss(student_logits, target_probabilities); `ce`
+differs from kl by the teacher's entropy, a constant, so it gives the same gradients). T is
+`distill.temperature` (the loss's own temperature must stay 1). w_e = min(1, epoch / warmup_epochs) ramps
+the distillation term in over the first epochs (0-based epochs; warmup_epochs=0: no ramp).
+Defaults are RepDistiller's KD: alpha 0.9, T 4.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from runner.distill.base import Distiller, check_divergence, tempered_divergence
+from runner.distill.teacher import FrozenTeacher
+
+
+class KD(Distiller):
+    def __init__(self, teacher: str | None = None, teacher_model=None, alpha: float = 0.9,
+                 temperature: float = 4.0, warmup_epochs: int = 0):
+        self.source, self.teacher_model = teacher, teacher_model
+        self.alpha, self.temperature, self.warmup_epochs = alpha, temperature, warmup_epochs
+        self.teacher_logged = False
+
+    def setup(self, trainer) -> None:
+        super().setup(trainer)
+        check_divergence(self.criterion, type(self).__name__.lower())
+        self.teacher = FrozenTeacher(self.source, self.teacher_model, trainer)
+
+    def ramp(self) -> float:
+        return min(1.0, self.trainer.epoch / self.warmup_epochs) if self.warmup_epochs else 1.0
+
+    def objective(self, logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        hard = F.cross_entropy(logits.float(), labels)
+        soft = tempered_divergence(self.criterion, logits, teacher_logits, self.temperature)
+        return (1 - self.alpha) * hard + self.alpha * self.ramp() * soft
+
+    def loss(self, images, labels, indices, logits):
+        return self.objective(logits, self.teacher(images), labels)
+
+    def evaluate(self) -> dict:
+        """The teacher's accuracy, measured once at setup, goes into the first evaluation record."""
+        if self.teacher_logged:
+            return {}
+        self.teacher_logged = True
+        return self.teacher.metrics
+
+    def summary(self) -> dict:
+        return {"teacher_val_acc1": self.teacher.metrics["teacher/val/acc1"]}
+
+    def state_dict(self) -> dict:
+        return {"teacher_logged": self.teacher_logged}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.teacher_logged = state.get("teacher_logged", False)

@@ -1,0 +1,312 @@
+"""Distillation (`distill=...`): each method's loss against its paper's equation written out here, the
+teacher stays frozen, both online models train, memories hold what they should, and resumes are exact."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import QUICK, compose, divrun, read_summary, run_folders, train
+from runner.checkpoint import Checkpointer
+from runner.distill.base import tempered_divergence
+from runner.distill.bdkd import BDKD
+from runner.distill.dhkd import binary_kl_to_half
+from runner.distill.kd import KD
+from runner.distill.nd import norm_direction_loss
+from runner.errors import ConfigError
+from runner.job import load_config, run_job, save_config
+from runner.logger import RunLogger
+from runner.losses import CrossEntropy
+from runner.train import Trainer
+
+SMALL = ("dataset.limit_train=256", "trainer.batch_size=64", "trainer.deterministic=true")
+
+
+class KL(torch.nn.Module):
+    """KL(q || p) with q the target distribution: the test's own divergence for the loss interface."""
+
+    def forward(self, logits, target):
+        return (target * (target.log() - F.log_softmax(logits, -1))).sum(-1).mean()
+
+
+def make_trainer(tmp_path, *overrides, name: str = "run") -> Trainer:
+    run_dir = tmp_path / name
+    run_dir.mkdir(parents=True)
+    cfg = save_config(compose(*QUICK, *SMALL, *overrides), run_dir)
+    return Trainer(cfg, run_dir, RunLogger(cfg, run_dir, name, None, enabled=False), Checkpointer(run_dir))
+
+
+def softmax_by_hand(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    exp = torch.exp(logits / temperature)
+    return exp / exp.sum(-1, keepdim=True)
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    """A small CNN trained for 2 epochs on digits, as `divrun` leaves it."""
+    _, run_dir = train(tmp_path_factory.mktemp("teacher"), *SMALL)
+    return run_dir
+
+
+class ToyTeacher:
+    """A fixed linear teacher, called like FrozenTeacher: images -> logits."""
+
+    def __init__(self):
+        self.weight = torch.linspace(-1, 1, 5 * 4).reshape(5, 4)
+
+    def __call__(self, images):
+        return images @ self.weight
+
+
+# ---- offline KD ------------------------------------------------------------------------------------------
+def test_kd_loss_equals_the_formula_by_hand():
+    torch.manual_seed(0)
+    kd = KD(alpha=0.3, temperature=2.0)
+    kd.criterion, kd.teacher, kd.trainer = KL(), ToyTeacher(), type("T", (), {"epoch": 0})()
+    images, labels = torch.randn(3, 5), torch.tensor([0, 3, 1])
+    student_logits = torch.randn(3, 4)
+    loss = kd.loss(images, labels, torch.arange(3), student_logits)
+
+    teacher_logits = images @ kd.teacher.weight
+    q, p = softmax_by_hand(teacher_logits, 2.0), softmax_by_hand(student_logits, 2.0)
+    kl = float(sum(q[i, k] * math.log(q[i, k] / p[i, k]) for i in range(3) for k in range(4))) / 3
+    ce = -sum(math.log(softmax_by_hand(student_logits, 1.0)[i, labels[i]]) for i in range(3)) / 3
+    assert loss.item() == pytest.approx(0.7 * ce + 0.3 * 4.0 * kl, rel=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+def test_t_squared_scaling_keeps_the_soft_gradient_at_t_times_p_minus_q(temperature):
+    """d/dz [T^2 KL(q_T || p_T)] = T (p_T - q_T) / N (Hinton et al.): the T^2 factor is applied exactly once."""
+    torch.manual_seed(1)
+    student = torch.randn(4, 6, requires_grad=True)
+    teacher = torch.randn(4, 6)
+    tempered_divergence(KL(), student, teacher, temperature).backward()
+    p, q = softmax_by_hand(student.detach(), temperature), softmax_by_hand(teacher, temperature)
+    expected = temperature * (p - q) / 4
+    torch.testing.assert_close(student.grad, expected)
+
+
+def test_ce_as_divergence_gives_kl_gradients():
+    """CE(q, p) = KL(q || p) + H(q): with the teacher fixed, loss=ce distils exactly like KL."""
+    torch.manual_seed(2)
+    teacher = torch.randn(5, 7)
+    grads = []
+    for divergence in (KL(), CrossEntropy()):
+        student = torch.randn(5, 7, generator=torch.Generator().manual_seed(3), requires_grad=True)
+        tempered_divergence(divergence, student, teacher, 3.0).backward()
+        grads.append(student.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_kd_teacher_is_frozen_and_its_accuracy_is_logged(tmp_path, teacher_run):
+    trainer = make_trainer(tmp_path, "distill=kd", f"distill.teacher={teacher_run}", "model.width=8")
+    teacher = trainer.distill.teacher.model
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    summary = trainer.fit()
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # BatchNorm statistics too
+    saved = read_summary_of(teacher_run)["final_val_acc1"]
+    assert summary["teacher_val_acc1"] == pytest.approx(saved)
+
+
+def read_summary_of(run_dir):
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_loss_temperature_and_missing_teacher_are_one_line_errors(tmp_path, teacher_run):
+    with pytest.raises(ConfigError, match="distill.teacher: set it"):
+        make_trainer(tmp_path, "distill=kd", name="a")
+    with pytest.raises(ConfigError, match="set loss.temperature=1"):
+        make_trainer(tmp_path, "distill=kd", f"distill.teacher={teacher_run}", "loss.temperature=2", name="b")
+    with pytest.raises(ConfigError, match="distill.teacher_model"):
+        make_trainer(tmp_path, "distill=kd", f"distill.teacher={teacher_run / 'checkpoints' / 'last.pt'}", name="c")
+
+
+# ---- online: DML and BD-KD -------------------------------------------------------------------------------
+def test_bdkd_student_loss_weighs_forward_and_reverse_kl_by_entropy():
+    torch.manual_seed(4)
+    bdkd = BDKD(weight=1.0, temperature=2.0)
+    student, teacher, labels = torch.randn(3, 4), torch.randn(3, 4), torch.tensor([1, 0, 2])
+    student_loss, teacher_loss = bdkd.pair_losses(student, teacher, labels)
+
+    p_s, p_t = softmax_by_hand(student, 2.0), softmax_by_hand(teacher, 2.0)
+    kl = lambda a, b, i: float(sum(a[i, k] * math.log(a[i, k] / b[i, k]) for k in range(4)))
+    h = lambda a, i: -float(sum(a[i, k] * math.log(a[i, k]) for k in range(4)))
+    balanced = sum((h(p_t, i) * kl(p_t, p_s, i) + h(p_s, i) * kl(p_s, p_t, i)) / (h(p_s, i) + h(p_t, i))
+                   for i in range(3)) / 3
+    ce = lambda z: F.cross_entropy(z, labels).item()
+    assert student_loss.item() == pytest.approx(ce(student) + 4.0 * balanced, rel=1e-5)
+    teacher_kl = sum(kl(p_s, p_t, i) for i in range(3)) / 3
+    assert teacher_loss.item() == pytest.approx(ce(teacher) + 4.0 * teacher_kl, rel=1e-5)
+
+
+@pytest.mark.parametrize("method", ["dml", "bdkd"])
+def test_online_methods_update_both_models(tmp_path, method):
+    trainer = make_trainer(tmp_path, f"distill={method}", "distill.teacher_model=mlp", "trainer.epochs=1")
+    models = {"student": trainer.model, "teacher": trainer.distill.teacher}
+    assert type(models["teacher"]).__name__ == "MLP"
+    before = {name: [p.detach().clone() for p in m.parameters()] for name, m in models.items()}
+    trainer.fit()
+    for name, model in models.items():
+        changed = [not torch.equal(old, new) for old, new in zip(before[name], model.parameters())]
+        assert all(changed), f"{name}: {changed}"
+
+
+def test_online_teacher_has_its_own_optimizer_and_schedule(tmp_path):
+    trainer = make_trainer(tmp_path, "distill=dml", "distill.teacher_lr=0.05", "trainer.epochs=1")
+    peer = trainer.distill.peer
+    assert peer.optimizer is not trainer.optimizer
+    assert [g["lr"] for g in peer.optimizer.param_groups] == [0.05, 0.05]
+    assert peer.lr_factors == trainer.lr_factors
+
+
+# ---- self-distillation ----------------------------------------------------------------------------------
+def test_pskd_targets_mix_labels_with_last_epochs_predictions(tmp_path):
+    trainer = make_trainer(tmp_path, "distill=pskd", "trainer.epochs=4")
+    pskd = trainer.distill
+    torch.manual_seed(5)
+    indices, labels = torch.tensor([3, 7, 11]), torch.tensor([1, 4, 9])
+    first = torch.randn(3, 10)
+    pskd.loss(None, labels, indices, first)  # epoch 0: samples not seen yet -> one-hot targets
+    pskd.after_step(0, None)
+
+    trainer.epoch = 2
+    logits = torch.randn(5, 10)
+    batch_indices, batch_labels = torch.tensor([3, 7, 11, 20, 21]), torch.tensor([1, 4, 9, 0, 2])
+    loss = pskd.loss(None, batch_labels, batch_indices, logits)
+    alpha = 0.8 * (2 + 1) / 4
+    onehot = F.one_hot(batch_labels, 10).float()
+    previous = torch.cat([softmax_by_hand(first, 1.0), onehot[3:]])  # samples 20, 21 were never seen
+    target = (1 - alpha) * onehot + alpha * previous
+    expected = -(target * F.log_softmax(logits, -1)).sum(-1).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_saf_memory_returns_the_outputs_from_e_epochs_earlier(tmp_path):
+    trainer = make_trainer(tmp_path, "distill=saf", "distill.epochs_back=2", "distill.start_epoch=2",
+                           "trainer.epochs=6")
+    saf = trainer.distill
+    indices, labels = torch.tensor([0, 5, 9]), torch.tensor([2, 2, 7])
+    recorded = {}
+    for epoch in range(6):
+        trainer.epoch = epoch
+        recorded[epoch] = torch.randn(3, 10)
+        loss = saf.loss(None, labels, indices, recorded[epoch])
+        saf.after_step(epoch, None)
+        ce = F.cross_entropy(recorded[epoch], labels)
+        if epoch <= 2:
+            assert loss.item() == pytest.approx(ce.item(), rel=1e-6)
+        else:  # active after start_epoch, against the logits of epoch - 2
+            torch.testing.assert_close(saf.past_outputs(indices, epoch), recorded[epoch - 2])
+            q, p = softmax_by_hand(recorded[epoch - 2], 5.0), softmax_by_hand(recorded[epoch], 5.0)
+            kl = (q * (q / p).log()).sum(-1).mean()
+            assert loss.item() == pytest.approx((ce + 0.3 * 25.0 * kl).item(), rel=1e-5)
+
+
+def test_mesa_teacher_is_the_ema_of_the_weights(tmp_path):
+    trainer = make_trainer(tmp_path, "distill=mesa", "distill.decay=0.9")
+    mesa, model = trainer.distill, trainer.model
+    before = [p.detach().clone() for p in mesa.ema.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    mesa.after_step(0, None)
+    for old, ema, new in zip(before, mesa.ema.parameters(), model.parameters()):
+        torch.testing.assert_close(ema, 0.9 * old + 0.1 * new)
+
+
+# ---- feature losses -------------------------------------------------------------------------------------
+def test_nd_loss_matches_the_papers_per_sample_formula():
+    torch.manual_seed(6)
+    student, teacher, centers = torch.randn(4, 8), torch.randn(4, 8), torch.randn(3, 8)
+    labels = torch.tensor([0, 2, 2, 1])
+    by_hand = 0.0
+    for s, t, y in zip(student, teacher, labels):
+        direction = centers[y] / centers[y].norm()
+        by_hand += 1 - torch.dot(s, direction) / max(s.norm(), t.norm())
+    assert norm_direction_loss(student, teacher, centers, labels).item() == pytest.approx(float(by_hand) / 4, rel=1e-5)
+
+
+def test_dhkd_binary_kl_is_the_bernoulli_kl_to_one_half():
+    torch.manual_seed(7)
+    student, teacher = torch.randn(3, 5), torch.randn(3, 5)
+    d = torch.sigmoid((student - teacher) / 2.0)
+    bernoulli_kl = 0.5 * torch.log(0.5 / d) + 0.5 * torch.log(0.5 / (1 - d))
+    expected = 4.0 * bernoulli_kl.sum().item() / 3  # T^2 / N * sum over samples and classes
+    assert binary_kl_to_half(student, teacher, 2.0).item() == pytest.approx(expected, rel=1e-5)
+    assert binary_kl_to_half(teacher, teacher, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("method,extra", [("nd", "projector"), ("dhkd", "aux_head")])
+def test_feature_methods_train_their_extra_module(tmp_path, teacher_run, method, extra):
+    trainer = make_trainer(tmp_path, f"distill={method}", f"distill.teacher={teacher_run}", "model=mlp",
+                           "trainer.epochs=1")
+    module = getattr(trainer.distill, extra).module
+    before = [p.detach().clone() for p in module.parameters()]
+    trainer.fit()
+    assert all(not torch.equal(old, new) for old, new in zip(before, module.parameters()))
+
+
+# ---- checkpoints and the workflow -------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["dml", "pskd"])
+def test_resume_of_a_distilled_run_matches_the_uninterrupted_run(tmp_path, monkeypatch, method):
+    overrides = (f"distill={method}", "trainer.epochs=3")
+    _, straight = train(tmp_path / "straight", *SMALL, *overrides)
+
+    finish_epoch = Trainer.end_of_epoch
+
+    def stop_after_first_epoch(self, train_loss):
+        finish_epoch(self, train_loss)
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "end_of_epoch", stop_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "stopped", *SMALL, *overrides)
+    monkeypatch.undo()
+    stopped = tmp_path / "stopped" / "run"
+    run_job(load_config(stopped), stopped, resolved=True)
+
+    records = [[{k: v for k, v in json.loads(line).items() if k != "train/img_per_s"}
+                for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (straight, stopped)]
+    assert records[0] == records[1]
+    payloads = [torch.load(run / "checkpoints" / "last.pt", weights_only=True) for run in (straight, stopped)]
+    assert_same_tensors(payloads[0]["model"], payloads[1]["model"])
+    assert_same_tensors(payloads[0]["distill"], payloads[1]["distill"])
+
+
+def assert_same_tensors(a, b):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert_same_tensors(a[key], b[key])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same_tensors(x, y)
+    else:
+        assert a == b
+
+
+def test_teacher_then_student_workflow_with_divrun(tmp_path):
+    (tmp_path / "teacher").mkdir()
+    divrun("trainer.epochs=3", "logger.progress=false", "trainer.device=cpu", cwd=tmp_path / "teacher")
+    [teacher] = run_folders(tmp_path / "teacher")
+    # the student: an MLP with 26k parameters (the teacher CNN has 29k)
+    divrun("distill=kd", f"distill.teacher={teacher}", "distill.temperature=2", "distill.alpha=0.5",
+           "model=mlp", "model.hidden=128", "trainer.epochs=3", "logger.progress=false", "trainer.device=cpu",
+           cwd=tmp_path)
+    [student] = [run for run in run_folders(tmp_path) if run != teacher]
+    summary = read_summary(student)
+    assert summary["status"] == "finished"
+    assert summary["teacher_val_acc1"] == pytest.approx(read_summary(teacher)["final_val_acc1"])
+    assert summary["final_val_acc1"] > 0.5  # ten classes: chance is 0.1
+    evals = [json.loads(line) for line in (student / "metrics.jsonl").read_text().splitlines() if "val/acc1" in line]
+    assert "teacher/val/acc1" in evals[0] and all("teacher/val/acc1" not in r for r in evals[1:])
+    assert load_config(student).distill.teacher == str(teacher)
