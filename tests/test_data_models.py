@@ -82,7 +82,7 @@ def test_dataset_config_lists_every_yaml():
 
 @pytest.mark.parametrize("name", MODELS)
 def test_every_model_builds_and_steps(name):
-    size = 224 if name.startswith("tv_vit") else 16
+    size = 224 if name.startswith("tv_vit") else 32
     cfg = compose(f"model={name}", "dataset=synthetic", f"dataset.image_size={size}")
     model = build_model(cfg.model, 3, 7)
     images = torch.randn(2, 3, size, size)
