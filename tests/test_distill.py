@@ -257,19 +257,19 @@ def test_resume_of_a_distilled_run_matches_the_uninterrupted_run(tmp_path, monke
     overrides = (f"distill={method}", "trainer.epochs=3")
     _, straight = train(tmp_path / "straight", *SMALL, *overrides)
 
-    finish_epoch = Trainer.end_of_epoch
+    save_checkpoint = Trainer.checkpoint
 
-    def stop_after_first_epoch(self, train_loss):
-        finish_epoch(self, train_loss)
+    def stop_after_first_epoch(self, *args):
+        save_checkpoint(self, *args)
         if self.epoch == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(Trainer, "end_of_epoch", stop_after_first_epoch)
+    monkeypatch.setattr(Trainer, "checkpoint", stop_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         train(tmp_path / "stopped", *SMALL, *overrides)
     monkeypatch.undo()
     stopped = tmp_path / "stopped" / "run"
-    run_job(load_config(stopped), stopped, resolved=True)
+    run_job(load_config(stopped), stopped, resolved=True, resume=True)
 
     records = [[{k: v for k, v in json.loads(line).items() if k != "train/img_per_s"}
                 for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (straight, stopped)]

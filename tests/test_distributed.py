@@ -17,7 +17,7 @@ from runner.logger import RunLogger
 from runner.train import Trainer
 
 QUICK = ("model=mlp", "trainer.epochs=1", "logger.progress=false", "trainer.device=cpu")
-RUN_FILES = {"config.yaml", "meta.json", "summary.json", "metrics.jsonl", "grad_norms.csv", "checkpoints", ".hydra",
+RUN_FILES = {"lr_schedule.csv", "lr_schedule.png", "config.yaml", "meta.json", "summary.json", "metrics.jsonl", "grad_norms.csv", "checkpoints", ".hydra",
              "cli.log"}
 
 
@@ -174,5 +174,5 @@ def test_a_config_error_in_the_workers_is_one_line(tmp_path):
     result = divrun("dataset=cifar10", f"dataset.root={tmp_path}", "trainer.devices=2", *QUICK, cwd=tmp_path, check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"divrun: error: dataset.root: no cifar-10-batches-py/ under {tmp_path}; set dataset.root=<folder holding "
+        f"divrun: error: dataset.root={tmp_path}: no cifar-10-batches-py/ there; pass dataset.root=<folder holding "
         f"cifar-10-batches-py> or dataset.download=true"]

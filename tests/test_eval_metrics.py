@@ -47,7 +47,7 @@ def test_evaluate_nll_and_ece_match_the_plain_reference():
     logits[torch.arange(n), labels] += torch.rand(n, generator=gen) * 4
     fake = SimpleNamespace(model=torch.nn.Identity(), rt=SimpleNamespace(device=torch.device("cpu")),
                            val_loader=FixedLoader(logits, labels, batch_size=128), loss_fn=CrossEntropy(),
-                           autocast=contextlib.nullcontext)
+                           autocast=contextlib.nullcontext, tta=0)
     metrics = Trainer.evaluate(fake)
     expected = reference_metrics(logits.double().numpy(), labels.numpy())
     for key, value in expected.items():
@@ -60,6 +60,6 @@ def test_evaluate_survives_a_diverged_model():
     logits = torch.full((8, 4), float("nan"))
     fake = SimpleNamespace(model=torch.nn.Identity(), rt=SimpleNamespace(device=torch.device("cpu")),
                            val_loader=FixedLoader(logits, torch.zeros(8, dtype=torch.long), 4), loss_fn=CrossEntropy(),
-                           autocast=contextlib.nullcontext)
+                           autocast=contextlib.nullcontext, tta=0)
     metrics = Trainer.evaluate(fake)
     assert np.isnan(metrics["val/nll"]) and np.isnan(metrics["val/ece"])

@@ -241,10 +241,10 @@ def test_training_resumed_from_a_checkpoint_applies_the_same_lrs(tmp_path, monke
 
     original_step = Trainer.train_step
 
-    def crash_at_step_8(self, images, labels):  # two updates past the epoch-1 checkpoint (step 6) are logged
+    def crash_at_step_8(self, images, labels, *indices):  # two updates past the epoch-1 checkpoint (step 6) are logged
         if self.step == 8:
             raise RuntimeError("simulated crash")
-        return original_step(self, images, labels)
+        return original_step(self, images, labels, *indices)
 
     monkeypatch.setattr(Trainer, "train_step", crash_at_step_8)
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -252,7 +252,7 @@ def test_training_resumed_from_a_checkpoint_applies_the_same_lrs(tmp_path, monke
     monkeypatch.undo()
     run_dir = tmp_path / "crashed" / "run"
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"] == 6
-    run_job(compose(*QUICK, *overrides), run_dir)  # continues from step 6
+    run_job(compose(*QUICK, *overrides), run_dir, resume=True)  # continues from step 6
 
     lrs = lambda d: [(r["step"], r["train/lr"]) for r in read_metrics(d) if "train/lr" in r]  # noqa: E731
     assert lrs(run_dir) == lrs(straight) and len(lrs(straight)) == 12

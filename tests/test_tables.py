@@ -10,7 +10,7 @@ import yaml
 
 from conftest import compose
 from runner.errors import ConfigError
-from runner.tables import cli, overrides as ov, recipe as recipes, results
+from runner.tables import launch, cli, overrides as ov, recipe as recipes, results
 from runner.tables.recipe import Metric, PaperValue
 
 RECIPES = recipes.available()
@@ -145,7 +145,7 @@ def test_digits_table_end_to_end(tmp_path, capsys):
     args = [str(path), "--out", str(out), "--seeds", "1", "--jobs", "2", "--set", "trainer.epochs=1"]
     cli.main(args)
     table = out / "digits_e2e"
-    status = {c: json.loads((table / "small_cnn" / c / "seed0" / "summary.json").read_text())["status"]
+    status = {c: launch.read_status(table / "small_cnn" / c / "seed0")[0]
               for c in ("sgd", "adamw/lr=0.0001", "adamw/lr=0.003", "after_sgd", "broken")}
     assert set(status.values()) == {"finished", "failed"} and status["broken"] == "failed"
     assert not (table / "small_cnn" / "after_broken").exists() and not (table / "small_cnn" / "missing").exists()
@@ -154,7 +154,7 @@ def test_digits_table_end_to_end(tmp_path, capsys):
 
     markdown = (table / "table.md").read_text()
     for text in ("| small CNN / SGD | top-1 (%) | 99.58 +- 0.20 (check) |", "| small CNN / AdamW [lr=0.003] |",
-                 "not measured", "2 finished", "1 failed: ", "Invalid learning rate",
+                 "not measured", "2 finished", "1 failed: ", "optimizer.lr",
                  "1 blocked: needs small_cnn/broken seed0, which is failed",
                  "1 unavailable: missing conf/optimizer/not_an_optimizer.yaml"):
         assert text in markdown, text
