@@ -12,8 +12,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-# keys of conf/optimizer that divrun consumes instead of passing to the optimizer
-BUILDER_KEYS = ("decay_bias_and_norm",)
+# keys of conf/optimizer that divrun consumes instead of passing to the optimizer: the no-decay split, and a
+# wrapper's (SAM's) base name and overrides, already resolved into its `base_optimizer` node
+BUILDER_KEYS = ("decay_bias_and_norm", "base", "base_overrides")
 
 
 def param_groups(model: torch.nn.Module, decay_bias_and_norm: bool) -> list[dict]:
@@ -31,10 +32,19 @@ def param_groups(model: torch.nn.Module, decay_bias_and_norm: bool) -> list[dict
 
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     options = OmegaConf.to_container(cfg, resolve=True)
-    decay_bias_and_norm = bool(options.pop("decay_bias_and_norm", False))
+    decay_bias_and_norm = bool(options.get("decay_bias_and_norm", False))
+    options = optimizer_options(options)
     factory = instantiate(options)
     groups = param_groups(model, decay_bias_and_norm)
     return factory(groups, **fast_path_defaults(factory, options, groups))
+
+
+def optimizer_options(options: dict) -> dict:
+    """The options the optimizer's `_target_` receives: the config less BUILDER_KEYS, also in a wrapper's base."""
+    kept = {key: value for key, value in options.items() if key not in BUILDER_KEYS}
+    if isinstance(kept.get("base_optimizer"), dict):
+        kept["base_optimizer"] = optimizer_options(kept["base_optimizer"])
+    return kept
 
 
 def fast_path_defaults(factory, options: dict, groups: list[dict]) -> dict:
