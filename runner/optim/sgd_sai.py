@@ -22,7 +22,8 @@ class SGDSaI(Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, eps=eps, weight_decay=weight_decay), foreach)
 
     def init_state(self, group, param, grad, state):
-        state["gsnr"] = grad.norm() / (grad.std().nan_to_num() + group["eps"])
+        noise = grad.std().nan_to_num() if grad.numel() > 1 else grad.new_zeros(())  # 1 element: no std, 0
+        state["gsnr"] = grad.norm() / (noise + group["eps"])
         state["momentum_buffer"] = grad.clone(memory_format=torch.preserve_format)
 
     def update_foreach(self, group: dict, bucket: Bucket) -> None:
