@@ -1,0 +1,55 @@
+"""`make bench`: run every benchmark module and write benchmarks/RESULTS.md.
+
+Each module's `run(quick)` returns rows (dicts). Speeds are ratios against a baseline measured in the same
+run, so the numbers compare across machines. `python -m benchmarks optimizers losses` runs a subset;
+`--quick` shrinks the budgets.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import platform
+import pkgutil
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).parent
+
+
+def machine() -> str:
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {gpu}"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    names = sorted(m.name for m in pkgutil.iter_modules([str(HERE)]) if not m.name.startswith("_"))
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("modules", nargs="*", choices=names + [[]], default=[], help="default: all")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    args = parser.parse_args()
+    sections = [f"# Benchmark results\n\nMachine: {machine()}; torch {torch.__version__}; "
+                f"{datetime.date.today().isoformat()}; {'quick' if args.quick else 'full'} budgets.\n"]
+    for name in args.modules or names:
+        module = importlib.import_module(f"benchmarks.{name}")
+        print(f"== {name}", flush=True)
+        rows = module.run(args.quick)
+        table = markdown_table(rows)
+        print(table, flush=True)
+        sections.append(f"## {name}\n\n{(module.__doc__ or '').strip()}\n\n{table}\n")
+    Path(args.out).write_text("\n".join(sections))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

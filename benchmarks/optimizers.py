@@ -1,0 +1,165 @@
+"""Optimizer step time on ResNet-18's parameters (CIFAR variant, 11.2M parameters in 62 tensors, divrun's
+decay / no-decay groups, fixed random gradients), as a ratio to torch.optim.AdamW(foreach=True) timed in
+the same rounds (interleaved, median of rounds). `foreach` is divrun's default path, `per_tensor` its
+fallback, `reference` the official package where one installs (the `ref` extra). Second-order and
+closure-driven optimizers are timed as whole train steps (forward, backward, step; batch 16 of 32x32),
+as a ratio to their base (SAM: its base; AdaHessian: AdamW), with images/s."""
+from __future__ import annotations
+
+import importlib
+import statistics
+import time
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+
+from runner.models.resnet_cifar import resnet_cifar
+from runner.optim import param_groups
+from runner.optim.adabelief import AdaBelief
+from runner.optim.adahessian import AdaHessian
+from runner.optim.adamp import AdamP
+from runner.optim.diffgrad import DiffGrad
+from runner.optim.lion import Lion
+from runner.optim.sam import SAM
+from runner.optim.sgd_sai import SGDSaI
+from runner.optim.sgdp import SGDP
+from runner.optim.spam import SPAM
+from runner.optim.stable_spam import StableSPAM
+
+WARMUP_STEPS = 3  # past SGD-SaI's first step and SPAM's clipping delay (grad_accu_steps=2 below)
+
+# name: (divrun's class with its options, the official package's (module, class, extra options) or None)
+STEP_CASES = {
+    "lion": (partial(Lion, lr=1e-4, weight_decay=0.1), None),
+    "adamp": (partial(AdamP, weight_decay=1e-2), ("adamp", "AdamP", {"weight_decay": 1e-2})),
+    "sgdp": (partial(SGDP, lr=0.1, momentum=0.9, weight_decay=1e-5),
+             ("adamp", "SGDP", {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-5})),
+    "adabelief": (partial(AdaBelief, eps=1e-8, weight_decay=5e-4, weight_decouple=False, rectify=False),
+                  ("adabelief_pytorch", "AdaBelief", {"eps": 1e-8, "weight_decay": 5e-4, "weight_decouple": False,
+                                                      "rectify": False, "print_change_log": False})),
+    "diffgrad": (DiffGrad, ("torch_optimizer", "DiffGrad", {})),
+    "sgd_sai": (SGDSaI, ("sgd_sai", "SGD_sai", {})),
+    "spam": (partial(SPAM, weight_decay=0.1, grad_accu_steps=2), None),
+    "stable_spam": (partial(StableSPAM, weight_decay=0.1), None),
+}
+
+
+def make_model(device: torch.device) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return resnet_cifar(in_channels=3, num_classes=10, depth=18).to(device)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def official(spec):
+    module, name, options = spec
+    try:
+        return partial(getattr(importlib.import_module(module), name), **options)
+    except ImportError:
+        return None
+
+
+class StepTimer:
+    """One optimizer over its own copy of the model with fixed gradients; `time(k)` is ms per step."""
+
+    def __init__(self, factory, device: torch.device):
+        self.device, self.model = device, make_model(device)
+        generator = torch.Generator(device).manual_seed(1)
+        for p in self.model.parameters():
+            p.grad = torch.randn(p.shape, generator=generator, device=device) * 1e-2
+        self.optimizer = factory(param_groups(self.model, decay_bias_and_norm=False))
+        self.run(WARMUP_STEPS)
+
+    def run(self, steps: int) -> None:
+        for _ in range(steps):
+            self.optimizer.step()
+
+    def time(self, steps: int) -> float:
+        synchronize(self.device)
+        start = time.perf_counter()
+        self.run(steps)
+        synchronize(self.device)
+        return (time.perf_counter() - start) / steps * 1e3
+
+
+def median_times(timers: dict[str, StepTimer], rounds: int, steps: int) -> dict[str, float]:
+    samples = {name: [] for name in timers}
+    for _ in range(rounds):
+        for name, timer in timers.items():
+            samples[name].append(timer.time(steps))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def step_rows(device: torch.device, quick: bool) -> list[dict]:
+    factories = {"adamw": partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.05, foreach=True)}
+    for name, (ours, reference) in STEP_CASES.items():
+        factories[f"{name}/foreach"] = partial(ours, foreach=True)
+        factories[f"{name}/per_tensor"] = partial(ours, foreach=False)
+        if reference and official(reference):
+            factories[f"{name}/reference"] = official(reference)
+    timers = {name: StepTimer(factory, device) for name, factory in factories.items()}
+    times = median_times(timers, rounds=3 if quick else 7, steps=2 if quick else 5)
+    baseline = times["adamw"]
+    rows = [{"device": device.type, "optimizer": "adamw (torch, foreach)", "step_ms": baseline, "vs_adamw": 1.0}]
+    for name in STEP_CASES:
+        row = {"device": device.type, "optimizer": name, "step_ms": times[f"{name}/foreach"],
+               "vs_adamw": times[f"{name}/foreach"] / baseline,
+               "per_tensor_vs_adamw": times[f"{name}/per_tensor"] / baseline}
+        if f"{name}/reference" in times:
+            row["reference_vs_adamw"] = times[f"{name}/reference"] / baseline
+            row["reference"] = STEP_CASES[name][1][0]
+        rows.append(row)
+    return rows
+
+
+def train_step_rows(device: torch.device, quick: bool) -> list[dict]:
+    """Whole train steps, as the trainer runs them: SAM against its base, AdaHessian against AdamW."""
+    batch = 16
+    generator = torch.Generator(device).manual_seed(2)
+    images = torch.randn(batch, 3, 32, 32, generator=generator, device=device)
+    labels = torch.randint(0, 10, (batch,), generator=generator, device=device)
+    cases = {"sgd": partial(torch.optim.SGD, lr=0.1, momentum=0.9),
+             "sam(sgd)": partial(SAM, base_optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9)),
+             "adamw": partial(torch.optim.AdamW, lr=1e-3),
+             "sam(adamw)": partial(SAM, base_optimizer=partial(torch.optim.AdamW, lr=1e-3)),
+             "adahessian": AdaHessian}
+    steps = {}
+    for name, factory in cases.items():
+        model = make_model(device)
+        optimizer = factory(param_groups(model, False))
+        second_order = getattr(optimizer, "second_order", False)
+
+        def train_step():
+            F.cross_entropy(model(images), labels).backward(create_graph=second_order)
+            closure = (lambda: F.cross_entropy(model(images), labels).backward()) if getattr(optimizer, "needs_closure", False) else None
+            optimizer.step(closure) if closure else optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        steps[name] = train_step
+        train_step()
+    samples = {name: [] for name in steps}
+    for _ in range(2 if quick else 5):
+        for name, train_step in steps.items():
+            synchronize(device)
+            start = time.perf_counter()
+            train_step()
+            synchronize(device)
+            samples[name].append(time.perf_counter() - start)
+    seconds = {name: statistics.median(values) for name, values in samples.items()}
+    bases = {"sam(sgd)": "sgd", "sam(adamw)": "adamw", "adahessian": "adamw"}
+    return [{"device": device.type, "optimizer": f"train step: {name}", "step_ms": seconds[name] * 1e3,
+             "img_per_s": batch / seconds[name],
+             **({f"vs_{bases[name]}": seconds[name] / seconds[bases[name]]} if name in bases else {})}
+            for name in steps]
+
+
+def run(quick: bool) -> list[dict]:
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    rows = []
+    for device in devices:
+        rows += step_rows(device, quick)
+        rows += train_step_rows(device, quick)
+    return rows
