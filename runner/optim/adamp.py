@@ -47,9 +47,9 @@ def _segments(shapes: tuple[torch.Size, ...], device: torch.device):
     return channels, inv_sqrt_channel, inv_sqrt_layer
 
 
-def project_foreach(params, grads, updates, delta: float, wd_ratio: float, eps: float) -> list[torch.Tensor]:
+def project_foreach(params, grads, updates, delta: float, wd_ratio: float, eps: float) -> torch.Tensor:
     """Many weights: per-channel sums per tensor, then every test and coefficient batched over all channels
-    of all weights; project `updates` in place and return the weight-decay multipliers (0-d tensors)."""
+    of all weights; project `updates` in place and return the weight-decay multipliers (one per weight)."""
     shapes = tuple(p.shape for p in params)
     channels, inv_sqrt_channel, inv_sqrt_layer = _segments(shapes, params[0].device)
     sums = [[] for _ in range(4)]  # <g,p>, <g,g>, <p,p>, <p,u> per output channel
@@ -69,7 +69,7 @@ def project_foreach(params, grads, updates, delta: float, wd_ratio: float, eps: 
     coef = torch.where(per_row(by_channel), channel_coef, torch.where(per_row(by_layer), layer_coef, 0.0))
     coefs = [c.view(-1, *[1] * (p.ndim - 1)) for c, p in zip(coef.split([s[0] for s in shapes]), params)]
     torch._foreach_addcmul_(updates, params, coefs, value=-1)
-    return list(torch.where(by_channel | by_layer, wd_ratio, 1.0).to(params[0].dtype).unbind())
+    return torch.where(by_channel | by_layer, wd_ratio, 1.0).to(params[0].dtype)
 
 
 def projected_step_foreach(group: dict, params, grads, updates, decay: float, step_size: float) -> None:
@@ -81,9 +81,7 @@ def projected_step_foreach(group: dict, params, grads, updates, decay: float, st
         ratios = project_foreach(pick(params, weights), pick(grads, weights), pick(updates, weights),
                                  group["delta"], group["wd_ratio"], group["eps"])
         if decay != 0:
-            torch._foreach_mul_(ratios, -decay)
-            torch._foreach_add_(ratios, 1.0)
-            torch._foreach_mul_(pick(params, weights), ratios)
+            torch._foreach_mul_(pick(params, weights), list((1 - decay * ratios).unbind()))
     if others and decay != 0:
         torch._foreach_mul_([params[i] for i in others], 1 - decay)
     torch._foreach_add_(params, updates, alpha=-step_size)

@@ -42,7 +42,8 @@ class SAM(torch.optim.Optimizer):
         if not groups:
             return None
         params = [p for _, group_params in groups for p in group_params]
-        saved = torch._foreach_clone(params)
+        saved = [torch.empty_like(p) for p in params]
+        torch._foreach_copy_(saved, params)
         self.perturb(groups)
         torch._foreach_add_(params, [p.grad for p in params])  # the gradients now hold e
         self.zero_grad(set_to_none=True)
