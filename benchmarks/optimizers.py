@@ -1,20 +1,20 @@
 """Optimizer step time on ResNet-18's parameters (CIFAR variant, 11.2M parameters in 62 tensors, divrun's
 decay / no-decay groups, fixed random gradients), as a ratio to torch.optim.AdamW(foreach=True) timed in
-the same rounds (interleaved, median of rounds). `foreach` is divrun's default path, `per_tensor` its
-fallback, `reference` the official package where one installs (the `ref` extra). Second-order and
-closure-driven optimizers are timed as whole train steps (forward, backward, step; batch 16 of 32x32),
-as a ratio to their base (SAM: its base; AdaHessian: AdamW), with images/s."""
+the same rounds (interleaved; the fastest round counts, CPU timed on one thread so that other load on the
+machine disturbs it least). `foreach` is divrun's default path, `per_tensor` its fallback, `reference` the
+official package where one installs (the `ref` extra). SAM and AdaHessian are timed as whole train steps
+(forward, backward, step; batch 64 of 32x32; ResNet-20 on the CPU, ResNet-18 on CUDA) as a ratio to their
+base (SAM: its base; AdaHessian: AdamW), with images/s."""
 from __future__ import annotations
 
 import importlib
-import statistics
 import time
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 
-from runner.models.resnet_cifar import resnet_cifar
+from runner.models.resnet_cifar import resnet_cifar, resnet_he
 from runner.optim import param_groups
 from runner.optim.adabelief import AdaBelief
 from runner.optim.adahessian import AdaHessian
@@ -45,9 +45,10 @@ STEP_CASES = {
 }
 
 
-def make_model(device: torch.device) -> torch.nn.Module:
+def make_model(device: torch.device, small: bool = False) -> torch.nn.Module:
     torch.manual_seed(0)
-    return resnet_cifar(in_channels=3, num_classes=10, depth=18).to(device)
+    model = resnet_he(3, 10, depth=20) if small else resnet_cifar(in_channels=3, num_classes=10, depth=18)
+    return model.to(device)
 
 
 def synchronize(device: torch.device) -> None:
@@ -86,12 +87,12 @@ class StepTimer:
         return (time.perf_counter() - start) / steps * 1e3
 
 
-def median_times(timers: dict[str, StepTimer], rounds: int, steps: int) -> dict[str, float]:
+def fastest_times(timers: dict[str, StepTimer], rounds: int, steps: int) -> dict[str, float]:
     samples = {name: [] for name in timers}
     for _ in range(rounds):
         for name, timer in timers.items():
             samples[name].append(timer.time(steps))
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return {name: min(values) for name, values in samples.items()}
 
 
 def step_rows(device: torch.device, quick: bool) -> list[dict]:
@@ -102,7 +103,7 @@ def step_rows(device: torch.device, quick: bool) -> list[dict]:
         if reference and official(reference):
             factories[f"{name}/reference"] = official(reference)
     timers = {name: StepTimer(factory, device) for name, factory in factories.items()}
-    times = median_times(timers, rounds=3 if quick else 7, steps=2 if quick else 5)
+    times = fastest_times(timers, rounds=4 if quick else 10, steps=2 if quick else 4)
     baseline = times["adamw"]
     rows = [{"device": device.type, "optimizer": "adamw (torch, foreach)", "step_ms": baseline, "vs_adamw": 1.0}]
     for name in STEP_CASES:
@@ -118,7 +119,7 @@ def step_rows(device: torch.device, quick: bool) -> list[dict]:
 
 def train_step_rows(device: torch.device, quick: bool) -> list[dict]:
     """Whole train steps, as the trainer runs them: SAM against its base, AdaHessian against AdamW."""
-    batch = 16
+    batch = 64
     generator = torch.Generator(device).manual_seed(2)
     images = torch.randn(batch, 3, 32, 32, generator=generator, device=device)
     labels = torch.randint(0, 10, (batch,), generator=generator, device=device)
@@ -129,7 +130,7 @@ def train_step_rows(device: torch.device, quick: bool) -> list[dict]:
              "adahessian": AdaHessian}
     steps = {}
     for name, factory in cases.items():
-        model = make_model(device)
+        model = make_model(device, small=device.type == "cpu")
         optimizer = factory(param_groups(model, False))
         second_order = getattr(optimizer, "second_order", False)
 
@@ -141,14 +142,14 @@ def train_step_rows(device: torch.device, quick: bool) -> list[dict]:
         steps[name] = train_step
         train_step()
     samples = {name: [] for name in steps}
-    for _ in range(2 if quick else 5):
+    for _ in range(3 if quick else 8):
         for name, train_step in steps.items():
             synchronize(device)
             start = time.perf_counter()
             train_step()
             synchronize(device)
             samples[name].append(time.perf_counter() - start)
-    seconds = {name: statistics.median(values) for name, values in samples.items()}
+    seconds = {name: min(values) for name, values in samples.items()}
     bases = {"sam(sgd)": "sgd", "sam(adamw)": "adamw", "adahessian": "adamw"}
     return [{"device": device.type, "optimizer": f"train step: {name}", "step_ms": seconds[name] * 1e3,
              "img_per_s": batch / seconds[name],
@@ -157,9 +158,12 @@ def train_step_rows(device: torch.device, quick: bool) -> list[dict]:
 
 
 def run(quick: bool) -> list[dict]:
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    rows = []
-    for device in devices:
-        rows += step_rows(device, quick)
-        rows += train_step_rows(device, quick)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = step_rows(torch.device("cpu"), quick) + train_step_rows(torch.device("cpu"), quick)
+    finally:
+        torch.set_num_threads(threads)
+    if torch.cuda.is_available():
+        rows += step_rows(torch.device("cuda"), quick) + train_step_rows(torch.device("cuda"), quick)
     return rows
