@@ -105,16 +105,29 @@ def step_rows(device: torch.device, quick: bool) -> list[dict]:
     timers = {name: StepTimer(factory, device) for name, factory in factories.items()}
     times = fastest_times(timers, rounds=4 if quick else 10, steps=2 if quick else 4)
     baseline = times["adamw"]
+    default = "foreach" if device.type == "cuda" else "per_tensor"  # foreach=None picks this path here
     rows = [{"device": device.type, "optimizer": "adamw (torch, foreach)", "step_ms": baseline, "vs_adamw": 1.0}]
     for name in STEP_CASES:
-        row = {"device": device.type, "optimizer": name, "step_ms": times[f"{name}/foreach"],
-               "vs_adamw": times[f"{name}/foreach"] / baseline,
+        row = {"device": device.type, "optimizer": name, "step_ms": times[f"{name}/{default}"],
+               "vs_adamw": times[f"{name}/{default}"] / baseline,
+               "foreach_vs_adamw": times[f"{name}/foreach"] / baseline,
                "per_tensor_vs_adamw": times[f"{name}/per_tensor"] / baseline}
         if f"{name}/reference" in times:
             row["reference_vs_adamw"] = times[f"{name}/reference"] / baseline
             row["reference"] = STEP_CASES[name][1][0]
         rows.append(row)
     return rows
+
+
+def train_step(model, optimizer, images, labels) -> None:
+    """As runner.train does it: backward (with the graph for second-order optimizers), step (with a closure
+    that recomputes the gradients for closure-driven ones)."""
+    F.cross_entropy(model(images), labels).backward(create_graph=getattr(optimizer, "second_order", False))
+    if getattr(optimizer, "needs_closure", False):
+        optimizer.step(lambda: F.cross_entropy(model(images), labels).backward())
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def train_step_rows(device: torch.device, quick: bool) -> list[dict]:
@@ -131,16 +144,8 @@ def train_step_rows(device: torch.device, quick: bool) -> list[dict]:
     steps = {}
     for name, factory in cases.items():
         model = make_model(device, small=device.type == "cpu")
-        optimizer = factory(param_groups(model, False))
-        second_order = getattr(optimizer, "second_order", False)
-
-        def train_step():
-            F.cross_entropy(model(images), labels).backward(create_graph=second_order)
-            closure = (lambda: F.cross_entropy(model(images), labels).backward()) if getattr(optimizer, "needs_closure", False) else None
-            optimizer.step(closure) if closure else optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        steps[name] = train_step
-        train_step()
+        steps[name] = partial(train_step, model, factory(param_groups(model, False)), images, labels)
+        steps[name]()
     samples = {name: [] for name in steps}
     for _ in range(3 if quick else 8):
         for name, train_step in steps.items():

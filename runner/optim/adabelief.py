@@ -32,7 +32,7 @@ def rectification(beta2: float, step: int) -> float | None:
 class AdaBelief(Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-16,
                  weight_decay: float = 0.0, weight_decouple: bool = True, rectify: bool = True,
-                 degenerated_to_sgd: bool = True, foreach: bool = True):
+                 degenerated_to_sgd: bool = True, foreach: bool | None = None):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       weight_decouple=weight_decouple, rectify=rectify,
                                       degenerated_to_sgd=degenerated_to_sgd), foreach)

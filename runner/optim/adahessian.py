@@ -44,7 +44,7 @@ class AdaHessian(Optimizer):
     second_order = True
 
     def __init__(self, params, lr: float = 0.15, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-4,
-                 weight_decay: float = 0.0, hessian_power: float = 1.0, foreach: bool = True):
+                 weight_decay: float = 0.0, hessian_power: float = 1.0, foreach: bool | None = None):
         if not 0.0 <= hessian_power <= 1.0:
             raise ValueError(f"AdaHessian: hessian_power must be in [0, 1] (got {hessian_power})")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,

@@ -3,8 +3,10 @@
 `step()` runs the closure, collects each group's parameters that have gradients, creates their state on
 first sight, counts their steps (a Python int per parameter: no host sync), and hands the update rule
 buckets of parameters that share device, dtype and step count:
-- `foreach=True` (default): one call of `update_foreach` per bucket with lists, for `torch._foreach_*` ops;
-- `foreach=False`: one call of `update_tensor` per parameter (the per-tensor fallback).
+- `foreach=True`: one call of `update_foreach` per bucket with lists, for `torch._foreach_*` ops;
+- `foreach=False`: one call of `update_tensor` per parameter (the per-tensor path);
+- `foreach=None` (default): torch's rule, foreach on CUDA and per-tensor elsewhere. On a CPU the per-tensor
+  path is faster (each tensor stays in cache through all of its ops; see benchmarks/optimizers.py).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ class Optimizer(torch.optim.Optimizer):
     second_order = False  # the train loop runs backward(create_graph=True) when True
     needs_closure = False  # the train loop passes step() a closure that re-evaluates loss and gradients
 
-    def __init__(self, params, defaults: dict, foreach: bool = True):
+    def __init__(self, params, defaults: dict, foreach: bool | None = None):
         super().__init__(params, {**defaults, "foreach": foreach})
 
     # ---- what an optimizer defines -------------------------------------------------------------------
@@ -56,7 +58,8 @@ class Optimizer(torch.optim.Optimizer):
 
     def update_group(self, group: dict, params: list[torch.Tensor]) -> None:
         for bucket in self.buckets(group, params):
-            if group["foreach"]:
+            foreach = group["foreach"] if group["foreach"] is not None else bucket.params[0].is_cuda
+            if foreach:
                 self.update_foreach(group, bucket)
             else:
                 for param, grad, state in zip(bucket.params, bucket.grads, bucket.states):

@@ -17,7 +17,7 @@ from runner.optim.base import Bucket, Optimizer, zeros_like
 
 class DiffGrad(Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, foreach: bool = True):
+                 weight_decay: float = 0.0, foreach: bool | None = None):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay), foreach)
 
     def init_state(self, group, param, grad, state):

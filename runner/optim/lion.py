@@ -14,7 +14,7 @@ from runner.optim.base import Bucket, Optimizer, zeros_like
 
 class Lion(Optimizer):
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0,
-                 foreach: bool = True):
+                 foreach: bool | None = None):
         if lr < 0 or not all(0.0 <= b < 1.0 for b in betas) or weight_decay < 0:
             raise ValueError(f"Lion: need lr >= 0, betas in [0, 1), weight_decay >= 0 (got {lr}, {betas}, {weight_decay})")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay), foreach)

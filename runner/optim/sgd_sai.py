@@ -16,7 +16,7 @@ from runner.optim.base import Bucket, Optimizer
 
 class SGDSaI(Optimizer):
     def __init__(self, params, lr: float = 1e-2, momentum: float = 0.9, eps: float = 1e-8, weight_decay: float = 1e-2,
-                 foreach: bool = True):
+                 foreach: bool | None = None):
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"SGD-SaI: momentum must be in [0, 1) (got {momentum})")
         super().__init__(params, dict(lr=lr, momentum=momentum, eps=eps, weight_decay=weight_decay), foreach)

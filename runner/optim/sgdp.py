@@ -17,7 +17,7 @@ from runner.optim.base import Bucket, Optimizer, zeros_like
 class SGDP(Optimizer):
     def __init__(self, params, lr: float = 0.1, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, eps: float = 1e-8, delta: float = 0.1,
-                 wd_ratio: float = 0.1, foreach: bool = True):
+                 wd_ratio: float = 0.1, foreach: bool | None = None):
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"SGDP: momentum must be in [0, 1) (got {momentum}); decay is divided by 1 - momentum")
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,

@@ -23,7 +23,7 @@ from runner.optim.base import Bucket, Optimizer, zeros_like
 class SPAM(Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
                  weight_decay: float = 0.0, correct_bias: bool = True, warmup_steps: int = 150,
-                 threshold: float = 5000, reset_interval: int = 500, grad_accu_steps: int = 20, foreach: bool = True):
+                 threshold: float = 5000, reset_interval: int = 500, grad_accu_steps: int = 20, foreach: bool | None = None):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       correct_bias=correct_bias, warmup_steps=warmup_steps, threshold=threshold,
                                       reset_interval=reset_interval, grad_accu_steps=grad_accu_steps), foreach)
@@ -75,9 +75,9 @@ class SPAM(Optimizer):
         if reset:
             exp_avg.zero_()
             exp_avg_sq.zero_()
-        if clip:
+        if clip:  # as in update_foreach
             bound = (exp_avg_sq * group["threshold"]).sqrt_()
-            grad = torch.where(grad ** 2 > group["threshold"] * exp_avg_sq, grad.sign() * bound, grad)
+            grad = torch.clamp(grad, -bound, bound)
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         param.addcdiv_(exp_avg, exp_avg_sq.sqrt().add_(group["eps"]), value=-step_size)

@@ -28,7 +28,7 @@ from runner.optim.base import Bucket, Optimizer, zeros_like
 class StableSPAM(Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, gamma1: float = 0.7, gamma2: float = 0.9, gamma3: float = 0.999,
-                 total_T: int | None = None, eta_min: float = 0.5, reset_interval: int = 1000, foreach: bool = True):
+                 total_T: int | None = None, eta_min: float = 0.5, reset_interval: int = 1000, foreach: bool | None = None):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, gamma1=gamma1,
                                       gamma2=gamma2, gamma3=gamma3, total_T=total_T, eta_min=eta_min,
                                       reset_interval=reset_interval), foreach)
@@ -97,10 +97,11 @@ class StableSPAM(Optimizer):
         gamma1 = group["gamma1"] * scale
         if group["weight_decay"] != 0:
             param.mul_(1 - group["lr"] * group["weight_decay"])
-        max_abs = grad.abs().max()
+        magnitude = grad.abs()
+        max_abs = magnitude.max()
         state["max_avg"].lerp_(max_abs, 1 - theta)
         max_hat = state["max_avg"] / (1 - theta ** since)
-        grad = torch.where(grad.abs() > max_hat, grad / max_abs * max_hat, grad)
+        grad = torch.where(magnitude > max_hat, grad * (max_hat / max_abs), grad)
         norm = grad.norm()
         state["norm_avg"].lerp_(norm, 1 - gamma1)
         state["norm_sq_avg"].mul_(gamma2).add_(norm ** 2, alpha=1 - gamma2)
