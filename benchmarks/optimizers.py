@@ -148,10 +148,10 @@ def train_step_rows(device: torch.device, quick: bool) -> list[dict]:
         steps[name]()
     samples = {name: [] for name in steps}
     for _ in range(3 if quick else 8):
-        for name, train_step in steps.items():
+        for name, one_step in steps.items():
             synchronize(device)
             start = time.perf_counter()
-            train_step()
+            one_step()
             synchronize(device)
             samples[name].append(time.perf_counter() - start)
     seconds = {name: min(values) for name, values in samples.items()}
