@@ -15,12 +15,14 @@ import os
 import re
 import secrets
 import sys
+from importlib import resources
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from runner.errors import ConfigError, WorkersFailed
 
@@ -32,6 +34,33 @@ OmegaConf.register_new_resolver("divrun_uid", lambda: _UID, replace=True, use_ca
 DIVERGED_EXIT_CODE, INTERRUPTED_EXIT_CODE = 3, 130
 EXPLAINED_EXIT_CODES = (2, DIVERGED_EXIT_CODE, 75, INTERRUPTED_EXIT_CODE)  # a worker's report() printed why
 MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def group_option(group: str, name: str) -> DictConfig:
+    """conf/<group>/<name>.yaml with its defaults list (same-group options and _self_) merged as Hydra does."""
+    folder = resources.files("runner.conf") / group
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        options = sorted(f.name.removesuffix(".yaml") for f in folder.iterdir() if f.name.endswith(".yaml"))
+        raise ConfigError(f"{group}={name} does not exist; choose one of {', '.join(options)}")
+    node = OmegaConf.create(path.read_text())
+    defaults = list(node.pop("defaults", []))
+    merged = OmegaConf.create()
+    for entry in defaults if "_self_" in defaults else [*defaults, "_self_"]:
+        merged = OmegaConf.merge(merged, node if entry == "_self_" else group_option(group, entry))
+    return merged
+
+
+def optimizer_config(name: str, overrides: DictConfig | None = None) -> DictConfig:
+    """`${divrun_optimizer:NAME,OVERRIDES}`: a wrapper's base optimizer (SAM's `base`) as a nested config,
+    resolved when the run starts so config.yaml records every value the run used."""
+    config = group_option("optimizer", name)
+    if "base" in config:
+        raise ConfigError(f"optimizer.base={name} is itself a wrapper; pick a plain optimizer (sgd, adamw, lion, ...)")
+    return OmegaConf.merge(config, overrides or {})
+
+
+OmegaConf.register_new_resolver("divrun_optimizer", optimizer_config, replace=True)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://runner.conf", config_name="config")
@@ -61,6 +90,8 @@ def report(error: BaseException, multirun: bool = False, name: str | None = None
 
     if isinstance(error, SystemExit):
         raise error
+    if isinstance(error, InterpolationResolutionError):  # a resolver's ConfigError (SAM's base), wrapped by OmegaConf
+        error = ConfigError((str(error) or type(error).__name__).splitlines()[0])
     codes = {ConfigError: 2, Diverged: DIVERGED_EXIT_CODE, Preempted: REQUEUE_EXIT_CODE,
              KeyboardInterrupt: INTERRUPTED_EXIT_CODE}
     code = next((c for kind, c in codes.items() if isinstance(error, kind)), None)

@@ -15,8 +15,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-# keys of conf/optimizer that divrun consumes instead of passing to the optimizer
-BUILDER_KEYS = ("decay_bias_and_norm", "norm_lr_scale")
+# keys of conf/optimizer that divrun consumes instead of passing to the optimizer: the no-decay split, the norm
+# layers' lr scale, and a by-name wrapper's (SAM's) base name and overrides, already resolved into its
+# `base_optimizer` node (Lookahead's `base` is a nested config instead: see build_optimizer)
+BUILDER_KEYS = ("decay_bias_and_norm", "norm_lr_scale", "base", "base_overrides")
 NORM_LAYERS = (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.RMSNorm)
 
 
@@ -44,19 +46,28 @@ def param_groups(model: torch.nn.Module, decay_bias_and_norm: bool, norm_lr_scal
 
 def build_optimizer(cfg: DictConfig | dict, model: torch.nn.Module, total_steps: int | None = None):
     options = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    base = options.pop("base", None)
-    if base is not None:  # a wrapper: build the inner optimizer, then wrap it
-        factory = instantiate(options)
+    base = options.get("base")
+    if isinstance(base, dict):  # a wrapper of a built optimizer (Lookahead): build the inner one, then wrap it
+        factory = instantiate(optimizer_options(options))
         inner = build_optimizer(base, model, total_steps)
         accepted = inspect.signature(factory.func).parameters
         runtime = {"total_steps": total_steps, "model": model}
         return factory(inner, **{key: value for key, value in runtime.items() if key in accepted})
-    decay_bias_and_norm = bool(options.pop("decay_bias_and_norm", False))
-    norm_lr_scale = float(options.pop("norm_lr_scale", 1.0))
+    decay_bias_and_norm = bool(options.get("decay_bias_and_norm", False))
+    norm_lr_scale = float(options.get("norm_lr_scale", 1.0))
+    options = optimizer_options(options)
     factory = instantiate(options)
     groups = param_groups(model, decay_bias_and_norm, norm_lr_scale, options.get("lr"),
                           options.get("weight_decay", 0.0))
     return factory(groups, **fast_path_defaults(factory, options, groups))
+
+
+def optimizer_options(options: dict) -> dict:
+    """The options the optimizer's `_target_` receives: the config less BUILDER_KEYS, also in a wrapper's base."""
+    kept = {key: value for key, value in options.items() if key not in BUILDER_KEYS}
+    if isinstance(kept.get("base_optimizer"), dict):
+        kept["base_optimizer"] = optimizer_options(kept["base_optimizer"])
+    return kept
 
 
 def fast_path_defaults(factory, options: dict, groups: list[dict]) -> dict:

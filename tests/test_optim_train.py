@@ -1,0 +1,64 @@
+"""Every optimizer trains digits end to end through the config (`optimizer=<name>`) to >= 90% val top-1 in
+two epochs of batch 32; the YAMLs keep the papers' defaults and the lr overrides below only fit this
+90-step budget. Plus the configuration errors a user can hit."""
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from runner.errors import ConfigError
+from tests.conftest import compose, train
+
+FAST = ("trainer.batch_size=32", "trainer.epochs=2")
+RUNS = {
+    "lion": ("optimizer.lr=2e-3",),
+    "adamp": ("optimizer.lr=3e-3",),
+    "sgdp": (),
+    "adabelief": ("optimizer.lr=2e-2",),
+    "adabelief_cifar": ("optimizer.lr=3e-3",),
+    "adabelief_imagenet": (),
+    "diffgrad": ("optimizer.lr=3e-3",),
+    "adahessian": (),
+    "sgd_sai": (),
+    "spam": ("optimizer.lr=3e-3",),
+    "stable_spam": ("optimizer.lr=3e-3",),
+    "sam": (),
+    "asam": ("optimizer.base=adamw", "optimizer.base_overrides={lr:3e-3}"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_trains_digits(tmp_path, name):
+    summary, _ = train(tmp_path, f"optimizer={name}", *FAST, *RUNS[name])
+    assert summary["status"] == "finished"
+    assert summary["final_val_acc1"] >= 0.9, f"optimizer={name}: val top-1 {summary['final_val_acc1']:.3f}"
+
+
+def test_sam_records_its_base_in_full(tmp_path):
+    cfg = compose("optimizer=sam", "optimizer.base=lion", "optimizer.base_overrides={lr:3e-4}")
+    base = cfg.optimizer.base_optimizer
+    assert base._target_ == "runner.optim.lion.Lion" and base.lr == 3e-4 and base.betas == [0.9, 0.99]
+
+
+@pytest.mark.parametrize("name", ["adamw8bit", "lion8bit"])
+def test_8bit_optimizers_explain_what_they_need(tmp_path, name, monkeypatch):
+    with pytest.raises(ConfigError, match=r"pip install 'divrun\[bnb\]'|CUDA"):
+        train(tmp_path, f"optimizer={name}")
+    # with bitsandbytes importable, a CPU run still gets the CUDA message
+    for module in ("bitsandbytes", "bitsandbytes.optim"):
+        monkeypatch.setitem(sys.modules, module, types.ModuleType(module))
+    with pytest.raises(ConfigError, match="CUDA kernels: train on a GPU"):
+        train(tmp_path / "again", f"optimizer={name}")
+
+
+def test_second_order_refuses_half_precision(tmp_path):
+    with pytest.raises(ConfigError, match="trainer.precision=fp32"):
+        train(tmp_path, "optimizer=adahessian", "trainer.precision=bf16")
+
+
+@pytest.mark.parametrize("base", ["asam", "adahessian", "nope"])
+def test_sam_rejects_bad_bases(tmp_path, base):
+    with pytest.raises(Exception, match="wrapper|cannot wrap|does not exist"):
+        train(tmp_path, "optimizer=sam", f"optimizer.base={base}")
