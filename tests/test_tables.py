@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from conftest import compose
 from runner.errors import ConfigError
@@ -46,7 +47,8 @@ def test_recipe_expands_into_configs_that_compose(name, tmp_path):
             for override in run.overrides:  # every value reached the config (none silently dropped)
                 key, value = ov.split(override)
                 if not ov.is_group(key) and value and "[" not in value and "'" not in value:
-                    assert str(_select(cfg, key)) in (value, str(yaml.safe_load(value))), override
+                    parsed = OverridesParser.create().parse_override(override).value()  # Hydra's value grammar
+                    assert str(_select(cfg, key)) in (value, str(yaml.safe_load(value)), str(parsed)), override
     if missing:
         lacking = sorted({item for items in missing.values() for item in items})
         pytest.skip(f"{name}: {len(missing)} of {len(recipe.cells)} cells need what this checkout lacks: "
