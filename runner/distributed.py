@@ -191,10 +191,13 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def refuse_unsupported(optimizer: torch.optim.Optimizer, sync_bn: bool, device: torch.device) -> None:
+def refuse_unsupported(optimizer: torch.optim.Optimizer, sync_bn: bool, device: torch.device, distiller) -> None:
     """What cannot run on several processes says so in one line (rank 0 prints it, every rank exits 2)."""
     if world_size() == 1:
         return
+    if distiller.single_process_reason:
+        raise ConfigError(f"distill={type(distiller).__name__.lower()} runs on one process only: "
+                          f"{distiller.single_process_reason}; set trainer.devices=1 trainer.nnodes=1")
     if getattr(optimizer, "second_order", False):
         raise ConfigError(f"optimizer {type(optimizer).__name__} needs Hessian-vector products through "
                           f"backward(create_graph=True), which DDP's gradient all-reduce cuts; run it with "

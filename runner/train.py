@@ -141,7 +141,6 @@ class Trainer:
         if hasattr(self.model, "init_from_data"):  # data-dependent init (airbench's whitening), before the optimizer
             self.model.init_from_data(self.train_loader.sample(DATA_INIT_SAMPLES))
         self.optimizer = build_optimizer(cfg.optimizer, self.model, self.total_steps)
-        distributed.refuse_unsupported(self.optimizer, trainer.sync_bn, self.rt.device)
         self.loss_fn = build_loss(cfg.loss)
         # DDP first, then compile (torch's DDPOptimizer splits the graph at DDP's bucket boundaries)
         self.forward = CompiledOrEager(distributed.wrap(self.model, self.rt.device), trainer.compile, logger)
@@ -164,6 +163,7 @@ class Trainer:
         self.wall_time_before, self.started, self.clock = 0.0, time.time(), time.perf_counter()
         # run folders saved before the `distill` group existed have no distill key
         self.distill = instantiate(cfg.distill) if cfg.get("distill") else Distiller()
+        distributed.refuse_unsupported(self.optimizer, trainer.sync_bn, self.rt.device, self.distill)
         self.distill.setup(self)
 
     # ---- one optimizer step --------------------------------------------------------------------------

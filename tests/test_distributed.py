@@ -156,18 +156,25 @@ def test_multi_node_arguments_come_from_the_config_or_slurm(tmp_path, monkeypatc
         distributed.torchrun_args(trainer_cfg(nnodes=2, node_rank=2, rdzv_endpoint="h:1"), tmp_path, environ={})
 
 
-def test_second_order_optimizers_and_cpu_sync_bn_are_refused_on_several_processes(monkeypatch):
+def test_second_order_optimizers_cpu_sync_bn_and_single_process_distillers_are_refused(monkeypatch):
+    from runner.distill.base import Distiller
+    from runner.distill.pskd import PSKD
+
     class SecondOrder(torch.optim.SGD):
         second_order = True
 
     optimizer = SecondOrder([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    distributed.refuse_unsupported(optimizer, sync_bn=True, device=torch.device("cpu"))  # one process: fine
+    sgd = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    cpu = torch.device("cpu")
+    distributed.refuse_unsupported(optimizer, sync_bn=True, device=cpu, distiller=PSKD())  # one process: fine
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     with pytest.raises(ConfigError, match="trainer.devices=1"):
-        distributed.refuse_unsupported(optimizer, sync_bn=False, device=torch.device("cpu"))
+        distributed.refuse_unsupported(optimizer, sync_bn=False, device=cpu, distiller=Distiller())
     with pytest.raises(ConfigError, match="trainer.sync_bn"):
-        distributed.refuse_unsupported(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), sync_bn=True,
-                                       device=torch.device("cpu"))
+        distributed.refuse_unsupported(sgd, sync_bn=True, device=cpu, distiller=Distiller())
+    with pytest.raises(ConfigError, match="distill=pskd runs on one process only: it keeps per-sample"):
+        distributed.refuse_unsupported(sgd, sync_bn=False, device=cpu, distiller=PSKD())
+    distributed.refuse_unsupported(sgd, sync_bn=False, device=cpu, distiller=Distiller())  # plain and kd: fine
 
 
 def test_a_config_error_in_the_workers_is_one_line(tmp_path):

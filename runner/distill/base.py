@@ -24,6 +24,9 @@ from runner.optim import build_optimizer
 
 
 class Distiller:
+    # what keeps a method off several processes: a trainable second module outside DDP, or a per-sample
+    # memory (each rank sees other samples every epoch); None: runs under DDP
+    single_process_reason: str | None = None
     """`distill=none`: train on the labels with the configured loss."""
 
     def setup(self, trainer) -> None:

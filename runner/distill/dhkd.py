@@ -35,6 +35,8 @@ def binary_kl_to_half(logits: torch.Tensor, teacher_logits: torch.Tensor, temper
 
 
 class DHKD(KD):
+    single_process_reason = "it trains a second head that DDP does not synchronise"
+
     def __init__(self, teacher: str | None = None, teacher_model=None, temperature: float = 4.0,
                  ce_weight: float = 1.0, kd_weight: float = 1.0):
         super().__init__(teacher, teacher_model, alpha=0.0, temperature=temperature)

@@ -21,6 +21,8 @@ from runner.models import build_model, model_config
 
 
 class DML(Distiller):
+    single_process_reason = "it trains a second network that DDP does not synchronise"
+
     def __init__(self, teacher_model=None, teacher_lr: float | None = None, weight: float = 1.0,
                  temperature: float = 1.0):
         self.teacher_model, self.teacher_lr = teacher_model, teacher_lr

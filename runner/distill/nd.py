@@ -47,6 +47,8 @@ def class_centers(teacher, loader, num_classes: int, autocast) -> torch.Tensor:
 
 
 class ND(KD):
+    single_process_reason = "it trains a projector that DDP does not synchronise"
+
     def __init__(self, teacher: str | None = None, teacher_model=None, alpha: float = 0.5, temperature: float = 4.0,
                  warmup_epochs: int = 20, nd_weight: float = 1.0):
         super().__init__(teacher, teacher_model, alpha, temperature, warmup_epochs)

@@ -19,6 +19,8 @@ from runner.distill.base import Distiller
 
 
 class PSKD(Distiller):
+    single_process_reason = "it keeps per-sample predictions, and each rank sees other samples every epoch"
+
     def __init__(self, alpha_T: float = 0.8):
         self.alpha_T = alpha_T
 

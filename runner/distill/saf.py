@@ -28,6 +28,8 @@ def trajectory_loss(logits: torch.Tensor, reference_logits: torch.Tensor, temper
 
 
 class SAF(Distiller):
+    single_process_reason = "it keeps per-sample outputs, and each rank sees other samples every epoch"
+
     def __init__(self, weight: float = 0.3, temperature: float = 5.0, epochs_back: int = 3, start_epoch: int = 5):
         if epochs_back < 1 or start_epoch + 1 < epochs_back:
             raise ConfigError(f"distill.epochs_back={epochs_back}, distill.start_epoch={start_epoch}: the loss reads "
