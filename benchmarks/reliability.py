@@ -39,8 +39,8 @@ def seconds_per_step(trainer, steps: int, sync_each_step: bool = False) -> float
     device = trainer.rt.device.type
     start = clock(device)
     for index in range(steps):
-        images, labels, _ = batches[index % len(batches)]
-        row = trainer.train_step(images, labels)
+        images, labels, indices = batches[index % len(batches)]
+        row = trainer.train_step(images, labels, indices)
         if sync_each_step:
             bool(torch.isfinite(row[0]))
     return (clock(device) - start) / steps
