@@ -21,7 +21,17 @@ VGG_LAYOUTS = {
 }
 
 
-class VGG(nn.Module):
+class PooledClassifier(nn.Module):
+    """`body` (a conv stack), global average pooling, `head`: the shape shared by the three nets below."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(F.adaptive_avg_pool2d(self.body(x), 1), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class VGG(PooledClassifier):
     def __init__(self, in_channels: int, num_classes: int, depth: int = 11):
         super().__init__()
         if depth not in VGG_LAYOUTS:
@@ -35,12 +45,6 @@ class VGG(nn.Module):
                 channels = item
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(channels, num_classes)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(F.adaptive_avg_pool2d(self.body(x), 1), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 def vgg(in_channels: int, num_classes: int, depth: int = 11) -> VGG:
@@ -69,7 +73,7 @@ class Transition(nn.Sequential):
                          nn.AvgPool2d(2))
 
 
-class DenseNet(nn.Module):
+class DenseNet(PooledClassifier):
     def __init__(self, in_channels: int, num_classes: int, blocks=(6, 12, 24, 16), growth: int = 32,
                  reduction: float = 0.5):
         super().__init__()
@@ -86,12 +90,6 @@ class DenseNet(nn.Module):
         layers += [nn.BatchNorm2d(planes), nn.ReLU()]
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(planes, num_classes)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(F.adaptive_avg_pool2d(self.body(x), 1), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 DENSENET_LAYOUTS = {121: (6, 12, 24, 16), 169: (6, 12, 32, 32), 201: (6, 12, 48, 32)}
@@ -123,7 +121,7 @@ class PreActBlock(nn.Module):
 PREACT_LAYOUTS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}
 
 
-class PreActResNet(nn.Module):
+class PreActResNet(PooledClassifier):
     def __init__(self, in_channels: int, num_classes: int, depth: int = 18):
         super().__init__()
         if depth not in PREACT_LAYOUTS:
@@ -137,12 +135,6 @@ class PreActResNet(nn.Module):
         blocks += [nn.BatchNorm2d(in_planes), nn.ReLU()]
         self.body = nn.Sequential(*blocks)
         self.head = nn.Linear(in_planes, num_classes)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(F.adaptive_avg_pool2d(self.body(x), 1), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 def preact_resnet(in_channels: int, num_classes: int, depth: int = 18) -> PreActResNet:

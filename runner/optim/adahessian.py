@@ -12,6 +12,8 @@ the parameters with gradients, in parameter order.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from runner.optim.base import Bucket, Optimizer, zeros_like
@@ -54,22 +56,14 @@ class AdaHessian(Optimizer):
     def init_state(self, group, param, grad, state):
         state["exp_avg"], state["exp_hessian_diag_sq"] = zeros_like(param), zeros_like(param)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
-        if not params:
-            return loss
-        self.diagonal = dict(zip(params, hessian_diagonal(params)))
+    @contextlib.contextmanager
+    def prepare(self, params: list[torch.Tensor]):
+        """One Hutchinson sample of |Hz| for all parameters, held for this step's updates only."""
+        self.diagonal = dict(zip(params, hessian_diagonal(params))) if params else {}
         try:
-            for group in self.param_groups:
-                self.update_group(group, [p for p in group["params"] if p.grad is not None])
+            yield
         finally:
             self.diagonal = {}
-        return loss
 
     @staticmethod
     def constants(group: dict, step: int) -> tuple[float, float]:

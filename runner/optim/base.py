@@ -10,6 +10,7 @@ buckets of parameters that share device, dtype and step count:
 """
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -52,9 +53,16 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            self.update_group(group, [p for p in group["params"] if p.grad is not None])
+        stepped = [(group, [p for p in group["params"] if p.grad is not None]) for group in self.param_groups]
+        with self.prepare([p for _, params in stepped for p in params]):
+            for group, params in stepped:
+                self.update_group(group, params)
         return loss
+
+    def prepare(self, params: list[torch.Tensor]):
+        """A context around one step's updates for work over all parameters at once (AdaHessian's
+        Hessian-vector product); none by default."""
+        return contextlib.nullcontext()
 
     def update_group(self, group: dict, params: list[torch.Tensor]) -> None:
         for bucket in self.buckets(group, params):
