@@ -304,7 +304,7 @@ def test_finite_for_extreme_logits_under_bf16_autocast(name, target_kind):
 
 # ---- configuration ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,overrides,key", [
-    ("rkl", {"smoothing": 0.0}, "loss.smoothing"), ("chi2", {"form": "neyman"}, "loss.smoothing"),
+    ("rkl", {"smoothing": 0.0}, "loss.smoothing"), ("chi2", {"smoothing": 0.0}, "loss.smoothing"),
     ("alpha", {"alpha": -0.5}, "loss.smoothing"), ("fdiv", {"smoothing": 0.0}, "loss.smoothing"),
     ("fdiv", {"generator": "nope"}, "loss.generator"), ("js", {"pi": 1.0}, "loss.pi"), ("ce", {"temperature": 0}, "loss.temperature"),
     ("sinkhorn", {"form": "pairwise"}, "loss.form"), ("compsum", {"tau": -1}, "loss.tau"), ("ldr", {"alpha": 1.0}, "loss.alpha"),
