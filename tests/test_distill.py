@@ -13,9 +13,9 @@ from conftest import QUICK, compose, divrun, read_summary, run_folders, train
 from runner.checkpoint import Checkpointer
 from runner.distill.base import tempered_divergence
 from runner.distill.bdkd import BDKD
-from runner.distill.dhkd import binary_kl_to_half
+from runner.distill.dhkd import aligned, binary_kl_to_half
 from runner.distill.kd import KD
-from runner.distill.nd import norm_direction_loss
+from runner.distill.nd import ND, norm_direction_loss
 from runner.errors import ConfigError
 from runner.job import load_config, run_job, save_config
 from runner.logger import RunLogger
@@ -231,6 +231,29 @@ def test_nd_loss_matches_the_papers_per_sample_formula():
     assert norm_direction_loss(student, teacher, centers, labels).item() == pytest.approx(float(by_hand) / 4, rel=1e-5)
 
 
+def test_kdpp_objective_weighs_ce_kd_and_nd_independently():
+    """Wang et al.'s train_cifar_kd.py: cls * CE + kd * min(1, epoch / warm_up) * T^2 KL + nd * ND, here with
+    the resnet32x4 -> resnet8x4 factors 1 : 3.5 : 2 at epoch 5 of a 20-epoch warm-up."""
+    torch.manual_seed(8)
+    nd = ND(ce_weight=1.0, kd_weight=3.5, nd_weight=2.0, temperature=4.0, warmup_epochs=20)
+    to_features, to_logits = torch.randn(5, 6), torch.randn(6, 4)
+    nd.teacher = type("Teacher", (), {"features_and_logits": lambda self, x: (x @ to_features, x @ to_features @ to_logits)})()
+    nd.criterion, nd.trainer, nd.projector = KL(), type("T", (), {"epoch": 5})(), None
+    nd.centers, nd.tap = torch.randn(4, 6), type("Tap", (), {"features": torch.randn(3, 6)})()
+    images, labels, student_logits = torch.randn(3, 5), torch.tensor([0, 3, 1]), torch.randn(3, 4)
+    loss = nd.loss(images, labels, torch.arange(3), student_logits)
+
+    teacher_features = images @ to_features
+    q, p = softmax_by_hand(teacher_features @ to_logits, 4.0), softmax_by_hand(student_logits, 4.0)
+    kl = float(sum(q[i, k] * math.log(q[i, k] / p[i, k]) for i in range(3) for k in range(4))) / 3
+    ce = -sum(math.log(softmax_by_hand(student_logits, 1.0)[i, labels[i]]) for i in range(3)) / 3
+    norm_direction = 0.0
+    for s, t, y in zip(nd.tap.features, teacher_features, labels):
+        norm_direction += 1 - torch.dot(s, nd.centers[y] / nd.centers[y].norm()) / max(s.norm(), t.norm())
+    expected = 1.0 * ce + 3.5 * (5 / 20) * 16.0 * kl + 2.0 * float(norm_direction) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
 def test_dhkd_binary_kl_is_the_bernoulli_kl_to_one_half():
     torch.manual_seed(7)
     student, teacher = torch.randn(3, 5), torch.randn(3, 5)
@@ -239,6 +262,25 @@ def test_dhkd_binary_kl_is_the_bernoulli_kl_to_one_half():
     expected = 4.0 * bernoulli_kl.sum().item() / 3  # T^2 / N * sum over samples and classes
     assert binary_kl_to_half(student, teacher, 2.0).item() == pytest.approx(expected, rel=1e-5)
     assert binary_kl_to_half(teacher, teacher, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("conflict", [True, False])
+def test_dhkd_gradient_alignment_projects_a_conflicting_kd_gradient(conflict):
+    """penghui-yang/DHKD's OptimGradAlign over the flattened student: g = g_ce + g_kd, where g_kd first loses
+    its component along g_ce if <g_kd, g_ce> < 0. Linear losses make the gradients their coefficients."""
+    torch.manual_seed(9)
+    backbone, aux_head = torch.randn(6, requires_grad=True), torch.randn(3, requires_grad=True)
+    a, b, c = torch.randn(6), torch.randn(6), torch.randn(3)
+    if (torch.dot(a, b) < 0) != conflict:
+        b = -b
+    ce, kd = (backbone * a).sum(), (backbone * b).sum() + (aux_head * c).sum()
+    loss = aligned(ce, kd, [backbone, aux_head])
+    loss.backward()
+
+    assert loss.item() == pytest.approx((ce + kd).item())
+    projected_b = b - torch.dot(a, b) / torch.dot(a, a) * a if conflict else b
+    torch.testing.assert_close(backbone.grad, a + projected_b)
+    torch.testing.assert_close(aux_head.grad, c)  # the CE gradient is zero there: nothing to project
 
 
 @pytest.mark.parametrize("method,extra", [("nd", "projector"), ("dhkd", "aux_head")])

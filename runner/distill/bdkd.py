@@ -9,10 +9,11 @@ teacher's. With p_s = softmax(z_s / T), p_t = softmax(z_t / T) and the entropies
 A student less confident than the teacher (H_s > H_t) leans on the mode-seeking reverse KL, which sharpens
 it; an over-confident one on the mass-covering forward KL, which softens it. In each KL the other model's
 distribution is a fixed target. Everything else (second model, optimizer, schedule, evaluation,
-checkpoints) is `dml`'s. Source note: only the paper's abstract (sample-wise weighting of forward and
-reverse KL in a student-centred online loss, balancing the student's confidence) was available when this
-was written; the entropy-ratio weights and the teacher's plain KL are this reading of it. Check them
-against the paper's method section before quoting BD-KD numbers.
+checkpoints) is `dml`'s. Source note: no official or author implementation was found (GitHub searched by
+title, arXiv id 2212.12965, "bdkd"/"BD-KD" and the authors' names, in code and in issues); the abstract says
+only: sample-wise weighting of forward and reverse KL, on both the student's and the teacher's losses,
+balancing the student's confidence. The entropy-ratio weights and the teacher's plain KL(p_s || p_t) are this
+reading of it, not the paper's method section: check them against it before quoting BD-KD numbers.
 """
 from __future__ import annotations
 

@@ -1,17 +1,27 @@
 """Dual-head knowledge distillation, DHKD (Yang et al. 2024, "Dual-Head Knowledge Distillation: Enhancing
-Logits Utilization with an Auxiliary Head").
+Logits Utilization with an Auxiliary Head"), checked against the official code, penghui-yang/DHKD
+(helper/loops.py `train_distill`, distiller_zoo/BinaryKLNorm.py `BinaryKLNorm`, models/classifier.py
+`NonLinearClassifier`, helper/optimizer.py `OptimGradAlign`, README's quick start).
 
 Training one linear classifier with both the label loss and a logit-matching loss can collapse it; DHKD
-gives the student a second linear head on the same penultimate features. The original head learns from the
-labels, the auxiliary head matches the teacher's logits with the binary KL of their differences:
+gives the student a second head on the same penultimate features. The original head learns from the labels,
+the auxiliary head matches the teacher's logits with the binary KL of their differences:
 
     L = ce_weight * CE(y, head(f)) + kd_weight * T^2 / N * sum_{i,k} KL(Bern(1/2) || Bern(sigmoid((a_ik - t_ik) / T)))
 
 with a = aux_head(f), t the teacher's logits; each term is -1/2 log(4 d (1 - d)), d = sigmoid((a - t) / T),
-zero exactly when a = t (the reference's BinaryKLNorm, d clamped to [1e-8, 1 - 1e-8]). Gradients of both
-heads reach the shared backbone. Predictions (and evaluation) use the original head; the auxiliary head is
-trained with its own optimizer on the run's schedule and checkpointed. Defaults (T 4, weights 1) are
-divrun's choice, not taken from the paper.
+zero exactly when a = t (d clamped to [1e-8, 1 - 1e-8], as BinaryKLNorm). No gradient is stopped between the
+heads: both reach the shared backbone. Predictions (and evaluation) use the original head; the auxiliary head
+is trained with its own optimizer on the run's schedule and checkpointed.
+
+`aux_head`: `nonlinear` is the reference's NonLinearClassifier (linear to 200, dropout 0.1, BatchNorm1d,
+ReLU, linear to the classes), `linear` one linear layer. `gradient_alignment` is the reference's `--ga`
+(OptimGradAlign): over all student parameters (backbone, both heads) flattened into one vector, when the
+distillation gradient g_kd conflicts with the classification gradient g_ce (<g_kd, g_ce> < 0) its component
+along g_ce is removed, g_kd - <g_kd, g_ce> / |g_ce|^2 g_ce; the step uses g_ce + g_kd (PCGrad with the CE
+gradient kept as is). It costs a second backward pass per step.
+Defaults are the README's CIFAR-100 quick start: nonlinear head, gradient alignment, T 2 (BinaryKL_T),
+weights 1 and 1. Its ImageNet command: linear head, no alignment, T 2, kd_weight 0.1.
 """
 from __future__ import annotations
 
@@ -23,8 +33,10 @@ from torch import nn
 
 from runner.distill.base import Companion, FeatureTap
 from runner.distill.kd import KD
+from runner.errors import ConfigError
 
 EPS = 1e-8
+NONLINEAR_WIDTH, NONLINEAR_DROPOUT = 200, 0.1  # the reference's NonLinearClassifier
 
 
 def binary_kl_to_half(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -34,24 +46,57 @@ def binary_kl_to_half(logits: torch.Tensor, teacher_logits: torch.Tensor, temper
     return temperature ** 2 * per_entry.sum() / logits.shape[0]
 
 
+def auxiliary_head(kind: str, width: int, classes: int) -> nn.Module:
+    if kind == "linear":
+        return nn.Linear(width, classes)
+    if kind == "nonlinear":
+        return nn.Sequential(nn.Linear(width, NONLINEAR_WIDTH), nn.Dropout(NONLINEAR_DROPOUT),
+                             nn.BatchNorm1d(NONLINEAR_WIDTH), nn.ReLU(), nn.Linear(NONLINEAR_WIDTH, classes))
+    raise ConfigError(f"distill.aux_head={kind}: choose linear or nonlinear")
+
+
+def flat(tensors, params: list[torch.Tensor]) -> torch.Tensor:
+    """One vector of `tensors` (None: zeros shaped as the parameter, the reference's missing gradients)."""
+    return torch.cat([(t if t is not None else torch.zeros_like(p)).reshape(-1) for t, p in zip(tensors, params)])
+
+
+def aligned(ce: torch.Tensor, kd: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+    """ce + kd in value, with the gradient g_ce + g_kd after g_kd loses its component along g_ce when the two
+    conflict. The aligned gradient reaches the parameters through a surrogate <params, g> (one cheap backward)."""
+    g_ce = flat(torch.autograd.grad(ce, params, retain_graph=True, allow_unused=True), params)
+    g_kd = flat(torch.autograd.grad(kd, params, allow_unused=True), params)
+    conflict = torch.dot(g_kd, g_ce).clamp(max=0)
+    gradient = g_ce + g_kd - conflict / g_ce.square().sum().clamp_min(torch.finfo(g_ce.dtype).tiny) * g_ce
+    surrogate = torch.dot(flat(params, params), gradient)
+    return (ce + kd).detach() + surrogate - surrogate.detach()
+
+
 class DHKD(KD):
     single_process_reason = "it trains a second head that DDP does not synchronise"
 
-    def __init__(self, teacher: str | None = None, teacher_model=None, temperature: float = 4.0,
-                 ce_weight: float = 1.0, kd_weight: float = 1.0):
-        super().__init__(teacher, teacher_model, alpha=0.0, temperature=temperature)
+    def __init__(self, teacher: str | None = None, teacher_model=None, temperature: float = 2.0,
+                 ce_weight: float = 1.0, kd_weight: float = 1.0, aux_head: str = "nonlinear",
+                 gradient_alignment: bool = True):
+        super().__init__(teacher, teacher_model, temperature=temperature)
         self.ce_weight, self.kd_weight = ce_weight, kd_weight
+        self.aux_head_kind, self.gradient_alignment = aux_head, gradient_alignment
 
     def setup(self, trainer) -> None:
+        if self.gradient_alignment and (trainer.rt.scaler is not None or trainer.second_order):
+            raise ConfigError("distill.gradient_alignment=true takes unscaled first-order gradients: use "
+                              "trainer.precision=bf16/fp32 and a first-order optimizer, or distill.gradient_alignment=false")
         super().setup(trainer)
         self.tap = FeatureTap(trainer.model)
         head = trainer.model.head
-        self.aux_head = Companion(nn.Linear(head.in_features, head.out_features), trainer)
+        self.aux_head = Companion(auxiliary_head(self.aux_head_kind, head.in_features, head.out_features), trainer)
 
     def loss(self, images, labels, indices, logits):
         aux_logits = self.aux_head.module(self.tap.features)
-        return (self.ce_weight * F.cross_entropy(logits.float(), labels)
-                + self.kd_weight * binary_kl_to_half(aux_logits, self.teacher(images), self.temperature))
+        ce = self.ce_weight * F.cross_entropy(logits.float(), labels)
+        kd = self.kd_weight * binary_kl_to_half(aux_logits, self.teacher(images), self.temperature)
+        if not self.gradient_alignment:
+            return ce + kd
+        return aligned(ce, kd, self.trainer.params + self.aux_head.params)
 
     def after_step(self, step, scaler) -> None:
         self.aux_head.step(step, scaler)

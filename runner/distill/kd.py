@@ -21,7 +21,8 @@ class KD(Distiller):
     def __init__(self, teacher: str | None = None, teacher_model=None, alpha: float = 0.9,
                  temperature: float = 4.0, warmup_epochs: int = 0):
         self.source, self.teacher_model = teacher, teacher_model
-        self.alpha, self.temperature, self.warmup_epochs = alpha, temperature, warmup_epochs
+        self.ce_weight, self.kd_weight = 1 - alpha, alpha
+        self.temperature, self.warmup_epochs = temperature, warmup_epochs
         self.teacher_logged = False
 
     def setup(self, trainer) -> None:
@@ -35,7 +36,7 @@ class KD(Distiller):
     def objective(self, logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         hard = F.cross_entropy(logits.float(), labels)
         soft = tempered_divergence(self.criterion, logits, teacher_logits, self.temperature)
-        return (1 - self.alpha) * hard + self.alpha * self.ramp() * soft
+        return self.ce_weight * hard + self.kd_weight * self.ramp() * soft
 
     def loss(self, images, labels, indices, logits):
         return self.objective(logits, self.teacher(images), labels)

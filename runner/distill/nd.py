@@ -1,16 +1,27 @@
 """KD++: KD plus the feature norm-and-direction loss (Wang et al., NeurIPS 2023, "Improving Knowledge
-Distillation via Regularizing Feature Norm and Direction"; WangYZ1608/Knowledge-Distillation-via-ND).
+Distillation via Regularizing Feature Norm and Direction"), checked against the official code,
+WangYZ1608/Knowledge-Distillation-via-ND (CIFAR/train_cifar_kd.py `train`, CIFAR/utils.py `DirectNormLoss`
+and `KDLoss`, CIFAR/emb_fea_distribution.py `emb_fea`, CIFAR/Models/embtrans_cifar.py `EmbTrans`):
 
-    L = KD loss (see kd.py) + nd_weight * mean_i [ 1 - <f_s,i, c_{y_i} / |c_{y_i}|> / max(|f_s,i|, |f_t,i|) ]
+    L = ce_weight * CE(y, z_s) + kd_weight * w_e * T^2 * D(softmax(z_t / T), softmax(z_s / T))
+        + nd_weight * mean_i [ 1 - <f_s,i, c_{y_i} / |c_{y_i}|> / max(|f_s,i|, |f_t,i|) ]
 
-f_s, f_t are the student's and teacher's penultimate features (the input of `head`) and c_k the mean
-teacher feature of class k over the training set, computed once at setup (the teacher in eval mode, the
-training loader's first epoch). The term aligns the student's features with the teacher's class centres
-and pushes their norm up to at least the teacher's. When the widths differ, the student's features go
-through a projector (BatchNorm1d, dropout 0.5, linear), the reference's EmbTrans, trained with its own
-optimizer on the run's schedule and checkpointed. Defaults follow the reference's resnet56 -> resnet20
-setting (KD weight 1, ND weight 2, T 4, the KD term ramped in over 20 epochs) rescaled to kd's convex
-form: alpha 0.5 (CE and KD weighted 1 : 1) and nd_weight 1.0, i.e. the reference's 1 : 1 : 2 halved.
+three independent weights, as the reference's cls/kd/nd loss factors (not kd's convex alpha form).
+w_e = min(1, epoch / warmup_epochs) ramps only the KD term (0-based epochs, as the reference); CE and ND are
+never ramped. D is the run's loss (kl: the reference's KDLoss, batch-mean KL).
+f_s, f_t are the student's and teacher's penultimate features: the pooled, flattened input of the linear
+classifier (the reference's `embed=True` output). c_k is the mean teacher feature of class k over one epoch
+of the training loader, with its augmentation, the teacher in eval mode (the reference computes it offline
+with `emb_fea` over every training image and loads it from center_emb_train.json; divrun computes it at
+setup, and the loader's dropped last partial batch is left out).
+When the widths differ, the student's features go through the reference's EmbTrans projector (BatchNorm1d,
+dropout 0.5, linear with zero bias), trained with its own optimizer on the run's schedule and checkpointed.
+Defaults are the reference's resnet56 -> resnet20 CIFAR-100 setting (train_cifar.sh): weights 1 : 1 : 2,
+T 4, warmup 20. Its other CIFAR-100 pairs (cls : kd : nd): resnet32x4 -> resnet8x4 1 : 3.5 : 2, wrn40_2 ->
+wrn40_1 1 : 1 : 1.5, resnet50 -> mobilenetv2 1 : 3 : 0.5, resnet32x4 -> shufflenetv1 1 : 2.5 : 1.5,
+resnet32x4 -> shufflenetv2 1 : 4 : 0.5. ImageNet (ImageNet/train.sh, train_kd.py): T 1, warmup 5, and
+resnet34 -> resnet18 1 : 2.5 : 1, resnet50 -> resnet18 1 : 4 : 1, resnet101 -> resnet18 1 : 3.5 : 4,
+resnet152 -> resnet18 1 : 4 : 2, resnet50 -> mobilenetv1 1 : 4 : 1.
 """
 from __future__ import annotations
 
@@ -49,10 +60,10 @@ def class_centers(teacher, loader, num_classes: int, autocast) -> torch.Tensor:
 class ND(KD):
     single_process_reason = "it trains a projector that DDP does not synchronise"
 
-    def __init__(self, teacher: str | None = None, teacher_model=None, alpha: float = 0.5, temperature: float = 4.0,
-                 warmup_epochs: int = 20, nd_weight: float = 1.0):
-        super().__init__(teacher, teacher_model, alpha, temperature, warmup_epochs)
-        self.nd_weight = nd_weight
+    def __init__(self, teacher: str | None = None, teacher_model=None, ce_weight: float = 1.0,
+                 kd_weight: float = 1.0, nd_weight: float = 2.0, temperature: float = 4.0, warmup_epochs: int = 20):
+        super().__init__(teacher, teacher_model, temperature=temperature, warmup_epochs=warmup_epochs)
+        self.ce_weight, self.kd_weight, self.nd_weight = ce_weight, kd_weight, nd_weight
 
     def setup(self, trainer) -> None:
         super().setup(trainer)
