@@ -205,7 +205,7 @@ class Refined(Schedule):
         w_t = G_t^-2 (SGD-like, L2 norms) or G_t^-1 (Adam-family, L1 norms),  eta_t ~ w_t * sum_{s>t} w_s,
     so the last step is 0; the norms are median-filtered first (`smoothing` = window as a fraction of the
     run; 0 turns it off), the curve is resampled to this run's T - W steps and scaled to peak 1."""
-    SMOOTHING_POINTS = 10_000  # norm sequences are resampled to this many points before filtering
+    SMOOTHING_POINTS = 10_000  # longer norm sequences are filtered at this resolution
 
     def __init__(self, total_steps: int, steps_per_epoch: int = 1,
                  source: str | None = None, smoothing: float = 0.1, norm: str = "auto",
@@ -243,17 +243,18 @@ def refined_curve(norms: np.ndarray, power: int) -> np.ndarray:
 
 
 def median_smooth(norms: np.ndarray, smoothing: float) -> np.ndarray:
-    """Median filter whose window is `smoothing` of the run (odd width), on the sequence resampled to
-    SMOOTHING_POINTS points (so the window stays 1,001 points however long the run: memory and time are
-    bounded). The left edge repeats the first value; the right edge mirrors the tail, so the filtered end
-    follows the trend of the last norms instead of flattening onto the final one."""
-    points = Refined.SMOOTHING_POINTS
+    """Median filter whose window is `smoothing` of the run (odd width). The left edge repeats the first
+    value; the right edge mirrors the tail, so the filtered end follows the trend of the last norms instead
+    of flattening onto the final one. Runs longer than SMOOTHING_POINTS steps are filtered on the sequence
+    resampled to that many points and interpolated back (the window stays 1,001 points however long the
+    run: memory and time are bounded); shorter runs are filtered step by step."""
+    points = min(len(norms), Refined.SMOOTHING_POINTS)
     dense = np.interp(np.linspace(0, 1, points), np.linspace(0, 1, len(norms)), norms)
     half = int(smoothing * points) // 2
-    if half == 0:
-        return dense
-    padded = np.concatenate([np.full(half, dense[0]), dense, dense[-2:-half - 2:-1]])
-    return np.median(np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1), axis=1)
+    if half > 0:
+        padded = np.concatenate([np.full(half, dense[0]), dense, dense[-2:-half - 2:-1]])
+        dense = np.median(np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1), axis=1)
+    return np.interp(np.linspace(0, 1, len(norms)), np.linspace(0, 1, points), dense)
 
 
 def require_source(source: str | None) -> Path:

@@ -152,14 +152,18 @@ def test_median_smooth_matches_the_reference_recipe():
     pad = 2 * width
     expected = median_filter(np.pad(norms, (0, pad), mode="reflect"), size=width, mode="nearest")[:-pad]
     assert np.array_equal(median_smooth(norms, 0.1), expected)
-    # short sequences are interpolated to 10k points first; a lone spike disappears
+    # a short run is filtered step by step (window 2 * (int(0.1 * 50) // 2) + 1 = 5): a lone spike disappears
     spiky = np.ones(50)
     spiky[20] = 100.0
-    smoothed = median_smooth(spiky, 0.1)
-    assert len(smoothed) == 10_000 and smoothed.max() == 1.0
-    # a long run (here 300k steps) is resampled to 10k points first: the window stays 1,001 points
+    assert np.array_equal(median_smooth(spiky, 0.1), np.ones(50))
+    short = rng.random(50)
+    expected_short = median_filter(np.pad(short, (0, 10), mode="reflect"), size=5, mode="nearest")[:-10]
+    assert np.array_equal(median_smooth(short, 0.1), expected_short)
+    # a long run (here 300k steps) is filtered at 10k points (window 1,001) and interpolated back to its length
     long = np.repeat(norms, 30)
-    assert np.allclose(median_smooth(long, 0.1), expected, atol=0.05)
+    smoothed = median_smooth(long, 0.1)
+    assert len(smoothed) == len(long)
+    assert np.allclose(smoothed[::30], expected, atol=0.05)
 
 
 def make_source(folder, norms_l2, norms_l1=None, optimizer="torch.optim.SGD"):
