@@ -3,8 +3,8 @@ warning, `sbatch --signal=USR1@120`) ask a run to save a checkpoint at the next 
 REQUEUE_EXIT_CODE, which a SLURM script or launcher turns into `scontrol requeue`.
 
 The handler only sets a flag: the loop reads it once per step (a Python attribute, no device sync), so a
-signal never interrupts a half-done optimizer step or checkpoint write. Under DDP the ranks must agree on the
-step at which they stop (all-reduce the flag), or one rank waits forever in a collective the others left.
+signal never interrupts a half-done optimizer step or checkpoint write. Under DDP the ranks agree on the step
+at which they stop (`Trainer.preemption_agreed`).
 """
 from __future__ import annotations
 

@@ -278,17 +278,33 @@ class Trainer:
         final and a resumed run writes exactly the records that follow."""
         trainer = self.cfg.trainer
         epoch_done = self.step in (self.total_steps, (self.epoch + 1) * self.steps_per_epoch)
-        if self.stats.count >= trainer.log_every or (epoch_done and self.stats.count):
+        flushed = self.stats.count >= trainer.log_every or (epoch_done and self.stats.count)
+        if flushed:
             self.flush()
         if epoch_done:
             self.epoch += 1
             self.end_of_epoch()
         if self.checkpoint_due(epoch_done):
             self.checkpoint()
-        if self.preemption is not None and self.preemption.requested and self.step < self.total_steps:
+        if self.step < self.total_steps and self.preemption_agreed(flushed):
             if self.saved_step != self.step:
                 self.checkpoint()
-            raise Preempted(self.preemption.received, self.step)
+            raise Preempted(self.preemption.received or "a preemption signal (on another rank)", self.step)
+
+    def preemption_agreed(self, flushed: bool) -> bool:
+        """Whether to stop here for a preemption signal. One process reads its flag every step (no sync).
+        Under DDP every rank must stop at the same step, or one waits forever in a collective the others
+        left, and a signal may reach only some ranks (another node's agent): the ranks agree on the flag at
+        logging boundaries, which fall on the same steps everywhere and sync anyway, so a signal is honoured
+        within trainer.log_every steps."""
+        if self.preemption is None:
+            return False
+        if self.world_size == 1:
+            return self.preemption.requested
+        if not flushed:
+            return False
+        flag = torch.tensor([float(self.preemption.requested)], device=self.stats.buffer.device)
+        return distributed.all_reduce_sum(flag).item() > 0
 
     def checkpoint_due(self, epoch_done: bool) -> bool:
         trainer = self.cfg.trainer

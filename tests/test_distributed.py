@@ -2,6 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +20,7 @@ from runner.data import FolderLoader, TensorLoader, TensorSplit
 from runner.errors import ConfigError
 from runner.job import load_config
 from runner.logger import RunLogger
+from runner.preemption import REQUEUE_EXIT_CODE
 from runner.train import Trainer
 
 QUICK = ("model=mlp", "trainer.epochs=1", "logger.progress=false", "trainer.device=cpu")
@@ -183,3 +190,41 @@ def test_a_config_error_in_the_workers_is_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"divrun: error: dataset.root={tmp_path}: no cifar-10-batches-py/ there; pass dataset.root=<folder holding "
         f"cifar-10-batches-py> or dataset.download=true"]
+
+
+def worker_pids(run_dir) -> dict[int, int]:
+    """{local rank: pid} of the torchrun workers training `run_dir` (Linux /proc)."""
+    pids = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = dict(v.split(b"=", 1) for v in (proc / "environ").read_bytes().split(b"\0") if b"=" in v)
+        except OSError:
+            continue
+        if b"runner.worker" in cmdline and str(run_dir).encode() in cmdline and b"LOCAL_RANK" in environ:
+            pids[int(environ[b"LOCAL_RANK"])] = int(proc.name)
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the workers through Linux's /proc")
+def test_a_signal_that_reaches_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    """SIGUSR1 to rank 1 alone: the ranks agree at a logging boundary, rank 0 saves the checkpoint and every
+    rank exits for requeue; none waits in a collective the other left."""
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("divrun")), f"hydra.run.dir={run_dir}", "model=mlp", "trainer.epochs=200",
+         "trainer.devices=2", "trainer.batch_size=32", "trainer.checkpoint_every=null", "logger.progress=false",
+         "trainer.device=cpu"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "WANDB_MODE": "disabled"})
+    metrics, deadline = run_dir / "metrics.jsonl", time.monotonic() + 240
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2 and len(worker_pids(run_dir)) == 2):
+        assert process.poll() is None and time.monotonic() < deadline, "the 2-process run did not start training"
+        time.sleep(0.05)
+    os.kill(worker_pids(run_dir)[1], signal.SIGUSR1)
+    output, _ = process.communicate(timeout=240)
+    assert process.returncode == REQUEUE_EXIT_CODE, output[-3000:]
+    summary = read_summary(run_dir)
+    logged = [r["step"] for r in records(run_dir) if "train/loss" in r]
+    assert summary["status"] == "preempted" and summary["steps"] in logged, (summary, logged, output[-3000:])
+    saved = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["step"] == summary["steps"] < saved["total_steps"]
