@@ -21,6 +21,8 @@ from runner.optim.base import Bucket, Optimizer, zeros_like
 
 
 class SPAM(Optimizer):
+    elementwise = True  # the per-tensor path may update slices (runner.optim.base)
+
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
                  weight_decay: float = 0.0, correct_bias: bool = True, warmup_steps: int = 150,
                  threshold: float = 5000, reset_interval: int = 500, grad_accu_steps: int = 20, foreach: bool | None = None):

@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from runner.optim.base import Bucket, Optimizer, zeros_like
+from runner.optim.base import Bucket, Optimizer, slices, zeros_like
 
 
 class StableSPAM(Optimizer):
@@ -91,28 +91,36 @@ class StableSPAM(Optimizer):
         torch._foreach_addcdiv_(params, exp_avgs, denom, -group["lr"] * bc2_sqrt / (1 - beta1 ** adam_step))
 
     def update_tensor(self, group, param, grad, state, step):
+        """Two reductions over the whole gradient (max|g|, then the norm of the clipped gradient), then the
+        element-wise rest in cache-sized slices (runner.optim.base.slices), as SPAM's per-tensor path."""
         beta1, beta2 = group["betas"]
         theta, gamma2, eps = group["gamma3"], group["gamma2"], group["eps"]
         scale, since, reset, adam_step = self.plan(group, step)
         gamma1 = group["gamma1"] * scale
-        if group["weight_decay"] != 0:
-            param.mul_(1 - group["lr"] * group["weight_decay"])
-        magnitude = grad.abs()
-        max_abs = magnitude.max()
-        state["max_avg"].lerp_(max_abs, 1 - theta)
-        max_hat = state["max_avg"] / (1 - theta ** since)
-        grad = torch.where(magnitude > max_hat, grad * (max_hat / max_abs), grad)
-        norm = grad.norm()
+        # AdaClip: entries above M_hat are scaled by M_hat / max|g|
+        max_abs = torch.linalg.vector_norm(grad, math.inf)
+        max_hat = state["max_avg"].lerp_(max_abs, 1 - theta) / (1 - theta ** since)
+        shrink = max_hat / max_abs  # used only where |g| > M_hat, hence max|g| > 0
+        pieces = slices(grad, param, state["exp_avg"], state["exp_avg_sq"])
+        clipped = [torch.where(piece.abs() > max_hat, piece * shrink, piece) for piece, *_ in pieces]
+        # AdaGN: rescale to the running norm
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(piece) for piece in clipped]))
         state["norm_avg"].lerp_(norm, 1 - gamma1)
-        state["norm_sq_avg"].mul_(gamma2).add_(norm ** 2, alpha=1 - gamma2)
+        state["norm_sq_avg"].mul_(gamma2).addcmul_(norm, norm, value=1 - gamma2)
         target = state["norm_avg"] / (1 - gamma1 ** since) / ((state["norm_sq_avg"] / (1 - gamma2 ** since)).sqrt() + eps)
-        grad = grad * torch.where(norm > 0, target / norm, 1.0)
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        factor = torch.where(norm > 0, target / norm, 1.0)
+        # Adam
         if reset:
-            exp_avg.zero_()
-            exp_avg_sq.zero_()
+            state["exp_avg"].zero_()
+            state["exp_avg_sq"].zero_()
         beta1 = beta1 * scale
         bc2_sqrt = math.sqrt(1 - beta2 ** adam_step)
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        param.addcdiv_(exp_avg, exp_avg_sq.sqrt().add_(eps * bc2_sqrt), value=-group["lr"] * bc2_sqrt / (1 - beta1 ** adam_step))
+        step_size = group["lr"] * bc2_sqrt / (1 - beta1 ** adam_step)
+        decay = 1 - group["lr"] * group["weight_decay"]
+        for piece, (_, param_piece, exp_avg, exp_avg_sq) in zip(clipped, pieces):
+            piece.mul_(factor)
+            if decay != 1:
+                param_piece.mul_(decay)
+            exp_avg.lerp_(piece, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(piece, piece, value=1 - beta2)
+            param_piece.addcdiv_(exp_avg, exp_avg_sq.sqrt().add_(eps * bc2_sqrt), value=-step_size)
