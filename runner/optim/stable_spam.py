@@ -91,36 +91,38 @@ class StableSPAM(Optimizer):
         torch._foreach_addcdiv_(params, exp_avgs, denom, -group["lr"] * bc2_sqrt / (1 - beta1 ** adam_step))
 
     def update_tensor(self, group, param, grad, state, step):
-        """Two reductions over the whole gradient (max|g|, then the norm of the clipped gradient), then the
-        element-wise rest in cache-sized slices (runner.optim.base.slices), as SPAM's per-tensor path."""
+        """The clipped gradient in one buffer (two reductions over it: max|g| and the norm), then Adam in
+        cache-sized slices (runner.optim.base.slices), as the element-wise rules' per-tensor path."""
         beta1, beta2 = group["betas"]
         theta, gamma2, eps = group["gamma3"], group["gamma2"], group["eps"]
         scale, since, reset, adam_step = self.plan(group, step)
         gamma1 = group["gamma1"] * scale
-        # AdaClip: entries above M_hat are scaled by M_hat / max|g|
-        max_abs = torch.linalg.vector_norm(grad, math.inf)
+        # AdaClip: g += g * [|g| > M_hat] * (M_hat/max|g| - 1), the indicator as a float (bool masks are slow on CPUs)
+        clipped = grad.abs()
+        max_abs = clipped.amax()
         max_hat = state["max_avg"].lerp_(max_abs, 1 - theta) / (1 - theta ** since)
-        shrink = max_hat / max_abs  # used only where |g| > M_hat, hence max|g| > 0
-        pieces = slices(grad, param, state["exp_avg"], state["exp_avg_sq"])
-        clipped = [torch.where(piece.abs() > max_hat, piece * shrink, piece) for piece, *_ in pieces]
+        shrink = torch.where(max_abs > 0, max_hat / max_abs, 1.0) - 1
+        torch.gt(clipped, max_hat, out=clipped).mul_(shrink)
+        torch.addcmul(grad, grad, clipped, out=clipped)
         # AdaGN: rescale to the running norm
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(piece) for piece in clipped]))
+        norm = torch.linalg.vector_norm(clipped)
         state["norm_avg"].lerp_(norm, 1 - gamma1)
         state["norm_sq_avg"].mul_(gamma2).addcmul_(norm, norm, value=1 - gamma2)
         target = state["norm_avg"] / (1 - gamma1 ** since) / ((state["norm_sq_avg"] / (1 - gamma2 ** since)).sqrt() + eps)
         factor = torch.where(norm > 0, target / norm, 1.0)
         # Adam
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         if reset:
-            state["exp_avg"].zero_()
-            state["exp_avg_sq"].zero_()
+            exp_avg.zero_()
+            exp_avg_sq.zero_()
         beta1 = beta1 * scale
         bc2_sqrt = math.sqrt(1 - beta2 ** adam_step)
         step_size = group["lr"] * bc2_sqrt / (1 - beta1 ** adam_step)
         decay = 1 - group["lr"] * group["weight_decay"]
-        for piece, (_, param_piece, exp_avg, exp_avg_sq) in zip(clipped, pieces):
-            piece.mul_(factor)
+        for g, p, m, v in slices(clipped, param, exp_avg, exp_avg_sq):
+            g.mul_(factor)
             if decay != 1:
-                param_piece.mul_(decay)
-            exp_avg.lerp_(piece, 1 - beta1)
-            exp_avg_sq.mul_(beta2).addcmul_(piece, piece, value=1 - beta2)
-            param_piece.addcdiv_(exp_avg, exp_avg_sq.sqrt().add_(eps * bc2_sqrt), value=-step_size)
+                p.mul_(decay)
+            m.lerp_(g, 1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            p.addcdiv_(m, v.sqrt().add_(eps * bc2_sqrt), value=-step_size)
