@@ -7,8 +7,10 @@ import sys
 import types
 
 import pytest
+import torch
 
 from runner.errors import ConfigError
+from runner.optim import build_optimizer
 from tests.conftest import compose, train
 
 FAST = ("trainer.batch_size=32", "trainer.epochs=2")
@@ -62,3 +64,21 @@ def test_second_order_refuses_half_precision(tmp_path):
 def test_sam_rejects_bad_bases(tmp_path, base):
     with pytest.raises(Exception, match="wrapper|cannot wrap|does not exist"):
         train(tmp_path, "optimizer=sam", f"optimizer.base={base}")
+
+
+@pytest.mark.parametrize("wrapper", ["sam", "lookahead"])
+def test_wrappers_build_their_base_by_name(wrapper):
+    """One mechanism for SAM and Lookahead: `optimizer.base=NAME` with `optimizer.base_overrides`, the base
+    built with its own param-group keys (here: everything decayed)."""
+    cfg = compose(f"optimizer={wrapper}", "optimizer.base=adamw",
+                  "optimizer.base_overrides={lr:3e-3,decay_bias_and_norm:true}").optimizer
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    optimizer = build_optimizer(cfg, model, total_steps=10)
+    base = optimizer.base if wrapper == "sam" else optimizer.optimizer
+    assert type(base) is torch.optim.AdamW and optimizer.param_groups is base.param_groups
+    assert [(g["lr"], g["weight_decay"], len(g["params"])) for g in base.param_groups] == [(3e-3, 0.05, 4)]
+
+
+def test_base_overrides_name_unknown_keys():
+    with pytest.raises(Exception, match="optimizer=sgd has no key lr2; its keys: lr"):
+        compose("optimizer=lookahead", "optimizer.base_overrides={lr2:0.1}").optimizer.base_optimizer

@@ -387,7 +387,7 @@ def test_sam_matches_reference(adaptive):
     rho, eta = (0.5, 0.01) if adaptive else (0.05, 0.0)
     model, ref_model = make_net(), make_net()
     base = partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=5e-3)
-    optimizer = SAM(param_groups(model, False), base_optimizer=base, rho=rho, adaptive=adaptive, eta=eta)
+    optimizer = SAM(base(param_groups(model, False)), rho=rho, adaptive=adaptive, eta=eta)
     ref_params = list(ref_model.parameters())
     ref_base = base(param_groups(ref_model, False))
     worst = 0.0
@@ -449,7 +449,7 @@ def train_steps(model, optimizer, steps, second_order=False, closure=False):
 @pytest.mark.parametrize("case", sorted(ROUND_TRIP) + ["sam"])
 def test_state_dict_resume_is_bit_identical(case):
     if case == "sam":
-        build = lambda groups: SAM(groups, base_optimizer=partial(AdaBelief, lr=1e-2), rho=0.05)  # noqa: E731
+        build = lambda groups: SAM(AdaBelief(groups, lr=1e-2), rho=0.05)  # noqa: E731
         second_order, closure = False, True
     else:
         optimizer_class, _, options = ROUND_TRIP[case]
