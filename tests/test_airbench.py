@@ -130,7 +130,8 @@ def test_lookahead_with_buffers_equals_an_ema_of_the_whole_state_dict():
 
     train(reference, torch.optim.SGD(reference.parameters(), lr=0.1), ema_update)
     ours = net()
-    cfg = compose("optimizer=lookahead", "optimizer.base_overrides={lr:0.1,momentum:0,weight_decay:0,decay_bias_and_norm:true}",
+    cfg = compose("optimizer=lookahead",
+                  "optimizer.base_overrides={lr:0.1,momentum:0,weight_decay:0,decay_bias_and_norm:true}",
                   "optimizer.alpha=0.2262190625", "optimizer.power=3", "optimizer.average_buffers=true").optimizer
     train(ours, build_optimizer(cfg, ours, total_steps=total))
     for (key, a), b in zip(reference.state_dict().items(), ours.state_dict().values()):

@@ -54,8 +54,8 @@ def build_optimizer(cfg: DictConfig | dict, model: torch.nn.Module, total_steps:
         accepted = inspect.signature(factory.func).parameters
         runtime = {"total_steps": total_steps, "model": model}
         return factory(base, **{key: value for key, value in runtime.items() if key in accepted})
-    groups = param_groups(model, bool(options.get("decay_bias_and_norm", False)), float(options.get("norm_lr_scale", 1.0)),
-                          options.get("lr"), options.get("weight_decay", 0.0))
+    groups = param_groups(model, bool(options.get("decay_bias_and_norm", False)),
+                          float(options.get("norm_lr_scale", 1.0)), options.get("lr"), options.get("weight_decay", 0.0))
     return factory(groups, **fast_path_defaults(factory, options, groups))
 
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch.utils._foreach_utils import _get_foreach_kernels_supported_devices
 
-# An element-wise rule's per-tensor path updates large tensors in slices of this many bytes, so that the
-# slice of the parameter, its gradient and its states stays in the CPU's L2/L3 cache through all of the
-# rule's ops: memory traffic is one read (and write) of each tensor instead of one per op.
+# On a CPU an element-wise rule's per-tensor path updates large tensors in slices of this many bytes, so that
+# the slice of the parameter, its gradient and its states stays in cache (L2/L3) through all of the rule's
+# ops: memory traffic is one read (and write) of each tensor instead of one per op.
 SLICE_BYTES = 512 * 1024
 
 
@@ -120,10 +120,10 @@ def zeros_like(param: torch.Tensor) -> torch.Tensor:
 
 
 def slices(*tensors: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
-    """Flat views of SLICE_BYTES of same-shaped contiguous tensors, slice by slice (the tensors themselves
-    when they are small or one is not contiguous)."""
+    """Flat views of SLICE_BYTES of same-shaped contiguous CPU tensors, slice by slice (the tensors themselves
+    when they are small, one is not contiguous, or they are on an accelerator, where a slice costs a launch)."""
     length = max(1, SLICE_BYTES // tensors[0].element_size())
-    if tensors[0].numel() <= length or not all(t.is_contiguous() for t in tensors):
+    if tensors[0].device.type != "cpu" or tensors[0].numel() <= length or not all(t.is_contiguous() for t in tensors):
         return [tensors]
     return list(zip(*(t.view(-1).split(length) for t in tensors)))
 

@@ -25,7 +25,8 @@ class SAM(torch.optim.Optimizer):
             raise ValueError(f"SAM: rho and eta must be >= 0 (got {rho}, {eta})")
         name = type(optimizer).__name__
         if getattr(optimizer, "second_order", False) or getattr(optimizer, "needs_closure", False):
-            raise ConfigError(f"optimizer=sam cannot wrap {name} (second-order or closure-driven); pick a first-order base")
+            raise ConfigError(f"optimizer=sam cannot wrap {name} (second-order or closure-driven); "
+                              "pick a first-order base")
         # the base's group dicts themselves, which gain rho, adaptive and eta
         super().__init__(optimizer.param_groups, dict(rho=rho, adaptive=adaptive, eta=eta))
         self.base = optimizer

@@ -97,7 +97,7 @@ class StableSPAM(Optimizer):
         theta, gamma2, eps = group["gamma3"], group["gamma2"], group["eps"]
         scale, since, reset, adam_step = self.plan(group, step)
         gamma1 = group["gamma1"] * scale
-        # AdaClip: g += g * [|g| > M_hat] * (M_hat/max|g| - 1), the indicator as a float (bool masks are slow on CPUs)
+        # AdaClip: g += g * [|g| > M_hat] * (M_hat/max|g| - 1), the indicator a float (bool masks: slow on CPUs)
         clipped = grad.abs()
         max_abs = clipped.amax()
         max_hat = state["max_avg"].lerp_(max_abs, 1 - theta) / (1 - theta ** since)
