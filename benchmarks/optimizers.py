@@ -1,8 +1,10 @@
 """Optimizer step time on ResNet-18's parameters (CIFAR variant, 11.2M parameters in 62 tensors, divrun's
 decay / no-decay groups, fixed random gradients), as a ratio to torch.optim.AdamW(foreach=True) timed in
 the same rounds (interleaved; the fastest round counts, CPU timed on one thread so that other load on the
-machine disturbs it least). `foreach` is divrun's default path, `per_tensor` its fallback, `reference` the
-official package where one installs (the `ref` extra). SAM and AdaHessian are timed as whole train steps
+machine disturbs it least). `vs_adamw` is the path `foreach=None` picks on the device (runner.optim.base
+uses_foreach: per-tensor on a CPU, in cache-sized slices for element-wise rules; foreach on CUDA),
+`foreach_vs_adamw` / `per_tensor_vs_adamw` the two paths forced, `reference` the official package where one
+installs (the `ref` extra). SAM and AdaHessian are timed as whole train steps
 (forward, backward, step; batch 64 of 32x32; ResNet-20 on the CPU, ResNet-18 on CUDA) as a ratio to their
 base (SAM: its base; AdaHessian: AdamW), with images/s."""
 from __future__ import annotations
@@ -19,6 +21,7 @@ from runner.optim import param_groups
 from runner.optim.adabelief import AdaBelief
 from runner.optim.adahessian import AdaHessian
 from runner.optim.adamp import AdamP
+from runner.optim.base import uses_foreach
 from runner.optim.diffgrad import DiffGrad
 from runner.optim.lion import Lion
 from runner.optim.sam import SAM
@@ -105,7 +108,7 @@ def step_rows(device: torch.device, quick: bool) -> list[dict]:
     timers = {name: StepTimer(factory, device) for name, factory in factories.items()}
     times = fastest_times(timers, rounds=4 if quick else 10, steps=2 if quick else 4)
     baseline = times["adamw"]
-    default = "foreach" if device.type == "cuda" else "per_tensor"  # foreach=None picks this path here
+    default = "foreach" if uses_foreach(None, device) else "per_tensor"  # the path foreach=None picks here
     rows = [{"device": device.type, "optimizer": "adamw (torch, foreach)", "step_ms": baseline, "vs_adamw": 1.0}]
     for name in STEP_CASES:
         row = {"device": device.type, "optimizer": name, "step_ms": times[f"{name}/{default}"],
@@ -137,9 +140,9 @@ def train_step_rows(device: torch.device, quick: bool) -> list[dict]:
     images = torch.randn(batch, 3, 32, 32, generator=generator, device=device)
     labels = torch.randint(0, 10, (batch,), generator=generator, device=device)
     cases = {"sgd": partial(torch.optim.SGD, lr=0.1, momentum=0.9),
-             "sam(sgd)": partial(SAM, base_optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9)),
+             "sam(sgd)": lambda groups: SAM(torch.optim.SGD(groups, lr=0.1, momentum=0.9)),
              "adamw": partial(torch.optim.AdamW, lr=1e-3),
-             "sam(adamw)": partial(SAM, base_optimizer=partial(torch.optim.AdamW, lr=1e-3)),
+             "sam(adamw)": lambda groups: SAM(torch.optim.AdamW(groups, lr=1e-3)),
              "adahessian": AdaHessian}
     steps = {}
     for name, factory in cases.items():

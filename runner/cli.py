@@ -52,11 +52,16 @@ def group_option(group: str, name: str) -> DictConfig:
 
 
 def optimizer_config(name: str, overrides: DictConfig | None = None) -> DictConfig:
-    """`${divrun_optimizer:NAME,OVERRIDES}`: a wrapper's base optimizer (SAM's `base`) as a nested config,
-    resolved when the run starts so config.yaml records every value the run used."""
+    """`${divrun_optimizer:NAME,OVERRIDES}`: a wrapper's base optimizer (`optimizer.base` of sam, asam,
+    lookahead) as a nested config with `optimizer.base_overrides` merged in, resolved when the run starts so
+    config.yaml records every value the run used."""
     config = group_option("optimizer", name)
     if "base" in config:
         raise ConfigError(f"optimizer.base={name} is itself a wrapper; pick a plain optimizer (sgd, adamw, lion, ...)")
+    unknown = sorted(set(overrides or {}) - set(config))
+    if unknown:
+        raise ConfigError(f"optimizer.base_overrides: optimizer={name} has no key {', '.join(unknown)}; "
+                          f"its keys: {', '.join(k for k in config if not k.startswith('_'))}")
     return OmegaConf.merge(config, overrides or {})
 
 

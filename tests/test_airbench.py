@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from omegaconf import OmegaConf
 
 from conftest import REPO, compose, divrun, read_summary, run_folders
 from runner.data import Augment, TensorLoader, TensorSplit, synthetic
@@ -131,8 +130,8 @@ def test_lookahead_with_buffers_equals_an_ema_of_the_whole_state_dict():
 
     train(reference, torch.optim.SGD(reference.parameters(), lr=0.1), ema_update)
     ours = net()
-    cfg = compose("optimizer=lookahead", "optimizer.base.lr=0.1", "optimizer.base.momentum=0",
-                  "optimizer.base.weight_decay=0", "optimizer.base.decay_bias_and_norm=true",
+    cfg = compose("optimizer=lookahead",
+                  "optimizer.base_overrides={lr:0.1,momentum:0,weight_decay:0,decay_bias_and_norm:true}",
                   "optimizer.alpha=0.2262190625", "optimizer.power=3", "optimizer.average_buffers=true").optimizer
     train(ours, build_optimizer(cfg, ours, total_steps=total))
     for (key, a), b in zip(reference.state_dict().items(), ours.state_dict().values()):
@@ -188,10 +187,7 @@ def test_recipe_optimizer_equals_airbench_decoupled_sgd_on_the_summed_loss():
     their_opt = torch.optim.SGD([dict(params=norm, lr=lr * 64, weight_decay=wd / (lr * 64)),
                                  dict(params=other, lr=lr, weight_decay=wd / lr)], momentum=momentum, nesterov=True)
     ours = tiny_bn_net()
-    options = {k.split(".", 2)[2]: v for k, v in (o.split("=") for o in RECIPE["protocol"])
-               if k.startswith("optimizer.base.")}
-    cfg = OmegaConf.merge(compose("optimizer=sgd").optimizer, {k: yaml.safe_load(v) for k, v in options.items()})
-    our_opt = build_optimizer(cfg, ours)
+    our_opt = build_optimizer(compose(*RECIPE["protocol"]).optimizer.base_optimizer, ours)
     for _ in range(3):
         for net, opt, reduction in ((theirs, their_opt, "sum"), (ours, our_opt, "mean")):
             F.cross_entropy(net(images), labels, label_smoothing=0.2, reduction=reduction).backward()
@@ -284,15 +280,17 @@ def protocol_on_synthetic() -> list[str]:
     keep = [o for o in RECIPE["protocol"] if not o.startswith(("dataset", "trainer.batch_size", "trainer.epochs",
                                                                "trainer.eval"))]
     return ["dataset=synthetic", "dataset.train_size=256", "dataset.val_size=64", "dataset.noise=0.3", "trainer.batch_size=32",
-            "trainer.epochs=3", *keep, *TINY, "model.whiten_bias_epochs=1", "optimizer.base.lr=0.2",
+            "trainer.epochs=3", *keep, *TINY, "model.whiten_bias_epochs=1", "optimizer.base_overrides.lr=0.2",
             "trainer.device=cpu", "logger.progress=false"]
 
 
 def test_recipe_protocol_composes_to_the_airbench_settings():
     cfg = compose(*RECIPE["protocol"])
     assert cfg.model._target_.endswith("AirBench94") and cfg.trainer.tta == 2
-    assert cfg.optimizer.base.lr * (1 + 1 / (1 - cfg.optimizer.base.momentum)) == pytest.approx(11.5)
-    assert cfg.optimizer.base.weight_decay * 11.5 == pytest.approx(0.0153)
+    base = cfg.optimizer.base_optimizer
+    assert base._target_ == "torch.optim.SGD" and base.nesterov and base.norm_lr_scale == 64
+    assert base.lr * (1 + 1 / (1 - base.momentum)) == pytest.approx(11.5)
+    assert base.weight_decay * 11.5 == pytest.approx(0.0153)
     assert 1 - cfg.optimizer.alpha == pytest.approx(0.95 ** 5)
     assert compose(*RECIPE["protocol"], *RECIPE["smoke"]["overrides"]).trainer.device == "cpu"
 

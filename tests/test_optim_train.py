@@ -7,8 +7,10 @@ import sys
 import types
 
 import pytest
+import torch
 
 from runner.errors import ConfigError
+from runner.optim import build_optimizer
 from tests.conftest import compose, train
 
 FAST = ("trainer.batch_size=32", "trainer.epochs=2")
@@ -26,11 +28,15 @@ RUNS = {
     "stable_spam": ("optimizer.lr=3e-3",),
     "sam": (),
     "asam": ("optimizer.base=adamw", "optimizer.base_overrides={lr:3e-3}"),
+    "adamw8bit": ("optimizer.lr=3e-3",),
+    "lion8bit": ("optimizer.lr=2e-3",),
 }
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_trains_digits(tmp_path, name):
+    if name.endswith("8bit"):
+        pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed: pip install 'divrun[bnb]'")
     summary, _ = train(tmp_path, f"optimizer={name}", *FAST, *RUNS[name])
     assert summary["status"] == "finished"
     assert summary["final_val_acc1"] >= 0.9, f"optimizer={name}: val top-1 {summary['final_val_acc1']:.3f}"
@@ -44,12 +50,13 @@ def test_sam_records_its_base_in_full(tmp_path):
 
 @pytest.mark.parametrize("name", ["adamw8bit", "lion8bit"])
 def test_8bit_optimizers_explain_what_they_need(tmp_path, name, monkeypatch):
-    with pytest.raises(ConfigError, match=r"pip install 'divrun\[bnb\]'|CUDA"):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # not installed: import fails
+    with pytest.raises(ConfigError, match=r"pip install 'divrun\[bnb\]'"):
         train(tmp_path, f"optimizer={name}")
-    # with bitsandbytes importable, a CPU run still gets the CUDA message
-    for module in ("bitsandbytes", "bitsandbytes.optim"):
-        monkeypatch.setitem(sys.modules, module, types.ModuleType(module))
-    with pytest.raises(ConfigError, match="CUDA kernels: train on a GPU"):
+    old = types.ModuleType("bitsandbytes")  # a release without the CPU backend
+    old.__version__, old.optim = "0.44.1", types.ModuleType("bitsandbytes.optim")
+    monkeypatch.setitem(sys.modules, "bitsandbytes", old)
+    with pytest.raises(ConfigError, match=r"on the CPU needs bitsandbytes >= 0.50 \(installed 0.44.1\)"):
         train(tmp_path / "again", f"optimizer={name}")
 
 
@@ -62,3 +69,21 @@ def test_second_order_refuses_half_precision(tmp_path):
 def test_sam_rejects_bad_bases(tmp_path, base):
     with pytest.raises(Exception, match="wrapper|cannot wrap|does not exist"):
         train(tmp_path, "optimizer=sam", f"optimizer.base={base}")
+
+
+@pytest.mark.parametrize("wrapper", ["sam", "lookahead"])
+def test_wrappers_build_their_base_by_name(wrapper):
+    """One mechanism for SAM and Lookahead: `optimizer.base=NAME` with `optimizer.base_overrides`, the base
+    built with its own param-group keys (here: everything decayed)."""
+    cfg = compose(f"optimizer={wrapper}", "optimizer.base=adamw",
+                  "optimizer.base_overrides={lr:3e-3,decay_bias_and_norm:true}").optimizer
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    optimizer = build_optimizer(cfg, model, total_steps=10)
+    base = optimizer.base if wrapper == "sam" else optimizer.optimizer
+    assert type(base) is torch.optim.AdamW and optimizer.param_groups is base.param_groups
+    assert [(g["lr"], g["weight_decay"], len(g["params"])) for g in base.param_groups] == [(3e-3, 0.05, 4)]
+
+
+def test_base_overrides_name_unknown_keys():
+    with pytest.raises(Exception, match="optimizer=sgd has no key lr2; its keys: lr"):
+        compose("optimizer=lookahead", "optimizer.base_overrides={lr2:0.1}").optimizer.base_optimizer

@@ -1,8 +1,9 @@
 """Each optimizer against an independent per-parameter reference written here from its paper's equations
 (plain loops over parameters; nothing from runner.optim but the param-group split), over 24 steps of a
 float64 net with conv, linear, bias, BatchNorm and 1-element parameters, two param groups (the no-decay
-group with its own lr), on both the foreach and the per-tensor path. Also: branches the tests rely on were
-taken, and a state_dict saved mid-run continues bit-identically."""
+group with its own lr), on the foreach path, the per-tensor path and (rules that update in slices) the
+per-tensor path in slices. Also: branches the tests rely on were taken, and a state_dict saved mid-run
+continues bit-identically."""
 from __future__ import annotations
 
 import copy
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runner.optim import param_groups
+from runner.optim import base, param_groups
 from runner.optim.adabelief import AdaBelief
 from runner.optim.adahessian import AdaHessian
 from runner.optim.adamp import AdamP
@@ -351,14 +352,33 @@ EXPECTED = {"adamp": ("channel", "unprojected"), "sgdp": ("channel", "unprojecte
             "adahessian": ("minus_ones", "plus_ones")}
 
 
-@pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "per_tensor"])
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_matches_reference(case, foreach):
+def paths(case: str) -> tuple[str, ...]:
+    sliced = CASES[case][0].elementwise or CASES[case][0] is StableSPAM  # Stable-SPAM slices its own Adam part
+    return ("foreach", "per_tensor", "sliced") if sliced else ("foreach", "per_tensor")
+
+
+@pytest.mark.parametrize("case, path", [(case, path) for case in sorted(CASES) for path in paths(case)])
+def test_matches_reference(case, path, monkeypatch):
     optimizer_class, reference, options = CASES[case]
+    if path == "sliced":  # the per-tensor path in slices of 7 float64s: several per tensor, a ragged last one
+        monkeypatch.setattr(base, "SLICE_BYTES", 7 * 8)
+    foreach = path == "foreach"
     result = compare(optimizer_class, reference, options, foreach, second_order=optimizer_class.second_order)
     assert result["worst"] <= TOLERANCE, f"{case}: max |difference| {result['worst']:.3g} over {STEPS} steps"
     for key in EXPECTED.get(case, ()):
         assert result.get(key, 0) > 0, f"{case}: the test never took the '{key}' branch"
+
+
+def test_slices_are_views_of_the_tensors(monkeypatch):
+    monkeypatch.setattr(base, "SLICE_BYTES", 7 * 8)
+    weight, state = torch.zeros(6, 3, 3, 3, dtype=torch.float64), torch.zeros(6, 3, 3, 3, dtype=torch.float64)
+    pieces = base.slices(weight, state)
+    assert [len(w) for w, _ in pieces] == [7] * 23 + [1]
+    for w, s in pieces:
+        w.add_(1.0)
+        s.add_(2.0)
+    assert torch.equal(weight, torch.ones_like(weight)) and torch.equal(state, torch.full_like(state, 2.0))
+    assert len(base.slices(weight.transpose(0, 1), state)) == 1  # not contiguous: whole tensors
 
 
 @pytest.mark.parametrize("adaptive", [False, True], ids=["sam", "asam"])
@@ -367,7 +387,7 @@ def test_sam_matches_reference(adaptive):
     rho, eta = (0.5, 0.01) if adaptive else (0.05, 0.0)
     model, ref_model = make_net(), make_net()
     base = partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=5e-3)
-    optimizer = SAM(param_groups(model, False), base_optimizer=base, rho=rho, adaptive=adaptive, eta=eta)
+    optimizer = SAM(base(param_groups(model, False)), rho=rho, adaptive=adaptive, eta=eta)
     ref_params = list(ref_model.parameters())
     ref_base = base(param_groups(ref_model, False))
     worst = 0.0
@@ -429,7 +449,7 @@ def train_steps(model, optimizer, steps, second_order=False, closure=False):
 @pytest.mark.parametrize("case", sorted(ROUND_TRIP) + ["sam"])
 def test_state_dict_resume_is_bit_identical(case):
     if case == "sam":
-        build = lambda groups: SAM(groups, base_optimizer=partial(AdaBelief, lr=1e-2), rho=0.05)  # noqa: E731
+        build = lambda groups: SAM(AdaBelief(groups, lr=1e-2), rho=0.05)  # noqa: E731
         second_order, closure = False, True
     else:
         optimizer_class, _, options = ROUND_TRIP[case]

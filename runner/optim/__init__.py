@@ -4,8 +4,11 @@ Optimizers of the package live one per module (`runner/optim/lion.py`, ...). Two
 train loop how to drive one: `second_order = True` (backward with create_graph=True) and
 `needs_closure = True` (step(closure) re-evaluates the loss, e.g. SAM).
 
-A wrapper optimizer (Lookahead) names its inner optimizer's config under `base`: the builder builds the
-inner one first and passes it in, with `total_steps` and `model` when the wrapper's factory takes them.
+A wrapper optimizer (SAM, Lookahead) names its base optimizer: `base` (a conf/optimizer option) and
+`base_overrides` (its keys to change) resolve into the base's full config, `base_optimizer`, through the
+`${divrun_optimizer:...}` resolver (runner/cli.py), so config.yaml records every value. The builder builds
+the base from that config (param groups, decay split and all), then passes the built optimizer to the
+wrapper's factory, with `total_steps` and `model` where the factory takes them.
 """
 from __future__ import annotations
 
@@ -16,9 +19,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 # keys of conf/optimizer that divrun consumes instead of passing to the optimizer: the no-decay split, the norm
-# layers' lr scale, and a by-name wrapper's (SAM's) base name and overrides, already resolved into its
-# `base_optimizer` node (Lookahead's `base` is a nested config instead: see build_optimizer)
-BUILDER_KEYS = ("decay_bias_and_norm", "norm_lr_scale", "base", "base_overrides")
+# layers' lr scale, and a wrapper's base (its name, overrides and their resolved config)
+BUILDER_KEYS = ("decay_bias_and_norm", "norm_lr_scale", "base", "base_overrides", "base_optimizer")
 NORM_LAYERS = (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.RMSNorm)
 
 
@@ -46,28 +48,20 @@ def param_groups(model: torch.nn.Module, decay_bias_and_norm: bool, norm_lr_scal
 
 def build_optimizer(cfg: DictConfig | dict, model: torch.nn.Module, total_steps: int | None = None):
     options = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    base = options.get("base")
-    if isinstance(base, dict):  # a wrapper of a built optimizer (Lookahead): build the inner one, then wrap it
-        factory = instantiate(optimizer_options(options))
-        inner = build_optimizer(base, model, total_steps)
+    factory = instantiate(optimizer_options(options))
+    if "base_optimizer" in options:  # a wrapper (SAM, Lookahead): build its base, then wrap it
+        base = build_optimizer(options["base_optimizer"], model, total_steps)
         accepted = inspect.signature(factory.func).parameters
         runtime = {"total_steps": total_steps, "model": model}
-        return factory(inner, **{key: value for key, value in runtime.items() if key in accepted})
-    decay_bias_and_norm = bool(options.get("decay_bias_and_norm", False))
-    norm_lr_scale = float(options.get("norm_lr_scale", 1.0))
-    options = optimizer_options(options)
-    factory = instantiate(options)
-    groups = param_groups(model, decay_bias_and_norm, norm_lr_scale, options.get("lr"),
-                          options.get("weight_decay", 0.0))
+        return factory(base, **{key: value for key, value in runtime.items() if key in accepted})
+    groups = param_groups(model, bool(options.get("decay_bias_and_norm", False)),
+                          float(options.get("norm_lr_scale", 1.0)), options.get("lr"), options.get("weight_decay", 0.0))
     return factory(groups, **fast_path_defaults(factory, options, groups))
 
 
 def optimizer_options(options: dict) -> dict:
-    """The options the optimizer's `_target_` receives: the config less BUILDER_KEYS, also in a wrapper's base."""
-    kept = {key: value for key, value in options.items() if key not in BUILDER_KEYS}
-    if isinstance(kept.get("base_optimizer"), dict):
-        kept["base_optimizer"] = optimizer_options(kept["base_optimizer"])
-    return kept
+    """The options the optimizer's `_target_` receives: the config less BUILDER_KEYS."""
+    return {key: value for key, value in options.items() if key not in BUILDER_KEYS}
 
 
 def fast_path_defaults(factory, options: dict, groups: list[dict]) -> dict:

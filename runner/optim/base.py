@@ -4,9 +4,9 @@
 first sight, counts their steps (a Python int per parameter: no host sync), and hands the update rule
 buckets of parameters that share device, dtype and step count:
 - `foreach=True`: one call of `update_foreach` per bucket with lists, for `torch._foreach_*` ops;
-- `foreach=False`: one call of `update_tensor` per parameter (the per-tensor path);
-- `foreach=None` (default): torch's rule, foreach on CUDA and per-tensor elsewhere. On a CPU the per-tensor
-  path is faster (each tensor stays in cache through all of its ops; see benchmarks/optimizers.py).
+- `foreach=False`: one call of `update_tensor` per parameter (the per-tensor path); for an `elementwise`
+  rule, one call per slice of at most SLICE_BYTES of each large parameter;
+- `foreach=None` (default): see `uses_foreach`.
 """
 from __future__ import annotations
 
@@ -15,6 +15,21 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
+from torch.utils._foreach_utils import _get_foreach_kernels_supported_devices
+
+# On a CPU an element-wise rule's per-tensor path updates large tensors in slices of this many bytes, so that
+# the slice of the parameter, its gradient and its states stays in cache (L2/L3) through all of the rule's
+# ops: memory traffic is one read (and write) of each tensor instead of one per op.
+SLICE_BYTES = 512 * 1024
+
+
+def uses_foreach(foreach: bool | None, device: torch.device) -> bool:
+    """The path `foreach=None` takes. On devices with torch's foreach kernels (CUDA, XPU, ...) a step's cost is
+    dominated by kernel launches, which multi-tensor ops batch (torch's own rule, optimizer.py
+    _default_to_fused_or_foreach). On a CPU there are no launches to save but memory traffic is the cost: the
+    per-tensor path, sliced for element-wise rules, keeps data in cache across a rule's ops, where a foreach
+    op streams all parameters through memory once per op (benchmarks/optimizers.py: 1.5-3x slower)."""
+    return foreach if foreach is not None else device.type in _get_foreach_kernels_supported_devices()
 
 
 @dataclass
@@ -32,6 +47,9 @@ class Bucket:
 class Optimizer(torch.optim.Optimizer):
     second_order = False  # the train loop runs backward(create_graph=True) when True
     needs_closure = False  # the train loop passes step() a closure that re-evaluates loss and gradients
+    # True when update_tensor updates each entry from the same entry of the parameter, gradient and states
+    # (plus Python scalars) and writes states in place: the per-tensor path may then pass it flat slices
+    elementwise = False
 
     def __init__(self, params, defaults: dict, foreach: bool | None = None):
         super().__init__(params, {**defaults, "foreach": foreach})
@@ -66,9 +84,12 @@ class Optimizer(torch.optim.Optimizer):
 
     def update_group(self, group: dict, params: list[torch.Tensor]) -> None:
         for bucket in self.buckets(group, params):
-            foreach = group["foreach"] if group["foreach"] is not None else bucket.params[0].is_cuda
-            if foreach:
+            if uses_foreach(group["foreach"], bucket.params[0].device):
                 self.update_foreach(group, bucket)
+            elif self.elementwise:
+                for param, grad, state in zip(bucket.params, bucket.grads, bucket.states):
+                    for param_slice, grad_slice, state_slice in state_slices(param, grad, state):
+                        self.update_tensor(group, param_slice, grad_slice, state_slice, bucket.step)
             else:
                 for param, grad, state in zip(bucket.params, bucket.grads, bucket.states):
                     self.update_tensor(group, param, grad, state, bucket.step)
@@ -96,3 +117,20 @@ class Optimizer(torch.optim.Optimizer):
 
 def zeros_like(param: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(param, memory_format=torch.preserve_format)
+
+
+def slices(*tensors: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    """Flat views of SLICE_BYTES of same-shaped contiguous CPU tensors, slice by slice (the tensors themselves
+    when they are small, one is not contiguous, or they are on an accelerator, where a slice costs a launch)."""
+    length = max(1, SLICE_BYTES // tensors[0].element_size())
+    if tensors[0].device.type != "cpu" or tensors[0].numel() <= length or not all(t.is_contiguous() for t in tensors):
+        return [tensors]
+    return list(zip(*(t.view(-1).split(length) for t in tensors)))
+
+
+def state_slices(param: torch.Tensor, grad: torch.Tensor, state: dict) -> list[tuple[torch.Tensor, torch.Tensor, dict]]:
+    """(param, grad, state) slices for an element-wise rule: every state tensor shaped like param is sliced,
+    other entries (the step count) are shared."""
+    keys = [key for key, value in state.items() if torch.is_tensor(value) and value.shape == param.shape]
+    return [(pieces[0], pieces[1], {**state, **dict(zip(keys, pieces[2:]))})
+            for pieces in slices(param, grad, *(state[key] for key in keys))]

@@ -16,6 +16,8 @@ from runner.optim.base import Bucket, Optimizer, zeros_like
 
 
 class DiffGrad(Optimizer):
+    elementwise = True  # the per-tensor path may update slices (runner.optim.base)
+
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, foreach: bool | None = None):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay), foreach)

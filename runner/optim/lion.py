@@ -13,6 +13,8 @@ from runner.optim.base import Bucket, Optimizer, zeros_like
 
 
 class Lion(Optimizer):
+    elementwise = True  # the per-tensor path may update slices (runner.optim.base)
+
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0,
                  foreach: bool | None = None):
         if lr < 0 or not all(0.0 <= b < 1.0 for b in betas) or weight_decay < 0:

@@ -6,6 +6,6 @@ from runner.optim.bnb import bnb_optimizer
 
 
 def lion8bit(params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0,
-             min_8bit_size: int = 4096, percentile_clipping: int = 100):
+             min_8bit_size: int = 4096):
     return bnb_optimizer("Lion8bit", "lion8bit", params, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
-                         min_8bit_size=min_8bit_size, percentile_clipping=percentile_clipping, block_wise=True)
+                         min_8bit_size=min_8bit_size)

@@ -4,12 +4,11 @@ adaptive form ASAM (Kwon et al. 2021, SamsungLabs/ASAM), wrapping any base optim
 One step: ascend to w + e with e = rho * T^2 g / ||T g|| (T = 1 for SAM; T = |w| + eta for ASAM, applied
 to every parameter), re-evaluate the gradient there (the closure), return to w and let the base optimizer
 step with that gradient. The norm is global over all parameters; rho, adaptive and eta may differ per
-parameter group. SAM shares the base's param groups (the lr schedule reaches the base) and its state_dict
-is the base's: SAM itself keeps nothing between steps.
+parameter group. SAM wraps a built base optimizer (divrun's builder builds it from `optimizer.base`, as for
+Lookahead) and shares its param groups (the lr schedule reaches the base); its state_dict is the base's:
+SAM itself keeps nothing between steps.
 """
 from __future__ import annotations
-
-from typing import Callable
 
 import torch
 
@@ -21,17 +20,18 @@ GRAD_NORM_EPS = 1e-12
 class SAM(torch.optim.Optimizer):
     needs_closure = True  # the trainer passes step() a closure that recomputes loss and gradients
 
-    def __init__(self, params, base_optimizer: Callable[..., torch.optim.Optimizer], rho: float = 0.05,
-                 adaptive: bool = False, eta: float = 0.0):
+    def __init__(self, optimizer: torch.optim.Optimizer, rho: float = 0.05, adaptive: bool = False, eta: float = 0.0):
         if rho < 0 or eta < 0:
             raise ValueError(f"SAM: rho and eta must be >= 0 (got {rho}, {eta})")
-        super().__init__(params, dict(rho=rho, adaptive=adaptive, eta=eta))
-        self.base = base_optimizer(self.param_groups)
-        name = type(self.base).__name__
-        if getattr(self.base, "second_order", False) or getattr(self.base, "needs_closure", False):
-            raise ConfigError(f"optimizer=sam cannot wrap {name} (second-order or closure-driven); pick a first-order base")
-        self.param_groups = self.base.param_groups
-        self.defaults.update(self.base.defaults)
+        name = type(optimizer).__name__
+        if getattr(optimizer, "second_order", False) or getattr(optimizer, "needs_closure", False):
+            raise ConfigError(f"optimizer=sam cannot wrap {name} (second-order or closure-driven); "
+                              "pick a first-order base")
+        # the base's group dicts themselves, which gain rho, adaptive and eta
+        super().__init__(optimizer.param_groups, dict(rho=rho, adaptive=adaptive, eta=eta))
+        self.base = optimizer
+        self.param_groups = optimizer.param_groups
+        self.defaults.update(optimizer.defaults)
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -21,6 +21,8 @@ from runner.optim.base import Bucket, Optimizer, zeros_like
 
 
 class SPAM(Optimizer):
+    elementwise = True  # the per-tensor path may update slices (runner.optim.base)
+
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
                  weight_decay: float = 0.0, correct_bias: bool = True, warmup_steps: int = 150,
                  threshold: float = 5000, reset_interval: int = 500, grad_accu_steps: int = 20, foreach: bool | None = None):
@@ -75,9 +77,10 @@ class SPAM(Optimizer):
         if reset:
             exp_avg.zero_()
             exp_avg_sq.zero_()
-        if clip:  # as in update_foreach
-            bound = (exp_avg_sq * group["threshold"]).sqrt_()
-            grad = torch.clamp(grad, -bound, bound)
+        if clip:  # as in update_foreach (minimum/maximum: faster than clamp with tensor bounds on a CPU)
+            bound = torch.mul(exp_avg_sq, group["threshold"]).sqrt_()
+            grad = torch.minimum(grad, bound)
+            torch.maximum(grad, bound.neg_(), out=grad)
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         param.addcdiv_(exp_avg, exp_avg_sq.sqrt().add_(group["eps"]), value=-step_size)

@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from runner.optim.base import Bucket, Optimizer, zeros_like
+from runner.optim.base import Bucket, Optimizer, slices, zeros_like
 
 
 class StableSPAM(Optimizer):
@@ -91,28 +91,38 @@ class StableSPAM(Optimizer):
         torch._foreach_addcdiv_(params, exp_avgs, denom, -group["lr"] * bc2_sqrt / (1 - beta1 ** adam_step))
 
     def update_tensor(self, group, param, grad, state, step):
+        """The clipped gradient in one buffer (two reductions over it: max|g| and the norm), then Adam in
+        cache-sized slices (runner.optim.base.slices), as the element-wise rules' per-tensor path."""
         beta1, beta2 = group["betas"]
         theta, gamma2, eps = group["gamma3"], group["gamma2"], group["eps"]
         scale, since, reset, adam_step = self.plan(group, step)
         gamma1 = group["gamma1"] * scale
-        if group["weight_decay"] != 0:
-            param.mul_(1 - group["lr"] * group["weight_decay"])
-        magnitude = grad.abs()
-        max_abs = magnitude.max()
-        state["max_avg"].lerp_(max_abs, 1 - theta)
-        max_hat = state["max_avg"] / (1 - theta ** since)
-        grad = torch.where(magnitude > max_hat, grad * (max_hat / max_abs), grad)
-        norm = grad.norm()
+        # AdaClip: g += g * [|g| > M_hat] * (M_hat/max|g| - 1), the indicator a float (bool masks: slow on CPUs)
+        clipped = grad.abs()
+        max_abs = clipped.amax()
+        max_hat = state["max_avg"].lerp_(max_abs, 1 - theta) / (1 - theta ** since)
+        shrink = torch.where(max_abs > 0, max_hat / max_abs, 1.0) - 1
+        torch.gt(clipped, max_hat, out=clipped).mul_(shrink)
+        torch.addcmul(grad, grad, clipped, out=clipped)
+        # AdaGN: rescale to the running norm
+        norm = torch.linalg.vector_norm(clipped)
         state["norm_avg"].lerp_(norm, 1 - gamma1)
-        state["norm_sq_avg"].mul_(gamma2).add_(norm ** 2, alpha=1 - gamma2)
+        state["norm_sq_avg"].mul_(gamma2).addcmul_(norm, norm, value=1 - gamma2)
         target = state["norm_avg"] / (1 - gamma1 ** since) / ((state["norm_sq_avg"] / (1 - gamma2 ** since)).sqrt() + eps)
-        grad = grad * torch.where(norm > 0, target / norm, 1.0)
+        factor = torch.where(norm > 0, target / norm, 1.0)
+        # Adam
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         if reset:
             exp_avg.zero_()
             exp_avg_sq.zero_()
         beta1 = beta1 * scale
         bc2_sqrt = math.sqrt(1 - beta2 ** adam_step)
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        param.addcdiv_(exp_avg, exp_avg_sq.sqrt().add_(eps * bc2_sqrt), value=-group["lr"] * bc2_sqrt / (1 - beta1 ** adam_step))
+        step_size = group["lr"] * bc2_sqrt / (1 - beta1 ** adam_step)
+        decay = 1 - group["lr"] * group["weight_decay"]
+        for g, p, m, v in slices(clipped, param, exp_avg, exp_avg_sq):
+            g.mul_(factor)
+            if decay != 1:
+                p.mul_(decay)
+            m.lerp_(g, 1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            p.addcdiv_(m, v.sqrt().add_(eps * bc2_sqrt), value=-step_size)

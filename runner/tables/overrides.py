@@ -89,7 +89,8 @@ def missing_features(overrides: list[str]) -> list[str]:
         return missing
     cfg = composed(tuple(f"{k}={v}" for k, v in sorted(choices.items())))
     keys = [split(o)[0] for o in overrides if not o.startswith("+") and not is_group(split(o)[0])]
-    return [f"key {key}" for key in keys if not key.startswith("hydra.")
+    return [f"key {key}" for i, key in enumerate(keys) if not key.startswith("hydra.")
+            and not any(key.startswith(earlier + ".") for earlier in keys[:i])  # in a dict an earlier one sets
             and OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT]
 
 
