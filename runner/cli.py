@@ -65,7 +65,15 @@ def optimizer_config(name: str, overrides: DictConfig | None = None) -> DictConf
     return OmegaConf.merge(config, overrides or {})
 
 
+def resolve_update_rule(optimizer: DictConfig) -> str:
+    """`${divrun_update_rule:${optimizer}}`: the optimizer whose update rule the run applies (a wrapper's base)."""
+    from runner.optim import update_rule as rule  # torch only when a config asks
+
+    return rule(optimizer)
+
+
 OmegaConf.register_new_resolver("divrun_optimizer", optimizer_config, replace=True)
+OmegaConf.register_new_resolver("divrun_update_rule", resolve_update_rule, replace=True)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://runner.conf", config_name="config")

@@ -211,10 +211,10 @@ class Refined(Schedule):
                  source: str | None = None, smoothing: float = 0.1, norm: str = "auto",
                  run_optimizer: str | None = None, **common):
         super().__init__(total_steps, steps_per_epoch, **common)
-        from runner.optim import is_adam_family
+        from runner.optim import is_adam_family, update_rule
 
         run_dir = require_source(source)
-        source_optimizer = str(OmegaConf.load(run_dir / "config.yaml").optimizer._target_)
+        source_optimizer = update_rule(OmegaConf.load(run_dir / "config.yaml").optimizer)
         if norm == "auto":
             if run_optimizer and is_adam_family(run_optimizer) != is_adam_family(source_optimizer):
                 raise ConfigError(f"schedule.source={source} trained with {source_optimizer}, this run with "

@@ -24,7 +24,7 @@ from runner.logger import RunLogger
 from runner.losses import build_loss
 from runner.models import build_model
 from runner.nonfinite import Diverged, SkipNonFinite, first_divergence, first_nonfinite_index, is_finite_step
-from runner.optim import build_optimizer, is_adam_family
+from runner.optim import build_optimizer, is_adam_family, update_rule
 from runner.preemption import Preempted, PreemptionWatch
 from runner.tta import check_level, tta_logits
 
@@ -153,7 +153,7 @@ class Trainer:
         if logger.enabled:
             self.schedule.save(self.run_dir, self.base_lrs[0])  # lr_schedule.csv and .png
         auto_l1 = trainer.grad_norm_l1 == "auto"
-        self.grad_norm_l1 = is_adam_family(cfg.optimizer._target_) if auto_l1 else bool(trainer.grad_norm_l1)
+        self.grad_norm_l1 = is_adam_family(update_rule(cfg.optimizer)) if auto_l1 else bool(trainer.grad_norm_l1)
         self.second_order = getattr(self.optimizer, "second_order", False)  # fp32 only: runner/validate.py
         self.guard = (SkipNonFinite(self.model, self.optimizer, self.params, self.rt.scaler is not None)
                       if trainer.on_nonfinite == "skip" else None)

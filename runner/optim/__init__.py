@@ -73,6 +73,11 @@ def fast_path_defaults(factory, options: dict, groups: list[dict]) -> dict:
     return {}
 
 
+def update_rule(optimizer: DictConfig) -> str:
+    """The `_target_` whose update a run applies to each coordinate: a wrapper's (SAM, Lookahead) base's."""
+    return str((optimizer.base_optimizer if "base_optimizer" in optimizer else optimizer)._target_)
+
+
 def is_adam_family(target: str) -> bool:
     """Whether an optimizer `_target_` is per-coordinate adaptive (second-moment normalised): Adam, AdamW,
     NAdam, RAdam, AdamP, Ada* (Adagrad, AdaBelief, AdaHessian, ...), RMSprop, diffGrad, SPAM. The refined
