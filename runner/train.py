@@ -5,6 +5,7 @@ read back once per `trainer.log_every` steps (the loop's only host sync); lr cha
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -168,8 +169,8 @@ class Trainer:
 
     # ---- one optimizer step --------------------------------------------------------------------------
     def autocast(self):
-        dtype = self.rt.autocast_dtype
-        return torch.autocast(self.rt.device.type, dtype=dtype, enabled=dtype is not None)
+        dtype = self.rt.autocast_dtype  # None (fp32): no context at all, whose enter/exit cost shows on tiny steps
+        return torch.autocast(self.rt.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
     def compute_loss(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor):
         with self.autocast():
