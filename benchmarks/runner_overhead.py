@@ -27,8 +27,8 @@ from runner.models import build_model
 from runner.optim import build_optimizer
 
 # model, image size, images per epoch, repeats of each budget
-CASES = [("small_cnn", 16, 4096, 5), ("resnet20", 32, 2048, 3)]
-SHORT, LONG = 1, 4  # epochs
+CASES = [("small_cnn", 16, 4096, 7), ("resnet20", 32, 2048, 5)]
+SHORT, LONG = 1, 5  # epochs
 
 
 def compose(model: str, image_size: int, epochs: int, train_size: int, device: str):
