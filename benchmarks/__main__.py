@@ -43,7 +43,11 @@ def main() -> None:
     for name in args.modules or names:
         module = importlib.import_module(f"benchmarks.{name}")
         print(f"== {name}", flush=True)
-        rows = module.run(args.quick)
+        threads = torch.get_num_threads()
+        try:
+            rows = module.run(args.quick)
+        finally:  # a module that times on one thread must not slow down the modules after it
+            torch.set_num_threads(threads)
         table = markdown_table(rows)
         print(table, flush=True)
         sections.append(f"## {name}\n\n{(module.__doc__ or '').strip()}\n\n{table}\n")
