@@ -1,4 +1,5 @@
-"""Where metrics go: metrics.jsonl (always), rich progress bars and tables on the console, and wandb.
+"""Where metrics go: metrics.jsonl and grad_norms.csv (always, through runner/run_folder.py `RecordFiles`), rich
+progress bars and tables on the console, and wandb.
 
 Only the process that owns the run folder logs (rank 0 under DDP); `RunLogger(enabled=False)` is silent.
 """
