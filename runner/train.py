@@ -159,6 +159,7 @@ class Trainer:
         self.guard = (SkipNonFinite(self.model, self.optimizer, self.params, self.rt.scaler is not None)
                       if trainer.on_nonfinite == "skip" else None)
         self.stats = StepStats(trainer.log_every, self.rt.device)
+        self.sync_check = env.SyncCheck(trainer.sync_debug, self.rt.device)
         self.step, self.epoch, self.best_acc1, self.last_eval = 0, 0, 0.0, {}
         self.train_loss, self.skipped_steps, self.saved_step = math.nan, 0, None
         self.wall_time_before, self.started, self.clock = 0.0, time.time(), time.perf_counter()
@@ -264,7 +265,8 @@ class Trainer:
             if hasattr(self.model, "set_epoch"):  # per-epoch model settings (airbench freezes its whitening bias)
                 self.model.set_epoch(self.epoch)
             for images, labels, indices in self.train_loader.epoch(self.epoch, start_batch):
-                self.stats.add(self.step, self.train_step(images, labels, indices))
+                with self.sync_check:  # trainer.sync_debug: the step never waits on the device
+                    self.stats.add(self.step, self.train_step(images, labels, indices))
                 self.step += 1
                 log.advance()
                 self.end_of_step()

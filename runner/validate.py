@@ -83,6 +83,7 @@ RULES: dict[str, Rule] = {
     "trainer.deterministic": _BOOL,
     "trainer.on_nonfinite": _one_of("stop", "skip"),
     "trainer.resume": _one_of(None, "auto"),
+    "trainer.sync_debug": _one_of(None, "warn", "error"),
     "logger.progress": _BOOL,
     "logger.wandb.mode": _one_of("auto", "online", "offline", "disabled"),
     "logger.wandb.init_timeout": (lambda v: _number(v) and v > 0, "a positive number of seconds", 30),
