@@ -178,7 +178,7 @@ def verify(target: Path, wheel_folder: Path) -> None:
         module = importlib.import_module(IMPORT_NAMES.get(project, project) if project != "divrun" else "runner")
         where = Path(module.__file__).resolve()
         inside = target in where.parents
-        version = importlib.metadata.version(project) if project != "divrun" else "source tree"
+        version = importlib.metadata.version(project)
         print(f"  {project:<24} {version:<12} {'target' if inside else 'environment'}: {where.parent}")
         if (project == "divrun" or normalized(project) in shipped) and not inside:
             wrong.append(project)

@@ -88,22 +88,30 @@ stage() {  # stage NAME DEFAULT_LIMIT COMMAND...: COMMAND in $WORK under its own
     finish_stage "$name" "$rc" "$started" "$limit"
 }
 
+declare -A BACKGROUND  # name -> "pid started limit" of a stage running beside the others
+
 stage_background() {  # stage_background NAME DEFAULT_LIMIT COMMAND...: as stage, collected by stage_wait
     local name=$1 limit
     selected "$name" || return 0
     limit=$(limit_of "$name" "$2")
     shift 2
-    printf '%s %s\n' "$SECONDS" "$limit" >"$WORK/$name.started"
-    ( (cd "$WORK" && timeout -k 10 "$limit" "$@") >"$WORK/logs/$name.log" 2>&1; echo $? >"$WORK/$name.rc") &
+    (cd "$WORK" && exec timeout -k 10 "$limit" "$@") >"$WORK/logs/$name.log" 2>&1 &
+    BACKGROUND[$name]="$! $SECONDS $limit"
 }
 
 stage_wait() {  # stage_wait NAME: wait for a background stage and record it
-    local name=$1 started limit
-    [[ -f $WORK/$name.started ]] || return 0
-    read -r started limit <"$WORK/$name.started"
-    while [[ ! -f $WORK/$name.rc ]]; do sleep 1; done
-    finish_stage "$name" "$(cat "$WORK/$name.rc")" "$started" "$limit"
-    rm -f "$WORK/$name.started"
+    local name=$1 pid started limit rc
+    [[ -n ${BACKGROUND[$name]:-} ]] || return 0
+    read -r pid started limit <<<"${BACKGROUND[$name]}"
+    wait "$pid"
+    rc=$?
+    unset "BACKGROUND[$name]"
+    finish_stage "$name" "$rc" "$started" "$limit"
+}
+
+stop_background() {  # on exit: a background stage never outlives the script
+    local job
+    for job in "${BACKGROUND[@]}"; do kill -TERM "${job%% *}" 2>/dev/null; done
 }
 
 have_cuda() { "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; }
@@ -125,8 +133,11 @@ install_divrun() {
     fi
     # a copy of what the package is built from, so the build leaves the tree untouched
     cp -r "$REPO"/{pyproject.toml,README.md,runner,conf,recipes,hydra_plugins} "$source"/
-    "$PYTHON" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --upgrade \
-        --target "$TARGET" "$source" 2>&1 | grep -v -e '^ *$' -e 'WARNING: Target directory' || true
+    if ! "$PYTHON" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --upgrade \
+        --target "$TARGET" "$source" >"$WORK/logs/pip-divrun.txt" 2>&1; then
+        cat "$WORK/logs/pip-divrun.txt"
+        exit 1
+    fi
     "$PYTHON" -m benchmarks._gpu_check verify --target "$TARGET" --wheels "$GPU_DIR/wheels"
     echo "divrun and its wheels in $TARGET"
 }
@@ -181,6 +192,7 @@ export -f install_divrun prepare_data cuda_tests airbench_runs bench_module have
 main() {
     [[ ${1:-} == --dry-run ]] && DRY_RUN=1
     setup
+    trap stop_background EXIT
     echo "divrun gpu-check: budget ${BUDGET} s, work folder $WORK, results into $RESULTS$([[ $DRY_RUN == 1 ]] && echo ', dry run (CUDA hidden)')"
     stage env 60 "$PYTHON" -m benchmarks._gpu_check env --out "$WORK/env.json"
     stage install 150 bash -c install_divrun
