@@ -56,9 +56,12 @@ record() {  # record NAME STATUS SECONDS LIMIT NOTE
     printf '%-24s %-8s %4ss / %-4s %s\n' "$1" "$2" "$3" "$4" "$5"
 }
 
+budget_left() { echo $((BUDGET - (SECONDS - START))); }
+
 limit_of() {  # limit_of NAME DEFAULT: GPU_CHECK_TIMEOUT_<name> or the default, cut to the budget left
-    local var="GPU_CHECK_TIMEOUT_${1//[:-]/_}" left=$((BUDGET - (SECONDS - START)))
+    local var="GPU_CHECK_TIMEOUT_${1//[:-]/_}" left
     local limit=${!var:-$2}
+    left=$(budget_left)
     echo $((limit < left ? limit : left))
 }
 
@@ -81,7 +84,7 @@ stage() {  # stage NAME DEFAULT_LIMIT COMMAND...: COMMAND in $WORK under its own
     selected "$name" || return 0
     limit=$(limit_of "$name" "$2")
     shift 2
-    if ((limit < 5)); then record "$name" skipped 0 0 "the ${BUDGET} s budget is spent"; return 0; fi
+    if (($(budget_left) < 5)); then record "$name" skipped 0 0 "the ${BUDGET} s budget is spent"; return 0; fi
     started=$SECONDS
     (cd "$WORK" && timeout -k 10 "$limit" "$@") >"$WORK/logs/${name//:/_}.log" 2>&1
     rc=$?
