@@ -26,8 +26,8 @@ from runner.checkpoint import load, step_of
 from runner.data import CIFAR_MEAN, CIFAR_STD, Augment, TensorLoader, TensorSplit
 from runner.job import run_job
 from runner.models.small import SmallCNN
-from runner.optim import build_optimizer
-from runner.validate import locate
+from runner.config import locate
+from runner.optim import build_optimizer, capabilities
 
 pytestmark = pytest.mark.cuda
 
@@ -131,7 +131,7 @@ def run_steps(model: nn.Module, optimizer, steps: int, seed: int = 1) -> None:
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     generator = torch.Generator(device).manual_seed(seed)
-    second_order = getattr(optimizer, "second_order", False)
+    second_order = capabilities(optimizer).second_order
     for step in range(steps):
         images = torch.randn(16, 3, 8, 8, generator=generator, device=device, dtype=dtype)
         labels = torch.randint(0, 10, (16,), generator=generator, device=device)
