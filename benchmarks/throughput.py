@@ -41,7 +41,7 @@ def divrun_rates(model: str, variant: list[str], steps: int) -> list[float]:
 def run(quick: bool) -> list[dict]:
     if "cuda" not in timed_devices():
         return []
-    steps = 60 if quick else 150
+    steps = 60 if quick else 100
     rows = []
     for model in MODELS:
         baseline = None
