@@ -19,7 +19,7 @@
 #                     data_pipeline, throughput                                             90, 60, 60, 240
 # report              the JSON and the fragment (outside the budget)                                     60
 #
-# Settings (environment): GPU_CHECK_BUDGET seconds for all stages (480); GPU_CHECK_STAGES a comma-separated
+# Settings (environment): GPU_CHECK_BUDGET seconds for all stages (480; 1200 for a dry run); GPU_CHECK_STAGES a comma-separated
 # subset of the stages; GPU_CHECK_TIMEOUT_<stage> one stage's limit (':' in a name as '_'); PYTHON the
 # interpreter (python3); GPU_DIR the wheels and data folder (.gpu); GPU_CHECK_CIFAR a folder holding
 # cifar-10-batches-py; GPU_CHECK_WORK the scratch folder (a new one under /tmp). --dry-run (DRY=1): hide every
@@ -29,7 +29,7 @@ set -uo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PYTHON=${PYTHON:-python3}
-BUDGET=${GPU_CHECK_BUDGET:-480}
+BUDGET=${GPU_CHECK_BUDGET:-}  # default 480 s, 1200 s for a dry run (a busy CPU takes its time)
 ALL_STAGES=env,install,data,tests,sync,airbench,bench:runner_overhead,bench:optimizers,bench:data_pipeline,bench:throughput
 STAGES=${GPU_CHECK_STAGES:-$ALL_STAGES}
 GPU_DIR=${GPU_DIR:-$REPO/.gpu}
@@ -38,7 +38,8 @@ RESULTS=${OUT:-${GPU_CHECK_RESULTS:-$REPO/outputs/gpu_check}}
 DRY_RUN=${DRY_RUN:-0}
 START=$SECONDS
 
-setup() {  # the scratch folder, the target's paths, a fresh stage record
+setup() {  # the budget, the scratch folder, the target's paths, a fresh stage record
+    [[ -n $BUDGET ]] || BUDGET=$([[ $DRY_RUN == 1 ]] && echo 1200 || echo 480)
     [[ -n $WORK ]] || WORK=$(mktemp -d "${TMPDIR:-/tmp}/divrun-gpu-check.XXXXXX")
     mkdir -p "$WORK/logs" "$RESULTS"
     : >"$WORK/stages.tsv"
