@@ -12,7 +12,7 @@
 # env                 Python, torch, CUDA, the GPU                                                       60
 # install             the wheels and divrun into the target; imports checked                           150
 # data (background)   the real CIFAR-10 unpacked from .gpu/data (or $GPU_CHECK_CIFAR, ../shared/data)  240
-# tests               the `cuda`-marked tests but the host-sync ones                                   200
+# tests               the `cuda`-marked tests but the host-sync ones                                   240
 # sync                test_no_host_sync_in_a_training_step: every optimizer, loss, ... under sync debug  150
 # airbench            GPU_CHECK_AIRBENCH_RUNS (3) seeds of recipes/airbench.yaml on CIFAR-10            150
 # bench:<module>      `python -m benchmarks <module> --devices cuda`: runner_overhead, optimizers,
@@ -167,7 +167,7 @@ cuda_tests() {  # cuda_tests JUNIT_NAME PYTEST_ARGS...: the `cuda`-marked tests 
     local name=$1 files rc
     shift
     mapfile -t files < <(grep -l 'mark\.cuda' "$REPO"/tests/test_*.py)
-    "$PYTHON" -m pytest "${files[@]}" -m cuda --rootdir "$REPO" -p no:cacheprovider -q -rfE -o timeout=120 \
+    "$PYTHON" -m pytest "${files[@]}" -m cuda --rootdir "$REPO" -p no:cacheprovider -q -rfE -o timeout=150 \
         --junitxml "$WORK/$name.xml" "$@"
     rc=$?
     if ((rc == 0)) && ! have_cuda; then skip_without_cuda "the tests were collected; each skips on the CPU"; fi
@@ -201,7 +201,7 @@ main() {
     stage env 60 "$PYTHON" -m benchmarks._gpu_check env --out "$WORK/env.json"
     stage install 150 bash -c install_divrun
     stage_background data 240 bash -c prepare_data
-    stage tests 200 bash -c 'cuda_tests tests -k "not host_sync"'
+    stage tests 240 bash -c 'cuda_tests tests -k "not host_sync"'
     stage sync 150 bash -c 'cuda_tests sync -k host_sync'
     stage_wait data
     stage airbench 150 bash -c airbench_runs
