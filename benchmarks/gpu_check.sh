@@ -211,7 +211,7 @@ main() {
     stage bench:throughput 240 bash -c 'bench_module throughput'
     echo "stages took $((SECONDS - START)) s of the ${BUDGET} s budget"
     (cd "$WORK" && timeout 60 "$PYTHON" -m benchmarks._gpu_check report --work "$WORK" --results "$RESULTS" \
-        --budget "$BUDGET" $([[ $DRY_RUN == 1 ]] && echo --dry-run))
+        --budget "$BUDGET" --elapsed $((SECONDS - START)) $([[ $DRY_RUN == 1 ]] && echo --dry-run))
     cut -f1-4 "$WORK/stages.tsv" | column -t 2>/dev/null || cut -f1-4 "$WORK/stages.tsv"
     ! cut -f2 "$WORK/stages.tsv" | grep -q -E '^(failed|timeout)$'
 }
