@@ -16,6 +16,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from benchmarks import timed_devices
 from runner.models.resnet_cifar import resnet_cifar, resnet_he
 from runner.optim import param_groups
 from runner.optim.adabelief import AdaBelief
@@ -166,12 +167,14 @@ def train_step_rows(device: torch.device, quick: bool) -> list[dict]:
 
 
 def run(quick: bool) -> list[dict]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        rows = step_rows(torch.device("cpu"), quick) + train_step_rows(torch.device("cpu"), quick)
-    finally:
-        torch.set_num_threads(threads)
-    if torch.cuda.is_available():
+    rows = []
+    if "cpu" in timed_devices():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            rows += step_rows(torch.device("cpu"), quick) + train_step_rows(torch.device("cpu"), quick)
+        finally:
+            torch.set_num_threads(threads)
+    if "cuda" in timed_devices():
         rows += step_rows(torch.device("cuda"), quick) + train_step_rows(torch.device("cuda"), quick)
     return rows

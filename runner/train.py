@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from runner import distributed
+from runner import distributed, env
 from runner.build import Run, build_run
 from runner.checkpoint import Checkpointer, set_rng_state
 from runner.errors import ConfigError
@@ -34,6 +34,7 @@ class Trainer:
         self.param_names = [name for name, p in run.model.named_parameters() if p.requires_grad]
         self.stats = StepStats(self.cfg.trainer.log_every, run.runtime.device)
         self.logger: RunLogger | None = None
+        self.sync_check = env.SyncCheck(self.cfg.trainer.sync_debug, run.runtime.device)
         self.best_acc1, self.last_eval, self.train_loss, self.skipped_steps = 0.0, {}, math.nan, 0
         self.saved_step, self.wall_time_before, self.started = None, 0.0, time.time()
 
@@ -58,7 +59,8 @@ class Trainer:
             if hasattr(self.model, "set_epoch"):  # per-epoch model settings (airbench freezes its whitening bias)
                 self.model.set_epoch(progress.epoch)
             for images, labels, indices in run.train_loader.epoch(progress.epoch, start_batch):
-                self.stats.add(progress.step, run.step(images, labels, indices, progress.step))
+                with self.sync_check:  # trainer.sync_debug: the step never waits on the device
+                    self.stats.add(progress.step, run.step(images, labels, indices, progress.step))
                 progress.step += 1
                 logger.advance()
                 self.end_of_step()

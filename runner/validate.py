@@ -72,7 +72,7 @@ _BOOL: Rule = (lambda value: isinstance(value, bool), "true or false", False)
 
 RULES: dict[str, Rule] = {
     "seed": (_int, "an integer", 0),
-    "trainer.epochs": (_positive_int, "a positive integer", 30),
+    "trainer.epochs": (lambda v: _number(v) and v > 0, "a positive number of epochs (9.9 is allowed)", 30),
     "trainer.max_steps": (_optional(_positive_int), "a positive integer or null", 1000),
     "trainer.batch_size": (_positive_int, "a positive integer", 128),
     "trainer.eval_batch_size": (_positive_int, "a positive integer", 512),
@@ -95,6 +95,7 @@ RULES: dict[str, Rule] = {
     "trainer.deterministic": _BOOL,
     "trainer.on_nonfinite": _one_of("stop", "skip"),
     "trainer.resume": _one_of(None, "auto"),
+    "trainer.sync_debug": _one_of(None, "warn", "error"),
     "logger.progress": _BOOL,
     "logger.wandb.mode": _one_of("auto", "online", "offline", "disabled"),
     "logger.wandb.init_timeout": (lambda v: _number(v) and v > 0, "a positive number of seconds", 30),
