@@ -106,7 +106,7 @@ CASES = [
     (["optimizer=sam", "optimizer.base_overrides={lrr:1}"], "optimizer=sgd has no key lrr", None),
     (["resume={tmp}/nowhere"], "is not a divrun run folder (no config.yaml)", None),
     # values and types
-    (["trainer.epochs=abc"], "trainer.epochs=abc: expected a positive integer", None),
+    (["trainer.epochs=abc"], "trainer.epochs=abc: expected a positive number of epochs", None),
     (["trainer.tta=3"], "trainer.tta=3: expected one of 0, 1, 2", None),
     (["logger.wandb.mode=loud"], "logger.wandb.mode=loud: expected one of auto", None),
     (["trainer.precision=fp8"], "trainer.precision=fp8: expected one of auto, fp32, bf16, fp16", None),
