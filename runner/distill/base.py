@@ -9,6 +9,11 @@ A distiller is built from `conf/distill/<name>.yaml` and plugged into the Traine
     state_dict() / load_state_dict(state)   everything it trains or remembers, in the checkpoint
 `Distiller` itself is `distill=none`: the configured loss on the labels, nothing else.
 
+Targets: the loss group's loss smooths labels only (`loss.smoothing`); a teacher's or a model's own past
+probabilities reach it as probability vectors and are used as given. `loss_gets_labels` says whether the
+method's objective calls that loss on labels (class indices or a label-derived mix): start-up validation then
+refuses a divergence that needs q > 0 with loss.smoothing=0 (`Loss.validate_config`).
+
 Temperature: a method's `temperature` T divides both models' logits before the divergence, and the loss is
 scaled by T^2 (Hinton et al.), so the loss group's own `loss.temperature` must stay 1 (`check_divergence`).
 """
@@ -27,6 +32,7 @@ class Distiller:
     # what keeps a method off several processes: a trainable second module outside DDP, or a per-sample
     # memory (each rank sees other samples every epoch); None: runs under DDP
     single_process_reason: str | None = None
+    loss_gets_labels = True  # the objective calls the loss group's loss on labels
     """`distill=none`: train on the labels with the configured loss."""
 
     def setup(self, trainer) -> None:

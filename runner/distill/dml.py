@@ -22,6 +22,7 @@ from runner.models import build_model, model_config
 
 class DML(Distiller):
     single_process_reason = "it trains a second network that DDP does not synchronise"
+    loss_gets_labels = False  # the label terms are plain cross-entropy; the loss sees the other's probabilities
 
     def __init__(self, teacher_model=None, teacher_lr: float | None = None, weight: float = 1.0,
                  temperature: float = 1.0):

@@ -18,6 +18,8 @@ from runner.distill.teacher import FrozenTeacher
 
 
 class KD(Distiller):
+    loss_gets_labels = False  # the hard term is plain cross-entropy; the loss sees the teacher's probabilities
+
     def __init__(self, teacher: str | None = None, teacher_model=None, alpha: float = 0.9,
                  temperature: float = 4.0, warmup_epochs: int = 0):
         self.source, self.teacher_model = teacher, teacher_model

@@ -42,7 +42,7 @@ class ReverseKL(Loss):
 
     def __init__(self, **base):
         super().__init__(**base)
-        self.require_full_support("reverse KL")
+        self.full_support = "reverse KL"
 
     def divergence(self, log_q, log_p):
         return kl(log_p, log_q)
@@ -89,7 +89,7 @@ class ChiSquare(Loss):
         if form not in ("pearson", "neyman"):
             raise ConfigError(f"loss.form={form}: choose pearson or neyman")
         if form == "neyman":
-            self.require_full_support("Neyman chi^2")
+            self.full_support = "Neyman chi^2"
         self.alpha = 2.0 if form == "pearson" else -1.0  # chi^2 = 2 D_alpha at alpha = 2 / -1
 
     def divergence(self, log_q, log_p):
@@ -102,7 +102,7 @@ class Alpha(Loss):
     def __init__(self, alpha: float = 0.5, **base):
         super().__init__(**base)
         if alpha <= 0:
-            self.require_full_support(f"the alpha-divergence with alpha={alpha} <= 0")
+            self.full_support = f"the alpha-divergence with alpha={alpha} <= 0"
         self.alpha = alpha
 
     def divergence(self, log_q, log_p):
@@ -128,7 +128,7 @@ class FDivergence(Loss):
         if abs(at_one) > 1e-12:
             raise ConfigError(f"loss.generator={generator}: f(1) = {at_one}, an f-divergence needs f(1) = 0")
         if not math.isfinite(at_zero):
-            self.require_full_support(f"the f-divergence with generator {generator} (f(0) is infinite)")
+            self.full_support = f"the f-divergence with generator {generator} (f(0) is infinite)"
 
     def divergence(self, log_q, log_p):
         u = (log_q - log_p).clamp(-80.0, MAX_LOG)
