@@ -12,6 +12,7 @@ from hydra.core.plugins import Plugins
 from hydra.experimental.callback import Callback
 from hydra.plugins.launcher import Launcher
 from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
+from hydra.version import _UNSPECIFIED_, VersionBase
 
 from hydra_plugins.divrun_gpus_launcher import gpus_launcher
 from hydra_plugins.divrun_gpus_launcher.gpus_launcher import GpusLauncher, slots
@@ -21,22 +22,26 @@ LAUNCHER = ["hydra.launcher.cpu_jobs=2"]  # two slots on any machine: the suites
 
 
 @pytest.fixture
-def cpu_slots(monkeypatch):
-    """CPU slots on any machine; hidden GPUs also spare each small test app the torch import (~1.3 s CPU)."""
+def as_a_fresh_app(monkeypatch):
+    """CPU slots on any machine (hidden GPUs also spare each small test app the torch import, ~1.3 s CPU), and
+    Hydra's version base unset, as in a fresh process: the suites' expectations (hydra.job.chdir) assume its
+    default, which an earlier compose with version_base="1.3" in this process would change (the basic launcher
+    fails them the same way then)."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(VersionBase.instance(), "version_base", _UNSPECIFIED_)
 
 
 def test_discovery():
     assert GpusLauncher.__name__ in [plugin.__name__ for plugin in Plugins.instance().discover(Launcher)]
 
 
-@pytest.mark.usefixtures("cpu_slots")
+@pytest.mark.usefixtures("as_a_fresh_app")
 @pytest.mark.parametrize("launcher_name, overrides", [("gpus", LAUNCHER)])
 class TestGpusLauncher(LauncherTestSuite):
     pass
 
 
-@pytest.mark.usefixtures("cpu_slots")
+@pytest.mark.usefixtures("as_a_fresh_app")
 @pytest.mark.parametrize("task_launcher_cfg, extra_flags", [
     ({}, ["-m", "hydra/job_logging=hydra_debug", "hydra/job_logging=disabled", "hydra/launcher=gpus", *LAUNCHER])])
 class TestGpusLauncherIntegration(IntegrationTestSuite):
@@ -67,6 +72,7 @@ def test_slots_are_gpu_groups_or_shares_of_the_cores(monkeypatch):
         slots("auto", 1, 0)
 
 
+@pytest.mark.usefixtures("as_a_fresh_app")
 def test_each_job_runs_in_a_spawned_process_holding_its_slot(hydra_sweep_runner, monkeypatch, tmp_path):
     """Four jobs on three single-GPU slots: each in its own fresh process, with its slot's CUDA_VISIBLE_DEVICES
     and thread count; the fourth waits for a slot to free. The task is a closure: it travels by value."""
@@ -102,8 +108,8 @@ class RecordingCallback(Callback):
         (self.folder / f"multirun_end-{os.getpid()}").touch()
 
 
-def test_hydra_callbacks_run_in_the_jobs_and_the_sweep_end_in_the_launching_process(hydra_sweep_runner, tmp_path,
-                                                                                     cpu_slots):
+@pytest.mark.usefixtures("as_a_fresh_app")
+def test_hydra_callbacks_run_in_the_jobs_and_the_sweep_end_in_the_launching_process(hydra_sweep_runner, tmp_path):
     """A callback object travels to the jobs (on_job_end there) and on_multirun_end runs once, here, after all
     jobs: what a results-collecting callback (divrun's sweep comparison) relies on."""
     calls = tmp_path / "calls"

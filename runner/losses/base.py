@@ -110,7 +110,7 @@ class Loss(nn.Module):
         """Start-up rules: the constructor's, and `check_label_targets` where the training objective gives the
         loss labels (the distill method's `loss_gets_labels`; without a distill group: plain training)."""
         from runner.losses import build_loss
-        from runner.validate import locate
+        from runner.config import locate
 
         loss = build_loss(cfg.loss)  # a ConfigError here is the constructor's one-line message
         distill = cfg.get("distill")
