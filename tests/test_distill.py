@@ -366,7 +366,8 @@ def test_nd_kd_term_is_the_textbook_divergence_at_its_defaults():
     torch.manual_seed(13)
     nd = from_defaults("distill=nd", "loss=rkl", epoch=10)
     to_features, to_logits = torch.randn(5, 6), torch.randn(6, 4)
-    nd.teacher = type("Teacher", (), {"features_and_logits": lambda self, x: (x @ to_features, x @ to_features @ to_logits)})()
+    features_and_logits = lambda self, x: (x @ to_features, x @ to_features @ to_logits)  # noqa: E731
+    nd.teacher = type("Teacher", (), {"features_and_logits": features_and_logits})()
     nd.centers, nd.projector = torch.randn(4, 6), None
     nd.tap = type("Tap", (), {"features": torch.randn(3, 6)})()
     images, labels, student = torch.randn(3, 5), torch.tensor([0, 3, 1]), torch.randn(3, 4)

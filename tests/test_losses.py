@@ -321,8 +321,9 @@ def test_bad_settings_fail_at_start_up_with_a_one_line_fix(name, overrides, key)
         assert key in str(error.value) and "\n" not in str(error.value)
 
 
-FULL_SUPPORT = [("rkl", {}, "reverse KL"), ("chi2", {}, "Neyman chi^2"), ("alpha", {"alpha": -0.5},
-                 "the alpha-divergence with alpha=-0.5 <= 0"), ("fdiv", {}, "the f-divergence with generator jeffreys (f(0) is infinite)")]
+FULL_SUPPORT = [("rkl", {}, "reverse KL"), ("chi2", {}, "Neyman chi^2"),
+                ("alpha", {"alpha": -0.5}, "the alpha-divergence with alpha=-0.5 <= 0"),
+                ("fdiv", {}, "the f-divergence with generator jeffreys (f(0) is infinite)")]
 
 
 @pytest.mark.parametrize("name,overrides,what", FULL_SUPPORT)
@@ -419,7 +420,8 @@ def test_smoothing_applies_to_labels_and_label_mixes_never_to_probabilities(name
     smoothed = lambda y: 0.7 * F.one_hot(y, K).double() + 0.3 / K  # noqa: E731
     torch.testing.assert_close(loss(logits, labels), plain(logits, smoothed(labels)))
     mix = 0.6 * F.one_hot(labels, K).double() + 0.4 * F.one_hot(other, K).double()
-    torch.testing.assert_close(loss(logits, mix, from_labels=True), plain(logits, 0.6 * smoothed(labels) + 0.4 * smoothed(other)))
+    torch.testing.assert_close(loss(logits, mix, from_labels=True),
+                               plain(logits, 0.6 * smoothed(labels) + 0.4 * smoothed(other)))
 
 
 def test_every_yaml_builds_a_loss_whose_divergence_takes_a_teachers_distribution():
