@@ -11,9 +11,9 @@ Label smoothing (`smoothing` s: q = (1 - s) onehot + s / K) belongs to label tar
 and a mix of one-hot labels (mixup, cutmix) when the caller says so with `loss(logits, q, from_labels=True)`
 (smoothing the mix equals mixing the smoothed labels: it is affine). Probability vectors (a teacher's, a
 model's own past predictions) are used as given. A divergence that is infinite where q = 0 < p (reverse KL,
-Neyman chi^2, alpha <= 0, f with f(0) infinite) records it in `full_support`; start-up validation refuses it
-with smoothing 0 where the run's objective gives it labels (`validate_config`), and accepts it where its
-targets are probabilities (distillation). Called on one-hot labels anyway (evaluation's val/loss), it returns
+Neyman chi^2, alpha <= 0, f with f(0) infinite) says so in `needs_full_support(**options)`; the pre-flight
+refuses it with smoothing 0 where the run's objective gives it labels (`validate_config`), and accepts it
+where its targets are probabilities (distillation). Called on one-hot labels anyway (evaluation's val/loss), it returns
 its true value, inf.
 """
 from __future__ import annotations
@@ -63,7 +63,6 @@ class Loss(nn.Module):
         if z_reg < 0:
             raise ConfigError(f"loss.z_reg={z_reg}: must be >= 0 (1e-4 is the usual log-partition penalty)")
         self.temperature, self.smoothing, self.z_reg = temperature, smoothing, z_reg
-        self.full_support: str | None = None  # the divergence's name if it is infinite where q = 0 < p
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, from_labels: bool | None = None) -> torch.Tensor:
         """`from_labels`: whether `target` comes from labels and is smoothed; default: class indices are,
@@ -99,25 +98,29 @@ class Loss(nn.Module):
     def divergence(self, log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} defines no per-sample divergence")
 
-    def check_label_targets(self) -> None:
-        """One-hot labels have q = 0 off the label: a divergence that needs q > 0 needs them smoothed."""
-        if self.full_support and self.smoothing <= 0:
-            raise ConfigError(f"loss.smoothing={self.smoothing}: {self.full_support} needs q > 0 wherever p > 0, "
-                              f"which one-hot labels break; set loss.smoothing > 0 (e.g. loss.smoothing=0.1)")
+    @classmethod
+    def needs_full_support(cls, **options) -> str | None:
+        """With these options: the divergence's name if it is infinite where q = 0 < p, else None."""
+        return None
 
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> list[str]:
-        """Start-up rules: the constructor's, and `check_label_targets` where the training objective gives the
-        loss labels (the distill method's `loss_gets_labels`; without a distill group: plain training)."""
-        from runner.losses import build_loss
+        """One-hot labels have q = 0 off the label: where the training objective gives the loss labels (the
+        distill method's `loss_gets_labels`; no distill group: plain training), a divergence that needs q > 0
+        needs them smoothed. (The constructor's own rules run when the pre-flight builds the loss.)"""
         from runner.config import locate
+        from runner.validate import options as options_of
 
-        loss = build_loss(cfg.loss)  # a ConfigError here is the constructor's one-line message
         distill = cfg.get("distill")
         try:
-            gets_labels = getattr(locate(distill._target_), "loss_gets_labels", True) if distill else True
-        except Exception:  # noqa: BLE001 - an unimportable distill target is reported by its own check
+            if distill and not getattr(locate(distill._target_), "loss_gets_labels", True):
+                return []
+            options = options_of(cfg.loss)
+            what = cls.needs_full_support(**options)
+        except Exception:  # noqa: BLE001 - an unimportable target or a bad option: reported by its own check
             return []
-        if gets_labels:
-            loss.check_label_targets()
+        smoothing = options.get("smoothing", 0.0)
+        if what and smoothing <= 0:
+            return [f"loss.smoothing={smoothing}: {what} needs q > 0 wherever p > 0, which one-hot labels break; "
+                    f"set loss.smoothing > 0 (e.g. loss.smoothing=0.1)"]
         return []
