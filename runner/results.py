@@ -113,13 +113,13 @@ def load(paths: Paths) -> pd.DataFrame:
 
 
 def read_run(folder: Path) -> dict:
-    summary, status = _read_summary(folder / "summary.json")
-    config = _read_yaml(folder / "config.yaml")
+    summary, status = summary_and_status(folder)
+    config = read_yaml(folder / "config.yaml")
     if config is None:
         config = _composed_config(folder / ".hydra" / "config.yaml")
-    hydra = _read_yaml(folder / ".hydra" / "hydra.yaml") or {}
+    hydra = read_yaml(folder / ".hydra" / "hydra.yaml") or {}
     choices = ((hydra.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
-    overrides = _read_yaml(folder / ".hydra" / "overrides.yaml") or []
+    overrides = read_yaml(folder / ".hydra" / "overrides.yaml") or []
     row = flatten(config or {})
     row.update({group: option for group, option in choices.items() if not group.startswith("hydra/")})
     row["overrides"] = tuple(overrides)
@@ -128,9 +128,10 @@ def read_run(folder: Path) -> dict:
     return row
 
 
-def _read_summary(path: Path) -> tuple[dict, str]:
+def summary_and_status(folder: Path) -> tuple[dict, str]:
+    """A run folder's summary.json and its status (`not started` without one, `unreadable` if cut short)."""
     try:
-        summary = json.loads(path.read_text())
+        summary = json.loads((Path(folder) / "summary.json").read_text())
     except FileNotFoundError:
         return {}, NOT_STARTED
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -138,19 +139,18 @@ def _read_summary(path: Path) -> tuple[dict, str]:
     return summary, str(summary.get("status", UNREADABLE))
 
 
-def _read_yaml(path: Path):
+def read_yaml(path: Path):
+    """A YAML file's content; None when it is absent or cut short."""
     try:
         with open(path) as handle:
             return yaml.load(handle, Loader=Loader)
-    except FileNotFoundError:
-        return None
-    except yaml.YAMLError:
+    except (FileNotFoundError, yaml.YAMLError):
         return None
 
 
 def _composed_config(path: Path) -> dict | None:
     """Hydra's composed config of a job refused before it wrote config.yaml, resolved where it can be."""
-    raw = _read_yaml(path)
+    raw = read_yaml(path)
     if raw is None:
         return None
     from omegaconf import OmegaConf

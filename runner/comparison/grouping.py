@@ -22,13 +22,13 @@ import math
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
-from importlib import resources
 
 import pandas as pd
 
 from runner.comparison.measures import suggest
 from runner.errors import ConfigError
 from runner.results import is_execution_key
+from runner.tables.overrides import conf_dir, root_keys, split
 
 SEED = "seed"
 
@@ -36,21 +36,12 @@ SEED = "seed"
 @lru_cache(maxsize=1)
 def config_groups() -> tuple[str, ...]:
     """The config groups of divrun's registry (conf/<group>/), whose choices Hydra records."""
-    conf = resources.files("runner.conf")
-    return tuple(sorted(p.name for p in conf.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__")))
-
-
-@lru_cache(maxsize=1)
-def top_level_keys() -> tuple[str, ...]:
-    import yaml
-
-    root = yaml.safe_load((resources.files("runner.conf") / "config.yaml").read_text())
-    return tuple(k for k in root if k not in ("defaults", "hydra"))
+    return tuple(sorted(p.name for p in conf_dir().iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__")))
 
 
 def override_key(override: str) -> str | None:
     """`+optimizer.lr=0.1` -> optimizer.lr; Hydra's own overrides (hydra.*, hydra/...) -> None."""
-    key = override.split("=", 1)[0].lstrip("+~")
+    key = split(override)[0]
     return None if key == "hydra" or key.startswith(("hydra.", "hydra/")) else key
 
 
@@ -86,7 +77,7 @@ def label_of(values: dict, keys: list[str]) -> str:
 
 
 def candidate_keys(runs: pd.DataFrame) -> list[str]:
-    groups, tops = config_groups(), top_level_keys()
+    groups, tops = config_groups(), root_keys() - {"hydra"}
     named = {k for overrides in runs.get("overrides", []) for k in map(override_key, overrides) if k}
     keys = [c for c in runs.columns
             if (c in groups or c in tops or c in named or ("." in c and c.split(".", 1)[0] in groups))]
