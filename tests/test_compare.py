@@ -301,3 +301,32 @@ def test_a_runs_curves_png(tmp_path):
 
     folder = run(tmp_path, 0)
     assert run_curves(folder) == folder / "curves.png" and (folder / "curves.png").stat().st_size > 10_000
+
+
+# ---- console output that a person can read and a pipe can grep -------------------------------------------------
+
+def test_the_end_of_run_table_never_cuts_the_run_folder_on_an_80_column_terminal(monkeypatch):
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from runner import logger
+
+    out = io.StringIO()
+    monkeypatch.setattr(logger, "console", Console(file=out, width=80, force_terminal=True, color_system=None))
+    folder = "/home/someone/outputs/multirun/2026-12-01/08-54-27-01234abcd/3-optimizer=adamw,seed=2,trainer.epochs=30"
+    logger.RunLogger.summary_table(SimpleNamespace(enabled=True), {"name": "n", "status": "finished",
+                                                                   "final_val_acc1": 0.9, "run_dir": folder})
+    assert f"run folder: {folder}\n" in out.getvalue() and "…" not in out.getvalue()
+
+
+def test_the_tables_list_never_wraps_names_when_stdout_is_not_a_terminal(tmp_path, capsys, monkeypatch):
+    from runner.tables import cli as tables_cli, recipe
+
+    monkeypatch.setattr(recipe, "available", lambda: ["digits_demo", "adahessian_cifar10"])  # two are enough
+    tables_cli.list_tables(tmp_path)
+    lines = capsys.readouterr().out.splitlines()
+    for name in recipe.available():
+        [line] = [line for line in lines if line.startswith(f"│ {name} ")]
+        assert recipe.load(name).title in line  # the whole title on the same line, wider than 80 columns
