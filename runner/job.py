@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner import distributed, env
 from runner.checkpoint import Checkpointer
+from runner.curves import write_run_curves
 from runner.errors import ConfigError
 from runner.logger import RunLogger, read_meta, write_meta
 from runner.nonfinite import Diverged
@@ -108,6 +109,8 @@ def run_job(cfg: DictConfig, run_dir: Path, name: str | None = None, group: str 
         if main:
             write_summary(run_dir, summary)
         logger.close(summary)
+        if main and summary["status"] != "interrupted":  # Ctrl-C: out at once
+            write_run_curves(run_dir)
         if summary["status"] == "finished":
             logger.summary_table(summary)
     return summary

@@ -188,7 +188,7 @@ def hashable(value):
 def load_records(runs: pd.DataFrame | Paths) -> pd.DataFrame:
     """Every value of every metrics.jsonl record of the runs (a frame from `load`, or paths)."""
     folders = list(runs["folder"]) if isinstance(runs, pd.DataFrame) else [str(f) for f in find_runs(runs)]
-    parsed = [_read_records(Path(folder) / "metrics.jsonl") for folder in folders]
+    parsed = [read_records(Path(folder) / "metrics.jsonl") for folder in folders]
     counts = [len(rows) for rows in parsed]
     columns = ["folder", "record", "step", "epoch", "metric", "value"]
     if not sum(counts):
@@ -204,7 +204,8 @@ def load_records(runs: pd.DataFrame | Paths) -> pd.DataFrame:
     return long.drop(columns="_run").reset_index(drop=True)[columns]
 
 
-def _read_records(path: Path) -> list[dict]:
+def read_records(path: Path) -> list[dict]:
+    """The records of one metrics.jsonl (empty when absent; a line cut short by a kill is skipped)."""
     try:
         text = path.read_text()
     except FileNotFoundError:

@@ -297,10 +297,11 @@ def test_divrun_compare_writes_the_files_and_prints_unwrapped_tables(sweep, caps
 
 
 def test_a_runs_curves_png(tmp_path):
-    from runner.comparison.figure import run_curves
+    from runner.curves import write_run_curves
 
     folder = run(tmp_path, 0)
-    assert run_curves(folder) == folder / "curves.png" and (folder / "curves.png").stat().st_size > 10_000
+    assert write_run_curves(folder) == folder / "curves.png" and (folder / "curves.png").stat().st_size > 10_000
+    assert write_run_curves(tmp_path / "empty") is None
 
 
 # ---- console output that a person can read and a pipe can grep -------------------------------------------------

@@ -1,11 +1,6 @@
-"""Pictures where they beat numbers: a comparison's curves and seeds, and one run's curves.png.
-
-comparison.png: left, the primary measure's eval metric against epochs for each group, the mean over the
+"""comparison.png: left, the primary measure's eval metric against epochs for each group, the mean over the
 finished seeds with its 95% interval as a band; right, each seed's value of the primary measure per group (a
 dot per seed) with the mean and its interval. Losses get a log scale.
-
-curves.png (every run folder, written when the run ends): train loss, val accuracy, val loss and the lr
-against steps.
 """
 from __future__ import annotations
 
@@ -16,17 +11,9 @@ import pandas as pd
 
 from runner import stats
 from runner.comparison.measures import column_name
+from runner.curves import log_axis
 
 COLORS = [f"C{i}" for i in range(10)]
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def log_scaled(metric: str) -> bool:
@@ -45,8 +32,10 @@ def curve_metric(measure: str | None, record_metrics: list[str]) -> str | None:
 
 
 def comparison_figure(c, path: Path) -> None:
-    plt = pyplot()
-    fig, (curves, dots) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    from matplotlib.figure import Figure  # no pyplot: no global state, no display
+
+    fig = Figure(figsize=(11, 4.2), dpi=110)
+    curves, dots = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     metric = curve_metric(c.primary, c.record_metrics)
     finished = c.runs[c.runs["status"] == "finished"]
     if metric and c.records is not None:
@@ -57,8 +46,7 @@ def comparison_figure(c, path: Path) -> None:
         draw_dots(dots, c, finished, c.primary)
     fig.suptitle(f"{len(c.runs)} runs, grouped by {', '.join(c.grouping.keys) or 'nothing'}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.savefig(path)
 
 
 def draw_curves(ax, c, finished: pd.DataFrame, metric: str) -> None:
@@ -80,8 +68,8 @@ def draw_curves(ax, c, finished: pd.DataFrame, metric: str) -> None:
     for target in c.targets:
         if target.metric == metric:
             ax.axhline(target.value, color="grey", linestyle="--", linewidth=0.8)
-    if log_scaled(metric):
-        ax.set_yscale("log")
+    if log_scaled(metric) and (rows["value"] > 0).all():
+        log_axis(ax)
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{metric} (mean, 95% CI band)")
     ax.grid(alpha=0.3)
@@ -104,33 +92,7 @@ def draw_dots(ax, c, finished: pd.DataFrame, measure: str) -> None:
     ax.set_xticks(range(len(c.groups)), c.groups, rotation=30 if tilt else 0, ha="right" if tilt else "center",
                   fontsize=7)
     ax.set_xlim(-0.5, len(c.groups) - 0.5)
-    if log_scaled(measure) and (pd.to_numeric(finished[measure], errors="coerce") > 0).all():
-        ax.set_yscale("log")
+    if log_scaled(measure) and (pd.to_numeric(finished[measure], errors="coerce").dropna() > 0).all():
+        log_axis(ax)
     ax.set_ylabel(f"{measure}: each seed, mean and 95% CI")
     ax.grid(axis="y", alpha=0.3)
-
-
-def run_curves(run_dir: Path) -> Path | None:
-    """curves.png in a run folder from its metrics.jsonl; None when it holds no records."""
-    from runner.results import load_records
-
-    records = load_records([run_dir]) if (Path(run_dir) / "metrics.jsonl").exists() else None
-    if records is None or records.empty:
-        return None
-    plt = pyplot()
-    panels = [("train/loss", True), ("val/acc1", False), ("val/loss", True), ("train/lr", False)]
-    fig, axes = plt.subplots(2, 2, figsize=(9, 6))
-    for ax, (metric, log) in zip(axes.flat, panels):
-        rows = records[records["metric"] == metric]
-        ax.plot(rows["step"], rows["value"], marker="." if len(rows) < 50 else None)
-        if log and (rows["value"] > 0).all() and not rows.empty:
-            ax.set_yscale("log")
-        ax.set_title(metric, fontsize=9)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    fig.suptitle(Path(run_dir).name, fontsize=8)
-    fig.tight_layout()
-    path = Path(run_dir) / "curves.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
