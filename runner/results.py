@@ -31,6 +31,7 @@ to pool over them, and a resumed sweep may change them.
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import os
 import re
@@ -52,6 +53,7 @@ EXECUTION_KEYS = {"resume", "notes", "dataset.root", "dataset.download", "traine
                   "trainer.keep_checkpoints", "trainer.eval_batch_size", "trainer.node_rank", "trainer.rdzv_endpoint",
                   "trainer.compile", "trainer.channels_last", "trainer.deterministic"}
 EXECUTION_PREFIXES = ("logger.",)
+RUNTIME_BLOCK, CHOICES_BLOCK = "\n  runtime:\n", "\n    choices:\n"  # in hydra.yaml as Hydra saves it
 Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster on a thousand folders
 Paths = Union[str, os.PathLike, Iterable[Union[str, os.PathLike]]]
 
@@ -117,8 +119,7 @@ def read_run(folder: Path) -> dict:
     config = read_yaml(folder / "config.yaml")
     if config is None:
         config = _composed_config(folder / ".hydra" / "config.yaml")
-    hydra = read_yaml(folder / ".hydra" / "hydra.yaml") or {}
-    choices = ((hydra.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
+    choices = hydra_choices(folder / ".hydra" / "hydra.yaml")
     overrides = read_yaml(folder / ".hydra" / "overrides.yaml") or []
     row = flatten(config or {})
     row.update({group: option for group, option in choices.items() if not group.startswith("hydra/")})
@@ -146,6 +147,23 @@ def read_yaml(path: Path):
             return yaml.load(handle, Loader=Loader)
     except (FileNotFoundError, yaml.YAMLError):
         return None
+
+
+def hydra_choices(path: Path) -> dict:
+    """hydra.runtime.choices from a job's hydra.yaml. Only its `choices:` block is parsed when it is found
+    where Hydra writes it (two thirds of the YAML a folder holds is this file); otherwise the whole file."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    runtime = text.find(RUNTIME_BLOCK)
+    start = text.find(CHOICES_BLOCK, runtime) if runtime >= 0 else -1
+    if start >= 0:
+        lines = text[start + len(CHOICES_BLOCK):].split("\n")
+        block = itertools.takewhile(lambda line: line.startswith(" " * 6), lines)
+        return yaml.load("\n".join(line[6:] for line in block), Loader=Loader) or {}
+    hydra = yaml.load(text, Loader=Loader) or {}
+    return ((hydra.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
 
 
 def _composed_config(path: Path) -> dict | None:
@@ -186,22 +204,23 @@ def hashable(value):
 
 # ---- the metric records in long form ------------------------------------------------------------------
 def load_records(runs: pd.DataFrame | Paths) -> pd.DataFrame:
-    """Every value of every metrics.jsonl record of the runs (a frame from `load`, or paths)."""
+    """Every value of every metrics.jsonl record of the runs (a frame from `load`, or paths), in file order."""
     folders = list(runs["folder"]) if isinstance(runs, pd.DataFrame) else [str(f) for f in find_runs(runs)]
     parsed = [read_records(Path(folder) / "metrics.jsonl") for folder in folders]
-    counts = [len(rows) for rows in parsed]
+    counts = np.array([len(rows) for rows in parsed])
     columns = ["folder", "record", "step", "epoch", "metric", "value"]
-    if not sum(counts):
+    if not counts.sum():
         return pd.DataFrame(columns=columns)
     wide = pd.DataFrame.from_records([row for rows in parsed for row in rows])
-    wide.insert(0, "folder", np.repeat(np.asarray(folders, dtype=object), counts))
-    wide.insert(1, "record", np.concatenate([np.arange(n) for n in counts]))
-    ids = ["folder", "record", "step", "epoch"]
-    long = wide.melt(id_vars=[c for c in ids if c in wide.columns], var_name="metric", value_name="value")
-    long = long[long["value"].notna()]
-    order = {folder: i for i, folder in enumerate(folders)}
-    long = long.assign(_run=long["folder"].map(order)).sort_values(["_run", "record"], kind="stable")
-    return long.drop(columns="_run").reset_index(drop=True)[columns]
+    metrics = [c for c in wide.columns if c not in ("step", "epoch")]
+    values = wide[metrics].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    row, metric = np.nonzero(~np.isnan(values))  # row-major: each record's values in turn, in file order
+    run = np.repeat(np.arange(len(folders)), counts)[row]
+    first_row = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    position = lambda name: wide[name].to_numpy()[row] if name in wide else np.full(len(row), np.nan)
+    return pd.DataFrame({"folder": np.asarray(folders, dtype=object)[run], "record": row - first_row[run],
+                         "step": position("step"), "epoch": position("epoch"),
+                         "metric": np.asarray(metrics, dtype=object)[metric], "value": values[row, metric]})
 
 
 def read_records(path: Path) -> list[dict]:

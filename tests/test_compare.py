@@ -179,6 +179,16 @@ def test_welch_when_the_seeds_do_not_match(sweep):
     assert (d["ci_low"], d["ci_high"]) == pytest.approx(tuple(test.confidence_interval(0.95)), abs=1e-12)
 
 
+@pytest.mark.parametrize("treatment, baseline", [
+    ([0.91, 0.93, 0.92, 0.95, 0.90], [0.90, 0.92, 0.93, 0.91, 0.89]),     # no ties: scipy's exact distribution
+    ([3, 4, 4, 5, 2, 3, 6, 4], [3, 3, 2, 3, 3, 2, 3, 3]),                   # a zero difference and ties (epochs)
+    ([0.5, 0.7, 0.7, 0.9, 0.6, 0.8], [0.4, 0.6, 0.6, 0.6, 0.7, 0.7]),
+])
+def test_wilcoxon_p_values_are_scipys_with_ties_and_zeros(treatment, baseline):
+    d = stats.difference(treatment, baseline, paired=True)
+    assert d.p_wilcoxon == pytest.approx(scipy_stats.wilcoxon(treatment, baseline).pvalue, abs=1e-12)
+
+
 def test_holm_on_hand_computed_values():
     # m = 4 tests (None is no test): sorted 0.01, 0.02, 0.03, 0.04 -> x4, x3, x2, x1, then the running maximum
     assert stats.holm([0.04, None, 0.01, 0.03, 0.02]) == pytest.approx([0.06, None, 0.04, 0.06, 0.06])

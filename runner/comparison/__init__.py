@@ -44,6 +44,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
@@ -90,15 +91,35 @@ class Comparison:
         return self.grouping.groups
 
     def summary(self, group: str, metric: str) -> stats.Summary | None:
-        row = self.stats[(self.stats["group"] == group) & (self.stats["metric"] == metric)]
-        if row.empty:
-            return None
-        values = row.iloc[0]
-        return stats.Summary(int(values["n"]), *(stats._number(values[c]) for c in stats.SUMMARY_COLUMNS[1:]))
+        return self._summaries.get((group, metric))
 
     def difference(self, group: str, metric: str) -> dict | None:
-        row = self.differences[(self.differences["group"] == group) & (self.differences["metric"] == metric)]
-        return None if row.empty else row.iloc[0].to_dict()
+        return self._differences.get((group, metric))
+
+    def finished(self, group: str) -> int:
+        return self._finished.get(group, 0)
+
+    @cached_property
+    def _summaries(self) -> dict:
+        return {(row["group"], row["metric"]): stats.Summary(
+                    int(row["n"]), *(stats.finite_or_none(row[c]) for c in stats.SUMMARY_COLUMNS[1:]))
+                for row in self.stats.to_dict("records")}
+
+    @cached_property
+    def _differences(self) -> dict:
+        return {(row["group"], row["metric"]): row for row in self.differences.to_dict("records")}
+
+    def statuses(self, group: str) -> str:
+        """"3 finished, 1 failed": the group's runs by status."""
+        return self._statuses.get(group, "")
+
+    @cached_property
+    def _statuses(self) -> dict:
+        return {label: describe_statuses(runs) for label, runs in self.runs.groupby("group", sort=False)["status"]}
+
+    @cached_property
+    def _finished(self) -> dict:
+        return self.runs[self.runs["status"] == results.FINISHED].groupby("group", sort=False).size().to_dict()
 
     def add_section(self, title: str, frame: pd.DataFrame, note: str = "") -> None:
         self.sections.append(Section(title, frame, note))
@@ -110,7 +131,7 @@ class Comparison:
             finished = runs[runs["status"] == results.FINISHED]
             seeds = sorted(s for s in finished[SEED].dropna()) if SEED in runs else []
             rows.append({"group": label, **{k: format_value(runs[k].iloc[0]) for k in self.grouping.keys},
-                         "runs": describe_statuses(runs["status"]), "n": len(finished),
+                         "runs": self.statuses(label), "n": len(finished),
                          "seeds": ",".join(format_value(s) for s in seeds)})
         return pd.DataFrame(rows)
 
@@ -149,7 +170,7 @@ def compare(runs, records: pd.DataFrame | None = None, by: list[str] | None = No
     """The comparison of the runs; see the module docstring."""
     runs = runs if isinstance(runs, pd.DataFrame) else results.load(runs)
     records = results.load_records(runs) if records is None else records
-    record_metrics = list(dict.fromkeys(records["metric"]))
+    record_metrics = list(records["metric"].unique())  # in order of appearance
     targets = tuple(t if isinstance(t, Target) else Target.parse(t, record_metrics) for t in targets)
     measured = with_measures(runs, measure_runs(runs, records, targets))
     grouping = group_runs(measured, list(by) if by is not None else None, list(pool))

@@ -14,6 +14,7 @@ from runner.comparison.measures import column_name
 from runner.curves import log_axis
 
 COLORS = [f"C{i}" for i in range(10)]
+MAX_WIDTH, MAX_LEGEND = 30.0, 12  # inches of dot plot; curves named in a legend (beyond: the dot plot's axis)
 
 
 def log_scaled(metric: str) -> bool:
@@ -34,8 +35,9 @@ def curve_metric(measure: str | None, record_metrics: list[str]) -> str | None:
 def comparison_figure(c, path: Path) -> None:
     from matplotlib.figure import Figure  # no pyplot: no global state, no display
 
-    fig = Figure(figsize=(11, 4.2), dpi=110)
-    curves, dots = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    wide = min(MAX_WIDTH, max(4.0, 0.3 * len(c.groups)))  # the dot plot grows with the groups
+    fig = Figure(figsize=(7 + wide, 4.2 + (1.5 if len(c.groups) > 2 else 0)), dpi=110, layout="constrained")
+    curves, dots = fig.subplots(1, 2, gridspec_kw={"width_ratios": [7, wide]})
     metric = curve_metric(c.primary, c.record_metrics)
     finished = c.runs[c.runs["status"] == "finished"]
     if metric and c.records is not None:
@@ -45,7 +47,6 @@ def comparison_figure(c, path: Path) -> None:
     if c.primary:
         draw_dots(dots, c, finished, c.primary)
     fig.suptitle(f"{len(c.runs)} runs, grouped by {', '.join(c.grouping.keys) or 'nothing'}", fontsize=9)
-    fig.tight_layout()
     fig.savefig(path)
 
 
@@ -73,7 +74,7 @@ def draw_curves(ax, c, finished: pd.DataFrame, metric: str) -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{metric} (mean, 95% CI band)")
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
+    if 0 < len(ax.get_legend_handles_labels()[0]) <= MAX_LEGEND:
         ax.legend(fontsize=7)
 
 

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from runner import terminal
 from runner.comparison import Comparison
+from runner.comparison.grouping import format_value
 from runner.comparison.measures import higher_is_better
 
 FILES = ("comparison.md", "comparison.csv", "comparison.json", "comparison.png")
@@ -59,8 +60,7 @@ def mean_std(summary) -> str:
 
 def target_text(c: Comparison, group: str, metric: str) -> str:
     """A time to target: "not reached" when no finished seed got there, else "k/n reached"."""
-    summary = c.summary(group, metric)
-    finished = int((c.runs[c.runs["group"] == group]["status"] == "finished").sum())
+    summary, finished = c.summary(group, metric), c.finished(group)
     if summary is None:
         return "not reached" if finished else "-"
     return f"{mean_std(summary)} ({summary.n}/{finished} reached)"
@@ -107,7 +107,7 @@ def print_tables(c: Comparison, console=None) -> None:
         for group in c.groups:
             summary = c.summary(group, metric)
             diff, p = difference_text(c.difference(group, metric)) if c.baseline else ("", "")
-            table.add_row(group, runs_text(c, group), value_text(c, group, metric),
+            table.add_row(group, c.statuses(group), value_text(c, group, metric),
                           interval(summary.ci_low, summary.ci_high) if summary else "-", diff, p)
         console.print(table)
     side = [m for m in SIDE_MEASURES if m in c.measures and m not in c.tested]
@@ -122,12 +122,6 @@ def print_tables(c: Comparison, console=None) -> None:
         console.print(table)
     for section in c.sections:
         console.print(section_table(section))
-
-
-def runs_text(c: Comparison, group: str) -> str:
-    from runner.comparison import describe_statuses
-
-    return describe_statuses(c.runs[c.runs["group"] == group]["status"])
 
 
 def section_table(section) -> Table:
@@ -158,7 +152,7 @@ def markdown(c: Comparison, folder: Path) -> str:
         rows = []
         for group in c.groups:
             s = c.summary(group, metric)
-            row = [group, runs_text(c, group), s.n if s else 0, value_text(c, group, metric),
+            row = [group, c.statuses(group), s.n if s else 0, value_text(c, group, metric),
                    interval(s.ci_low, s.ci_high) if s else "-", *(number(getattr(s, k)) if s else "-"
                                                                    for k in ("median", "min", "max"))]
             if c.baseline:
@@ -175,10 +169,9 @@ def markdown(c: Comparison, folder: Path) -> str:
                               for row in section.frame.itertuples(index=False)])
     out += ["", "## Runs", ""]
     columns = [col for col in ("group", "seed", "status", c.primary) if col and col in c.runs]
-    out += markdown_rows(columns + ["folder"], [[number(r[col]) if col == c.primary else
-                                                 (str(int(r[col])) if col == "seed" and pd.notna(r[col]) else str(r[col]))
-                                                 for col in columns] + [relative(r["folder"], folder)]
-                                                for _, r in c.runs.iterrows()])
+    shown = lambda col, value: number(value) if col == c.primary else format_value(value)
+    out += markdown_rows(columns + ["folder"], [[shown(col, r[col]) for col in columns] + [relative(r["folder"], folder)]
+                                                for r in c.runs[columns + ["folder"]].to_dict("records")])
     out += ["", "![comparison](comparison.png)", ""]
     return "\n".join(out)
 
@@ -223,9 +216,10 @@ def to_dict(c: Comparison, folder: Path) -> dict:
             "differences": {m: {k: v for k, v in d.items() if k not in ("group", "metric")}
                             for m in c.tested if (d := c.difference(label, m)) is not None}})
     run_columns = ["folder", "status", "group", *(k for k in ("seed", "name", "error") if k in c.runs)]
+    measures = [m for m in c.measures if m in c.runs]
     runs = [{**{k: (relative(r[k], folder) if k == "folder" else r[k]) for k in run_columns if pd.notna(r[k])},
-             "measures": {m: r[m] for m in c.measures if m in r and pd.notna(r[m])}}
-            for _, r in c.runs.iterrows()]
+             "measures": {m: r[m] for m in measures if pd.notna(r[m])}}
+            for r in c.runs[run_columns + measures].to_dict("records")]
     return plain({"grouping": {"keys": c.grouping.keys, "explicit": c.grouping.explicit, "pooled": c.grouping.pooled,
                                "rule": c.grouping.describe()},
                   "baseline": c.baseline, "primary": c.primary, "tested": c.tested, "measures": c.measures,
