@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench reproduce-table clean
+.PHONY: demo test bench reproduce-table compare-demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ bench: $(STAMP)
 reproduce-table: $(STAMP)
 	$(BIN)/python -m runner.tables $(TABLE) $(if $(SCALE),--scale $(SCALE)) $(if $(SEEDS),--seeds $(SEEDS)) \
 		$(if $(DATA),--data $(DATA)) $(TABLE_ARGS)
+
+# README's "Comparing runs" example: a fresh sweep of three optimizers x three seeds on digits, then its comparison
+EXAMPLE := outputs/example/compare-digits
+compare-demo: $(STAMP)
+	rm -rf $(EXAMPLE)/[0-9]*-optimizer=*
+	$(BIN)/divrun -m optimizer=sgd,adamw,lion seed=0,1,2 trainer.epochs=10 logger.progress=false \
+		hydra.sweep.dir=$(EXAMPLE) 'hydra.callbacks.compare.target="val/acc1=0.9"'
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
