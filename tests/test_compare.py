@@ -341,3 +341,51 @@ def test_the_tables_list_never_wraps_names_when_stdout_is_not_a_terminal(tmp_pat
     for name in recipe.available():
         [line] = [line for line in lines if line.startswith(f"│ {name} ")]
         assert recipe.load(name).title in line  # the whole title on the same line, wider than 80 columns
+
+
+# ---- sweeps: resuming a job folder, comparing after an abort ----------------------------------------------------
+
+def test_a_sweep_job_folder_is_skipped_continued_or_refused_by_its_config(tmp_path):
+    from omegaconf import OmegaConf
+
+    from conftest import compose
+    from runner import sweep
+    from runner.job import save_config
+
+    cfg = compose("optimizer=adamw", "trainer.device=cpu")
+    assert sweep.previous_run(tmp_path / "empty", cfg) == ("new", {})
+    folder = tmp_path / "job"
+    folder.mkdir()
+    save_config(cfg, folder)
+    (folder / "summary.json").write_text(json.dumps({"status": "running"}))
+    assert sweep.previous_run(folder, cfg) == ("started", {})
+    (folder / "summary.json").write_text(json.dumps({"status": "finished", "final_val_acc1": 0.9}))
+    elsewhere = OmegaConf.merge(cfg, {"trainer": {"device": "cuda"}, "logger": {"progress": False}})
+    assert sweep.previous_run(folder, elsewhere)[0] == "done"  # where it runs may change
+    with pytest.raises(ConfigError, match=r"holds a run of another config \(optimizer.lr: 0.001 there, 0.01 now\)"):
+        sweep.previous_run(folder, OmegaConf.merge(cfg, {"optimizer": {"lr": 0.01}}))
+
+
+def test_a_sweep_aborted_by_its_launcher_is_compared_unless_it_will_be_resumed(sweep, capsys):
+    from runner import sweep as sweeps
+
+    root, _, _ = sweep
+    callback = sweeps.CompareAtEnd(baseline="optimizer=sgd")
+    for code, compared in ((75, False), (130, False), (1, True)):
+        sweeps._running.update(folder=root, callback=callback)
+        sweeps.after_abort(code)
+        assert (root / "comparison.csv").exists() == compared, code
+    assert not sweeps._running and "optimizer=adamw │ 3 finished" in capsys.readouterr().out
+
+
+def test_the_command_of_a_sweep_folder_is_read_back_from_its_multirun_yaml(tmp_path):
+    import yaml
+
+    from runner import sweep
+
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {
+        "hydra": ["hydra.mode=MULTIRUN", "hydra/launcher=gpus", f"hydra.sweep.dir={tmp_path}"],
+        "task": ["optimizer=sgd,adamw", "seed=0,1"]}}}))
+    assert sweep.is_sweep_folder(str(tmp_path)) and not sweep.is_sweep_folder(str(tmp_path / "x"))
+    assert sweep.command_of(str(tmp_path)) == ["-m", "optimizer=sgd,adamw", "seed=0,1", "hydra/launcher=gpus",
+                                               f"hydra.sweep.dir={tmp_path.resolve()}"]
