@@ -210,10 +210,9 @@ def tested_metrics(runs: pd.DataFrame, metrics, targets: tuple[Target, ...], mea
         return [m for m in [primary] if m] + [t.column("epochs") for t in targets] or measures[:1]
     names = []
     for name in metrics:
-        alias = f"final_{column_name(name)}"
-        name = name if name in runs else alias if alias in runs else name
-        if name not in runs or not pd.api.types.is_numeric_dtype(pd.to_numeric(runs[name], errors="coerce")) \
-                or not pd.to_numeric(runs[name], errors="coerce").notna().any():
+        alias = f"final_{column_name(name)}"  # val/acc1 means final_val_acc1
+        name = alias if name not in runs and alias in runs else name
+        if name not in runs or pd.to_numeric(runs[name], errors="coerce").isna().all():
             raise ConfigError(f"--metric {name}: the runs have no such measure{suggest(name, measures)}")
         names.append(name)
     return names
