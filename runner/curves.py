@@ -6,6 +6,7 @@ import textwrap
 import warnings
 from pathlib import Path
 
+from runner import run_folder
 from runner.results import read_records
 
 RUN_PANELS = [("train/loss", True), ("val/acc1", False), ("val/loss", True), ("train/lr", False)]  # (key, log y)
@@ -33,7 +34,7 @@ def write_run_curves(run_dir: Path) -> Path | None:
 def run_curves(run_dir: Path) -> Path | None:
     from matplotlib.figure import Figure  # the Agg canvas without pyplot's global state, as lr_schedule.png
 
-    records = read_records(run_dir / "metrics.jsonl")
+    records = read_records(run_dir / run_folder.METRICS)
     if not records:
         return None
     fig = Figure(figsize=(9, 6), dpi=100)

@@ -42,11 +42,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from runner import run_folder
 from runner.errors import ConfigError
+from runner.run_folder import Status
 
-FINISHED = "finished"
-NOT_STARTED, UNREADABLE = "not started", "unreadable"
-RUN_MARKERS = ("summary.json", "config.yaml")
+FINISHED = Status.FINISHED.value
+NOT_STARTED, UNREADABLE = "not started", "unreadable"  # a folder's state when its summary.json says nothing
+RUN_MARKERS = (run_folder.SUMMARY, run_folder.CONFIG)
 NOT_SEARCHED = {".hydra", "checkpoints", "wandb", ".submitit"}
 EXECUTION_KEYS = {"resume", "notes", "dataset.root", "dataset.download", "trainer.device", "trainer.num_workers",
                   "trainer.resume", "trainer.log_every", "trainer.checkpoint_every", "trainer.checkpoint_every_steps",
@@ -116,7 +118,7 @@ def load(paths: Paths) -> pd.DataFrame:
 
 def read_run(folder: Path) -> dict:
     summary, status = summary_and_status(folder)
-    config = read_yaml(folder / "config.yaml")
+    config = read_yaml(folder / run_folder.CONFIG)
     if config is None:
         config = _composed_config(folder / ".hydra" / "config.yaml")
     choices = hydra_choices(folder / ".hydra" / "hydra.yaml")
@@ -132,7 +134,7 @@ def read_run(folder: Path) -> dict:
 def summary_and_status(folder: Path) -> tuple[dict, str]:
     """A run folder's summary.json and its status (`not started` without one, `unreadable` if cut short)."""
     try:
-        summary = json.loads((Path(folder) / "summary.json").read_text())
+        summary = json.loads((Path(folder) / run_folder.SUMMARY).read_text())
     except FileNotFoundError:
         return {}, NOT_STARTED
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -173,7 +175,7 @@ def _composed_config(path: Path) -> dict | None:
         return None
     from omegaconf import OmegaConf
 
-    import runner.cli  # noqa: F401 - registers divrun's resolvers
+    import runner.config  # noqa: F401 - registers divrun's resolvers
 
     try:
         return OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
@@ -206,7 +208,7 @@ def hashable(value):
 def load_records(runs: pd.DataFrame | Paths) -> pd.DataFrame:
     """Every value of every metrics.jsonl record of the runs (a frame from `load`, or paths), in file order."""
     folders = list(runs["folder"]) if isinstance(runs, pd.DataFrame) else [str(f) for f in find_runs(runs)]
-    parsed = [read_records(Path(folder) / "metrics.jsonl") for folder in folders]
+    parsed = [read_records(Path(folder) / run_folder.METRICS) for folder in folders]
     counts = np.array([len(rows) for rows in parsed])
     columns = ["folder", "record", "step", "epoch", "metric", "value"]
     if not counts.sum():
@@ -224,7 +226,8 @@ def load_records(runs: pd.DataFrame | Paths) -> pd.DataFrame:
 
 
 def read_records(path: Path) -> list[dict]:
-    """The records of one metrics.jsonl (empty when absent; a line cut short by a kill is skipped)."""
+    """The records of one metrics.jsonl, parsed in one pass (run_folder.read_metrics reads line by line and
+    raises at a line cut short by a kill; here such a line is skipped). Empty when the file is absent."""
     try:
         text = path.read_text()
     except FileNotFoundError:

@@ -25,11 +25,12 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from runner import run_folder
 from runner.errors import ConfigError
+from runner.run_folder import Status
 
-DONE = ("finished", "diverged")
+DONE = (Status.FINISHED, Status.DIVERGED)
 SWEEP_FILE = "multirun.yaml"
-NOT_COMPARED_ON = (75, 130)  # preempted, interrupted: the sweep will be resumed, then compared
 _running: dict = {}  # the sweep this process launched and its callback, until its comparison is written
 
 
@@ -78,7 +79,9 @@ def write_comparison(folder: Path, **options) -> None:
 def after_abort(exit_code) -> None:
     """A sweep that ended without Hydra's on_multirun_end (a launcher raised on a failed job) is compared
     anyway, unless it was preempted or interrupted (it will be resumed)."""
-    if _running and exit_code not in NOT_COMPARED_ON:
+    from runner.cli import SWEEP_STOPPERS
+
+    if _running and exit_code not in [status.exit_code for status in SWEEP_STOPPERS]:
         _running["callback"].compare(_running["folder"])
 
 
@@ -89,7 +92,7 @@ def previous_run(run_dir: Path, cfg: DictConfig) -> tuple[str, dict]:
     from runner import results
 
     summary, status = results.summary_and_status(run_dir)
-    saved = results.read_yaml(run_dir / "config.yaml")
+    saved = results.read_yaml(run_dir / run_folder.CONFIG)
     if saved is None:
         return "new", {}
     differs = config_difference(saved, cfg)
@@ -102,9 +105,8 @@ def previous_run(run_dir: Path, cfg: DictConfig) -> tuple[str, dict]:
 def config_difference(saved: dict, cfg: DictConfig) -> str:
     """The first key (outside the execution keys) whose value differs: "optimizer.lr: 0.1 there, 0.2 now"."""
     from runner import results
-    from runner.job import absolute_paths
 
-    now = results.flatten(absolute_paths(OmegaConf.to_container(cfg, resolve=True)))
+    now = results.flatten(OmegaConf.to_container(run_folder.resolved_config(cfg)))
     there = results.flatten(saved)
     for key in sorted(set(now) & set(there)):
         if not results.is_execution_key(key) and now[key] != there[key]:

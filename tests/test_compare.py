@@ -350,7 +350,7 @@ def test_a_sweep_job_folder_is_skipped_continued_or_refused_by_its_config(tmp_pa
 
     from conftest import compose
     from runner import sweep
-    from runner.job import save_config
+    from runner.run_folder import save_config
 
     cfg = compose("optimizer=adamw", "trainer.device=cpu")
     assert sweep.previous_run(tmp_path / "empty", cfg) == ("new", {})
