@@ -265,8 +265,8 @@ def differences(finished: pd.DataFrame, pairs: dict[str, str | None], tested: li
                 block.append({"group": group, "baseline": base, "note": note})
                 continue
             difference = seed_difference(treatment, reference, metric)
-            block.append({"group": group, "baseline": base,
-                          **(difference.as_dict() if difference else {"note": f"no {metric} values to compare"})})
+            nothing = {"note": "nothing to compare: no values in one of the groups (not reached?)"}
+            block.append({"group": group, "baseline": base, **(difference.as_dict() if difference else nothing)})
         for row, adjusted in zip(block, stats.holm([row.get("p_t") for row in block])):
             rows.append({"metric": metric, **row, "p_holm": adjusted})
     columns = ["group", "metric", "baseline", *DIFFERENCE_FIELDS]

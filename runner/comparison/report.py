@@ -80,7 +80,8 @@ def difference_text(row: dict | None) -> tuple[str, str]:
         return "baseline", ""
     if pd.isna(row.get("mean")):
         return row.get("note") or "-", ""
-    text = f"{'+' if row['mean'] >= 0 else ''}{number(row['mean'])} {interval(row['ci_low'], row['ci_high'])} {row['kind']}"
+    sign = "+" if row["mean"] >= 0 else ""
+    text = f"{sign}{number(row['mean'])} {interval(row['ci_low'], row['ci_high'])} {row['kind']}"
     if row.get("note"):
         return text, row["note"]
     return text, " / ".join(p_value(row.get(k)) for k in ("p_t", "p_wilcoxon", "p_holm"))
@@ -170,8 +171,9 @@ def markdown(c: Comparison, folder: Path) -> str:
     out += ["", "## Runs", ""]
     columns = [col for col in ("group", "seed", "status", c.primary) if col and col in c.runs]
     shown = lambda col, value: number(value) if col == c.primary else format_value(value)
-    out += markdown_rows(columns + ["folder"], [[shown(col, r[col]) for col in columns] + [relative(r["folder"], folder)]
-                                                for r in c.runs[columns + ["folder"]].to_dict("records")])
+    rows = c.runs[columns + ["folder"]].to_dict("records")
+    out += markdown_rows(columns + ["folder"],
+                         [[shown(col, r[col]) for col in columns] + [relative(r["folder"], folder)] for r in rows])
     out += ["", "![comparison](comparison.png)", ""]
     return "\n".join(out)
 
