@@ -34,12 +34,17 @@ SWEEP_FILE = "multirun.yaml"
 _running: dict = {}  # the sweep this process launched and its callback, until its comparison is written
 
 
+def split(text: str | None) -> list[str] | None:
+    """"optimizer,loss" -> ["optimizer", "loss"]: how divrun-compare's flags and these options list keys."""
+    return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
+
+
 class CompareAtEnd(Callback):
     def __init__(self, enabled: bool = True, by=None, pool=None, metric=None, baseline=None, target=None):
         self.enabled = enabled
-        listed = lambda value: None if value is None else ([value] if isinstance(value, str) else list(value))
+        listed = lambda value: None if value is None else split(value) if isinstance(value, str) else list(value)
         self.options = {"by": listed(by), "pool": listed(pool) or (), "metrics": listed(metric),
-                        "baseline": baseline, "targets": listed(target) or ()}
+                        "baseline": baseline, "targets": [target] if isinstance(target, str) else list(target or ())}
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         folder = Path(str(config.hydra.sweep.dir)).resolve()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from runner import terminal
 from runner.errors import ConfigError
+from runner.sweep import split
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -35,10 +36,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", help="where comparison.{md,csv,json,png} go")
     parser.add_argument("--no-files", action="store_true", help="print the tables only")
     return parser.parse_args(argv)
-
-
-def split(text: str | None) -> list[str] | None:
-    return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
 
 
 def output_folder(paths: list[str]) -> Path:
