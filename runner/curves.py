@@ -49,6 +49,6 @@ def run_curves(run_dir: Path) -> Path | None:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.suptitle(textwrap.fill(run_dir.name, 140), fontsize=7)
-    path = run_dir / "curves.png"
+    path = run_dir / run_folder.CURVES
     fig.savefig(path, pil_kwargs={"compress_level": 1})
     return path
