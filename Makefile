@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench reproduce-table gpu-wheels gpu-check clean
+.PHONY: demo test bench reproduce-table compare-demo gpu-wheels gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,14 @@ gpu-wheels: $(STAMP)
 # it on the CPU. Results: $$OUT, else outputs/gpu_check/.
 gpu-check: $(STAMP)
 	PYTHON=$(abspath $(BIN)/python) bash benchmarks/gpu_check.sh $(if $(DRY),--dry-run)
+
+# README's "Comparing runs" example: a fresh sweep of three optimizers x three seeds on digits, then its comparison
+EXAMPLE := outputs/example/compare-digits
+compare-demo: $(STAMP)
+	rm -rf $(EXAMPLE)/[0-9]*-optimizer=*
+	$(BIN)/divrun -m optimizer=sgd,adamw,lion seed=0,1,2 trainer.epochs=10 logger.progress=false \
+		hydra.sweep.dir=$(EXAMPLE) 'hydra.callbacks.compare.target="val/acc1=0.9"'
+>>>>>>> compare
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

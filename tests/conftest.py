@@ -90,3 +90,22 @@ def shared_cifar(tmp_path_factory) -> Path:
         subprocess.run([sys.executable, str(SHARED_DATA / "prepare_cifar10.py"), str(root)], check=True,
                        capture_output=True)
     return root
+
+
+def write_run_folder(folder: Path, config: dict, summary: dict | None = None, records: list[dict] = (),
+                     overrides: list[str] = (), choices: dict | None = None) -> Path:
+    """A hand-written run folder as divrun and Hydra leave it: config.yaml, summary.json, metrics.jsonl and
+    .hydra/{overrides,hydra}.yaml (None summary: a run that never wrote one)."""
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    if summary is not None:
+        (folder / "summary.json").write_text(json.dumps(summary))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    hydra = folder / ".hydra"
+    hydra.mkdir(exist_ok=True)
+    (hydra / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
+    (hydra / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {
+        **(choices or {}), "hydra/launcher": "basic"}}}}))
+    return folder
