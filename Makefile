@@ -47,7 +47,6 @@ compare-demo: $(STAMP)
 	rm -rf $(EXAMPLE)/[0-9]*-optimizer=*
 	$(BIN)/divrun -m optimizer=sgd,adamw,lion seed=0,1,2 trainer.epochs=10 logger.progress=false \
 		hydra.sweep.dir=$(EXAMPLE) 'hydra.callbacks.compare.target="val/acc1=0.9"'
->>>>>>> compare
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
