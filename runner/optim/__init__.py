@@ -12,6 +12,7 @@ wrapper's factory, with `total_steps` and `model` where the factory takes them.
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 
 import torch
@@ -49,14 +50,13 @@ def param_groups(model: torch.nn.Module, decay_bias_and_norm: bool, norm_lr_scal
 def build_optimizer(cfg: DictConfig | dict, model: torch.nn.Module, total_steps: int | None = None):
     options = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     factory = instantiate(optimizer_options(options))
+    accepted = inspect.signature(factory.func).parameters
+    runtime = {key: value for key, value in {"total_steps": total_steps, "model": model}.items() if key in accepted}
     if "base_optimizer" in options:  # a wrapper (SAM, Lookahead): build its base, then wrap it
-        base = build_optimizer(options["base_optimizer"], model, total_steps)
-        accepted = inspect.signature(factory.func).parameters
-        runtime = {"total_steps": total_steps, "model": model}
-        return factory(base, **{key: value for key, value in runtime.items() if key in accepted})
+        return factory(build_optimizer(options["base_optimizer"], model, total_steps), **runtime)
     groups = param_groups(model, bool(options.get("decay_bias_and_norm", False)),
                           float(options.get("norm_lr_scale", 1.0)), options.get("lr"), options.get("weight_decay", 0.0))
-    return factory(groups, **fast_path_defaults(factory, options, groups))
+    return factory(groups, **fast_path_defaults(factory, options, groups), **runtime)
 
 
 def optimizer_options(options: dict) -> dict:
@@ -81,6 +81,18 @@ def update_rule(optimizer: DictConfig) -> str:
 def is_adam_family(target: str) -> bool:
     """Whether an optimizer `_target_` is per-coordinate adaptive (second-moment normalised): Adam, AdamW,
     NAdam, RAdam, AdamP, Ada* (Adagrad, AdaBelief, AdaHessian, ...), RMSprop, diffGrad, SPAM. The refined
-    schedule weights these by L1 gradient norms, and the trainer records L1 norms for them."""
+    schedule weights these by L1 gradient norms, and the trainer records L1 norms for them. A class that
+    declares `adaptive` is taken at its word; the name decides for the others (torch's own)."""
+    declared = getattr(_import_target(target), "adaptive", None)
+    if isinstance(declared, bool):
+        return declared
     name = target.rsplit(".", 1)[-1].lower()
     return name.startswith(("ada", "rmsprop", "diffgrad")) or "adam" in name or "spam" in name
+
+
+def _import_target(target: str):
+    module, _, name = target.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None
