@@ -6,6 +6,7 @@ read back once per `trainer.log_every` steps (the loop's only host sync); lr cha
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -109,6 +110,17 @@ class StepStats:
         self.buffer[:self.count] = rows.to(self.buffer.device)
 
 
+def is_schedule_free(optimizer) -> bool:
+    return getattr(optimizer, "schedule_free", False)
+
+
+def optimizer_metrics(optimizer) -> dict[str, float]:
+    """What an optimizer reports about itself (Prodigy's d), read at the logging interval (one host sync)."""
+    metrics = optimizer.metrics() if hasattr(optimizer, "metrics") else {}
+    values = torch.stack([value.double() for value in metrics.values()]).tolist() if metrics else []
+    return dict(zip(metrics, values))
+
+
 @torch.no_grad()
 def grad_norms(params: list[torch.Tensor], with_l1: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """L2 (and L1) norm of all gradients, and the index in `params` of the first non-finite one."""
@@ -166,6 +178,7 @@ class Trainer:
         self.distill = instantiate(cfg.distill) if cfg.get("distill") else Distiller()
         distributed.refuse_unsupported(self.optimizer, trainer.sync_bn, self.rt.device, self.distill)
         self.distill.setup(self)
+        self.warn_if_schedule_free_decays()
 
     # ---- one optimizer step --------------------------------------------------------------------------
     def autocast(self):
@@ -259,6 +272,8 @@ class Trainer:
         log.start_progress(self.total_steps, self.epochs, self.steps_per_epoch, self.step, self.epoch)
         self.clock = time.perf_counter()
         self.model.train()
+        if is_schedule_free(self.optimizer):
+            self.optimizer.train()  # a resumed run was saved with the evaluated weights (eval mode)
         while self.step < self.total_steps:
             start_batch = self.step - self.epoch * self.steps_per_epoch  # > 0 when resuming inside an epoch
             if hasattr(self.model, "set_epoch"):  # per-epoch model settings (airbench freezes its whitening bias)
@@ -270,6 +285,8 @@ class Trainer:
                 self.end_of_step()
                 if self.step == self.total_steps:
                     break
+        if is_schedule_free(self.optimizer):
+            self.optimizer.eval()  # leave the model holding the weights that were evaluated and saved
         return self.results()
 
     def end_of_step(self) -> None:
@@ -326,6 +343,7 @@ class Trainer:
                   "train/lr": self.optimizer.param_groups[0]["lr"], "train/grad_norm": mean(2),
                   "train/img_per_s": len(rows) * global_batch / max(now - self.clock, 1e-9),
                   "train/skipped_steps": self.skipped_steps}
+        record.update(optimizer_metrics(self.optimizer))
         self.logger.log(record)
         self.logger.log_grad_norms(first, [[r[2], r[3]] for r in rows])
         self.logger.advance(0, info=f"loss {record['train/loss']:.4f}  acc {record['train/acc1']:.3f}  "
@@ -344,9 +362,11 @@ class Trainer:
     def end_of_epoch(self) -> None:
         trainer, done = self.cfg.trainer, self.step >= self.total_steps
         if done or self.epoch % trainer.eval_every == 0:
-            self.last_eval = self.evaluate()
+            with self.evaluated_weights(recompute_bn=True):
+                self.last_eval = self.evaluate()
+                distill_eval = self.distill.evaluate()
             self.best_acc1 = max(self.best_acc1, self.last_eval["val/acc1"])
-            self.logger.log({"step": self.step, "epoch": self.epoch, **self.last_eval, **self.distill.evaluate()})
+            self.logger.log({"step": self.step, "epoch": self.epoch, **self.last_eval, **distill_eval})
             info = f"train loss {self.train_loss:.4f}  val acc {self.last_eval['val/acc1']:.4f}"
             self.logger.set_epoch_info(info)
             if not self.logger.progress:
@@ -374,13 +394,43 @@ class Trainer:
     def checkpoint(self) -> None:
         if self.cfg.trainer.on_nonfinite == "stop":  # never save a diverged model (one sync, as the save is one)
             self.stop_if_diverged(self.stats.pending().tolist(), self.stats.first_step)
+        with self.evaluated_weights():
+            self.save_checkpoint()
+        self.saved_step = self.step
+
+    def save_checkpoint(self) -> None:
         self.checkpointer.save({
             **{name: obj.state_dict() for name, obj in self.stateful().items()},
             "step": self.step, "epoch": self.epoch, "best_acc1": self.best_acc1, "last_eval": self.last_eval,
             "train_loss": self.train_loss, "skipped_steps": self.skipped_steps, "total_steps": self.total_steps,
             "pending_stats": self.stats.pending().cpu(), "pending_first_step": self.stats.first_step,
             "wall_time_s": self.wall_time_before + time.time() - self.started})
-        self.saved_step = self.step
+
+    # ---- schedule-free optimizers (begin) ------------------------------------------------------------
+    @contextlib.contextmanager
+    def evaluated_weights(self, recompute_bn: bool = False):
+        """Schedule-free optimizers train at y and are evaluated and checkpointed at the average x
+        (runner/optim/schedulefree.py): optimizer.eval() around the block, train() after it; before an
+        evaluation, BatchNorm statistics are recomputed at x from the optimizer's `bn_batches` training batches
+        (the reference's advice; torch.optim.swa_utils.update_bn: reset, then a cumulative average)."""
+        if not is_schedule_free(self.optimizer):
+            yield
+            return
+        self.optimizer.eval()
+        try:
+            if recompute_bn:
+                batches = itertools.islice(self.train_loader.epoch(self.epoch), self.optimizer.bn_batches)
+                torch.optim.swa_utils.update_bn(batches, self.model)
+            yield
+        finally:
+            self.optimizer.train()
+
+    def warn_if_schedule_free_decays(self) -> None:
+        if is_schedule_free(self.optimizer) and type(self.schedule).__name__ != "Constant":
+            self.logger.print(f"[yellow]warning: {type(self.optimizer).__name__} is schedule-free and needs no lr "
+                              f"schedule; {type(self.schedule).__name__} decays its lr on top (the reference allows "
+                              "it); pass schedule=constant for the method as published")
+    # ---- schedule-free optimizers (end) --------------------------------------------------------------
 
     def restore(self, payload: dict) -> None:
         for name, obj in self.stateful().items():

@@ -12,7 +12,7 @@ Coupled decay (decouple=False) adds wd*p to g instead. p0 is the initial point. 
 the device (the reference reads them back every step; no host sync here) and `metrics()` hands the trainer d
 for its records (`optimizer/d`). Official defaults: lr 1.0, betas (0.9, 0.999), beta3 null, eps 1e-8,
 weight_decay 0, decouple true, use_bias_correction false, safeguard_warmup false, d0 1e-6, d_coef 1,
-growth_rate inf, slice_p 1 (s and p0 over every slice_p-th entry). All param groups share one d and one lr
+growth_rate inf (null here), slice_p 1 (s and p0 over every slice_p-th entry). All param groups share one d and one lr
 (as in the reference, different lrs other than 0 are refused): norm_lr_scale must stay 1. One path, multi-tensor
 ops (the estimate sums over every parameter). A step whose gradients are all exactly zero leaves d as it was, as
 in the reference, but counts towards the bias correction's k (the reference does not count it).
@@ -34,14 +34,14 @@ class Prodigy(Optimizer):
     def __init__(self, params, lr: float = 1.0, betas: tuple[float, float] = (0.9, 0.999), beta3: float | None = None,
                  eps: float = 1e-8, weight_decay: float = 0.0, decouple: bool = True, use_bias_correction: bool = False,
                  safeguard_warmup: bool = False, d0: float = 1e-6, d_coef: float = 1.0,
-                 growth_rate: float = float("inf"), slice_p: int = 1):
+                 growth_rate: float | None = None, slice_p: int = 1):
         if d0 <= 0 or lr <= 0 or eps <= 0 or not all(0 <= b < 1 for b in betas) or slice_p < 1:
             raise ValueError(f"Prodigy: need d0, lr, eps > 0, betas in [0, 1) and slice_p >= 1 (got {d0}, {lr}, {eps}, "
                              f"{betas}, {slice_p})")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), beta3=beta3, eps=eps, weight_decay=weight_decay,
                                       decouple=decouple, use_bias_correction=use_bias_correction,
                                       safeguard_warmup=safeguard_warmup, d0=d0, d_coef=d_coef,
-                                      growth_rate=growth_rate, slice_p=slice_p))
+                                      growth_rate=math.inf if growth_rate is None else growth_rate, slice_p=slice_p))
         lrs = {group["lr"] for group in self.param_groups} - {0.0}
         if len(lrs) > 1:
             raise ValueError(f"Prodigy: every param group needs the same lr (or 0), got {sorted(lrs)}; "
