@@ -22,7 +22,7 @@ Reading, not copying: the paper's abstract, Table 1 and Algorithm 1 as summarise
 GitHub for the paper, its acronym and its authors), and the exact normalisation of the layerwise rate in
 Algorithm 1 could not be read: the min-normalised ratio above is this module's reading of "smaller rates for
 noisier layers, the group's rate as the upper bound". Hyperparameters are ours (the paper tunes for LLaMA/GPT):
-lr 0.02 (hidden, as Muon), lr_output 0.002 (Signum), lr_vector 0.002, betas (0.95, 0.95), eps 1e-8, decay
+lr 0.02 (hidden, as Muon), lr_output 0.005 (Signum), lr_vector 0.005 (chosen on digits), betas (0.95, 0.95), eps 1e-8, decay
 decoupled x lr_l. `adaptive` is False (layerwise, not per-coordinate, normalisation).
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ class LANTON(Optimizer):
     second_order = False
     needs_closure = False
 
-    def __init__(self, params, lr: float = 0.02, lr_output: float = 0.002, lr_vector: float = 0.002,
+    def __init__(self, params, lr: float = 0.02, lr_output: float = 0.005, lr_vector: float = 0.005,
                  betas: tuple[float, float] = (0.95, 0.95), eps: float = 1e-8, weight_decay: float = 0.0,
                  ns_steps: int = 5, ns_dtype: str | None = "bfloat16", output_params: str | list[str] = "auto",
                  model: torch.nn.Module | None = None):
@@ -67,7 +67,7 @@ class LANTON(Optimizer):
 
     def init_state(self, group, param, grad, state):
         state["momentum"], state["previous_grad"] = zeros_like(param), zeros_like(param)
-        state["noise"] = torch.zeros((), device=param.device, dtype=torch.float32)
+        state["noise"] = torch.zeros((), device=param.device, dtype=torch.promote_types(param.dtype, torch.float32))
 
     # ---- the norm group's geometry -------------------------------------------------------------------
     def dual_norm(self, group: dict, tensor: torch.Tensor) -> torch.Tensor:
@@ -98,7 +98,7 @@ class LANTON(Optimizer):
         noise = torch.stack(bucket.state_list("noise"))
         torch._foreach_lerp_(momenta, grads, 1 - beta1)
         differences = torch._foreach_sub(grads, previous)
-        norms = torch.stack([self.dual_norm(group, d).float() for d in differences])
+        norms = torch.stack([self.dual_norm(group, d).to(noise.dtype) for d in differences])
         noise.mul_(beta2).add_(norms.square(), alpha=1 - beta2)
         for state, value in zip(bucket.states, noise):
             state["noise"].copy_(value)
