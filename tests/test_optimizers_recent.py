@@ -317,7 +317,7 @@ CASES = {
 # branches the reference must have taken
 EXPECTED = {"muon": ("muon", "adamw"), "schedulefree_adamw": ("warmup", "constant"),
             "schedulefree_sgd": ("warmup", "constant"), "soap": ("refreshed", "identity"), "adopt": ("clipped",),
-            "prodigy": ("grew",), "mars": ("mars", "adamw"), "lanton": ("slowed",)}
+            "prodigy": ("grew",), "mars": ("mars", "adamw", "clipped"), "lanton": ("slowed",)}
 # the per-tensor path in slices exists for element-wise rules
 SLICED = ("schedulefree_adamw", "schedulefree_sgd", "adopt", "adopt_decoupled", "adan")
 SINGLE_PATH = ("soap", "prodigy", "lanton")
