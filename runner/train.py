@@ -394,23 +394,28 @@ class Trainer:
     def checkpoint(self) -> None:
         if self.cfg.trainer.on_nonfinite == "stop":  # never save a diverged model (one sync, as the save is one)
             self.stop_if_diverged(self.stats.pending().tolist(), self.stats.first_step)
-        with self.evaluated_weights():
-            self.save_checkpoint()
-        self.saved_step = self.step
-
-    def save_checkpoint(self) -> None:
         self.checkpointer.save({
-            **{name: obj.state_dict() for name, obj in self.stateful().items()},
+            **{name: self.model_state() if name == "model" else obj.state_dict() for name, obj in self.stateful().items()},
             "step": self.step, "epoch": self.epoch, "best_acc1": self.best_acc1, "last_eval": self.last_eval,
             "train_loss": self.train_loss, "skipped_steps": self.skipped_steps, "total_steps": self.total_steps,
             "pending_stats": self.stats.pending().cpu(), "pending_first_step": self.stats.first_step,
             "wall_time_s": self.wall_time_before + time.time() - self.started})
+        self.saved_step = self.step
 
     # ---- schedule-free optimizers (begin) ------------------------------------------------------------
+    def model_state(self) -> dict:
+        """The model's state_dict; a schedule-free run saves the averaged weights x, the ones it evaluates
+        (its optimizer state carries the training point y)."""
+        state = self.model.state_dict()
+        if is_schedule_free(self.optimizer):
+            averaged = self.optimizer.averaged()
+            state.update({name: averaged[p] for name, p in self.model.named_parameters() if p in averaged})
+        return state
+
     @contextlib.contextmanager
     def evaluated_weights(self, recompute_bn: bool = False):
-        """Schedule-free optimizers train at y and are evaluated and checkpointed at the average x
-        (runner/optim/schedulefree.py): optimizer.eval() around the block, train() after it; before an
+        """Schedule-free optimizers train at y and are evaluated at the average x (runner/optim/schedulefree.py):
+        optimizer.eval() around the block, train() after it; before an
         evaluation, BatchNorm statistics are recomputed at x from the optimizer's `bn_batches` training batches
         (the reference's advice; torch.optim.swa_utils.update_bn: reset, then a cumulative average)."""
         if not is_schedule_free(self.optimizer):

@@ -151,8 +151,9 @@ def test_sigterm_and_resume_are_exact_for_optimizers_with_run_state(optimizer, t
     divrun(f"hydra.run.dir={run_dir}", *RUN, *overrides, "trainer.resume=auto", cwd=tmp_path)
     assert_same_run(run_dir, reference, f"optimizer={optimizer}, SIGTERM after 3 records")
     if optimizer == "prodigy":
-        estimates = [r["optimizer/d"] for r in records(reference) if "optimizer/d" in r]
-        assert len(estimates) == TOTAL_STEPS // 4 + 3 and estimates[-1] > estimates[0] > 1e-6  # 3 epoch-end flushes
+        train_records = [r for r in records(reference) if "train/loss" in r]
+        estimates = [r.get("optimizer/d") for r in train_records]
+        assert None not in estimates and estimates[-1] > estimates[0] > 1e-6
 
 
 def test_preemption_watch_turns_signals_into_a_flag_and_restores_the_handlers():

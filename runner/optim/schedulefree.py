@@ -8,9 +8,11 @@ lr_max = max of the lr_k so far, weight w_k = k^r * lr_max^weight_lr_power and c
     SGD:   d = g + wd*y                                     (b1 is `momentum`)
     y <- lerp(y, z, c_k) + lr_k * (b1*(1 - c_k) - 1) * d;   z <- z - lr_k * d
 which moves x to lerp(x, z, c_k) without storing it. `eval()` sets the parameters to x (p = lerp(y, z, 1 - 1/b1)),
-`train()` back to y (p = lerp(x, z, 1 - b1)): the trainer calls them around evaluation and checkpoints, and
-recomputes BatchNorm statistics at x over `bn_batches` training batches before evaluating, as the reference
-README recommends for models with BatchNorm. Decay is applied at y and enters z with lr: decoupled, x lr. The
+`train()` back to y (p = lerp(x, z, 1 - b1)): the trainer calls them around evaluation, recomputing BatchNorm
+statistics at x over `bn_batches` training batches first, as the reference README recommends for models with
+BatchNorm. Checkpoints hold x as the model (the reference saves in eval mode) and y in the optimizer state,
+so a resumed run continues from the very bits it stopped at (a y -> x -> y round trip is exact only up to
+rounding). Decay is applied at y and enters z with lr: decoupled, x lr. The
 reference needs no schedule (a decaying one is allowed, with a warning from the trainer): the YAMLs pick
 schedule=constant. The reference's defaults: AdamW lr 0.0025, betas (0.9, 0.999), eps 1e-8; SGD lr 1.0,
 momentum 0.9; warmup_steps 0, r 0, weight_lr_power 2, weight_decay 0. The reference writes the normalised
@@ -59,6 +61,36 @@ class ScheduleFree(Optimizer):
             if params:
                 torch._foreach_lerp_(params, [self.state[p]["z"] for p in params], 1 - beta1 if to_train else 1 - 1 / beta1)
             group["train_mode"] = to_train
+
+    def averaged(self) -> dict[torch.Tensor, torch.Tensor]:
+        """x for every parameter, without moving the parameters (what a checkpoint saves as the model)."""
+        points = {}
+        for group in self.param_groups:
+            beta1 = self.group_beta1(group)
+            for p in group["params"]:
+                z = self.state[p].get("z")
+                points[p] = p.detach().lerp(z, 1 - 1 / beta1) if group["train_mode"] and z is not None else p.detach()
+        return points
+
+    def state_dict(self):
+        """In train mode the parameters (y) are saved too: x and z give y back only up to rounding, and a
+        resumed run must continue from the same bits."""
+        saved = super().state_dict()
+        for group, saved_group in zip(self.param_groups, saved["param_groups"]):
+            if group["train_mode"]:
+                for p, index in zip(group["params"], saved_group["params"]):
+                    if index in saved["state"]:
+                        saved["state"][index] = {**saved["state"][index], "y": p.detach().clone()}
+        return saved
+
+    @torch.no_grad()
+    def load_state_dict(self, state_dict) -> None:
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            for p in group["params"]:
+                y = self.state[p].pop("y", None)
+                if y is not None:
+                    p.copy_(y)
 
     def update_group(self, group: dict, params: list[torch.Tensor]) -> None:
         if not group["train_mode"]:
