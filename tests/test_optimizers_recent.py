@@ -466,13 +466,13 @@ def test_new_optimizers_leave_gradients_alone():
 
 
 def test_declared_capabilities():
-    from runner.optim import is_adam_family
+    from runner.optim import capabilities
 
     adaptive = {"muon.Muon": False, "lanton.LANTON": False, "schedulefree.ScheduleFreeSGD": False,
                 "schedulefree.ScheduleFreeAdamW": True, "soap.SOAP": True, "adopt.ADOPT": True,
                 "prodigy.Prodigy": True, "mars.MARS": True, "adan.Adan": True}
     for name, expected in adaptive.items():
-        assert is_adam_family(f"runner.optim.{name}") is expected, name
+        assert capabilities(f"runner.optim.{name}").adaptive is expected, name
     for cls in (Muon, LANTON, ScheduleFreeSGD, ScheduleFreeAdamW, SOAP, ADOPT, Prodigy, MARS, Adan):
         assert cls.second_order is False and cls.needs_closure is False
 
