@@ -1,5 +1,7 @@
 """divrun's optimizers against the official packages (the `ref` extra, part of `dev`): the same trajectories
-over 20 float64 steps of the test net, both param groups, both code paths. Skips where a package is absent."""
+over 20 float64 steps of the test net, both param groups, both code paths. Skips where a package is absent.
+Muon's oracle runs on linear layers (its 0.1.0 release cannot step conv kernels); adan-pytorch differs from
+sail-sg's Adan at its first step, so it is compared one step from the same state."""
 from __future__ import annotations
 
 import pytest
@@ -31,26 +33,6 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "per_tensor"])
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_matches_official_package(case, foreach):
-    ours, (module, name), options = CASES[case]
-    official = oracle(module, name)
-    extra = {"print_change_log": False} if module == "adabelief_pytorch" else {}
-    model, ref_model = make_net(), make_net()
-    optimizer = ours(param_groups(model, False), **options, foreach=foreach)
-    reference = official(param_groups(ref_model, False), **options, **extra)
-    worst = 0.0
-    for batch in batches(STEPS):
-        for net, opt in ((model, optimizer), (ref_model, reference)):
-            loss_of(net, batch).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        worst = max(worst, max_difference(model, ref_model))
-    assert worst <= TOLERANCE, f"{case}: max |difference| {worst:.3g} from {module}.{name}"
-
-
-# ---- the 2025-26 baselines ------------------------------------------------------------------------------
 def trajectories(ours, official, model_maker=make_net, steps: int = STEPS, switch: bool = False) -> float:
     """Worst parameter difference over `steps` steps of two copies trained by `ours` and `official`
     (callables taking the model). `switch`: both are schedule-free, put in train mode first and compared in
@@ -74,6 +56,18 @@ def trajectories(ours, official, model_maker=make_net, steps: int = STEPS, switc
     return worst
 
 
+@pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "per_tensor"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_matches_official_package(case, foreach):
+    ours, (module, name), options = CASES[case]
+    official = oracle(module, name)
+    extra = {"print_change_log": False} if module == "adabelief_pytorch" else {}
+    worst = trajectories(lambda m: ours(param_groups(m, False), **options, foreach=foreach),
+                         lambda m: official(param_groups(m, False), **options, **extra))
+    assert worst <= TOLERANCE, f"{case}: max |difference| {worst:.3g} from {module}.{name}"
+
+
+# ---- the 2025-26 baselines ------------------------------------------------------------------------------
 @pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "per_tensor"])
 @pytest.mark.parametrize("name", ["adamw", "sgd"])
 def test_schedulefree_matches_official_package(name, foreach):

@@ -19,6 +19,7 @@ in the reference, but counts towards the bias correction's k (the reference does
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -69,54 +70,59 @@ class Prodigy(Optimizer):
             estimate[key] = estimate[key].to(device)  # no copy once there (a checkpoint may load it elsewhere)
         return estimate
 
-    # ---- the step ------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        buckets = [(group, bucket) for group in self.param_groups
-                   for bucket in self.buckets(group, [p for p in group["params"] if p.grad is not None])]
-        if not buckets:
-            return loss
-        first, estimate = self.param_groups[0], self.current_estimate(buckets[0][1].params[0].device)
+    # ---- the step: the shared step's groups accumulate the estimate's sums, prepare()'s exit uses them ---
+    @contextlib.contextmanager
+    def prepare(self, params: list[torch.Tensor]):
+        if not params:
+            yield
+            return
+        first, estimate = self.param_groups[0], self.current_estimate(params[0].device)
         (beta1, beta2), k = first["betas"], estimate["k"]
-        beta3 = first["beta3"] if first["beta3"] is not None else math.sqrt(beta2)
         lr = max(group["lr"] for group in self.param_groups)
         correction = math.sqrt(1 - beta2 ** (k + 1)) / (1 - beta1 ** (k + 1)) if first["use_bias_correction"] else 1.0
+        beta3 = first["beta3"] if first["beta3"] is not None else math.sqrt(beta2)
         d = estimate["d"]
-        dlr = d * (lr * correction)
-        numerator = estimate["numerator"] * beta3
-        denominator = torch.zeros_like(numerator)
-        for group, bucket in buckets:
-            if group["lr"] == 0:
-                continue
-            grads = bucket.grads
+        self.pass_ = {"beta3": beta3, "d": d, "dlr": d * (lr * correction), "buckets": [],
+                      "numerator": estimate["numerator"] * beta3, "denominator": torch.zeros_like(d)}
+        yield
+        self.finish(first, estimate)
+
+    def update_group(self, group: dict, params: list[torch.Tensor]) -> None:
+        """The first pass: moments, s, and the estimate's sums r and sum|s| over this group."""
+        buckets = self.buckets(group, params)
+        if group["lr"] == 0:
+            return
+        run, (beta1, beta2) = self.pass_, group["betas"]
+        d, dlr = run["d"], run["dlr"]
+        for bucket in buckets:
             if group["weight_decay"] != 0 and not group["decouple"]:
-                grads = torch._foreach_add(grads, bucket.params, alpha=group["weight_decay"])
-            bucket.grads = grads  # the second pass steps with the same (coupled-decay) gradient
-            sliced = [g.flatten()[::group["slice_p"]] for g in grads]
+                bucket.grads = torch._foreach_add(bucket.grads, bucket.params, alpha=group["weight_decay"])
+            sliced = [g.flatten()[::group["slice_p"]] for g in bucket.grads]
             distance = [p0 - p.flatten()[::group["slice_p"]] for p0, p in zip(bucket.state_list("p0"), bucket.params)]
             dots = torch.stack([torch.dot(g, x) for g, x in zip(sliced, distance)]).sum()
-            numerator = numerator + (d / group["d0"]) * dlr * dots
+            run["numerator"] = run["numerator"] + (d / group["d0"]) * dlr * dots
             self.moments(group, bucket, d, beta1, beta2)
             scale = (d / group["d0"]) * (d if group["safeguard_warmup"] else dlr)
             s = bucket.state_list("s")
-            torch._foreach_mul_(s, beta3)
+            torch._foreach_mul_(s, run["beta3"])
             torch._foreach_add_(s, torch._foreach_mul(sliced, scale.to(sliced[0].dtype)))
-            denominator = denominator + torch.stack(torch._foreach_norm(s, 1)).sum().to(denominator.dtype)
+            run["denominator"] = run["denominator"] + torch.stack(torch._foreach_norm(s, 1)).sum().to(d.dtype)
+            run["buckets"].append((group, bucket))
+
+    def finish(self, first: dict, estimate: dict) -> None:
+        """The new d from the sums, then the second pass: the parameter updates."""
+        run = self.pass_
+        d, numerator, denominator = run["d"], run["numerator"], run["denominator"]
         progress = denominator > 0  # the reference returns before any update when sum|s| = 0
         d_hat = torch.where(progress, first["d_coef"] * numerator / denominator.clamp_min(1e-300), d)
-        first_estimate = (d == first["d0"]) & progress
-        d_new = torch.where(first_estimate, torch.maximum(d, d_hat), d)
+        d_new = torch.where((d == first["d0"]) & progress, torch.maximum(d, d_hat), d)
         d_max = torch.where(progress, torch.maximum(estimate["d_max"], d_hat), estimate["d_max"])
         d_new = torch.where(progress, torch.minimum(d_max, d_new * first["growth_rate"]), d)
-        for group, bucket in buckets:
-            if group["lr"] != 0:
-                self.take_step(group, bucket, d_new, torch.where(progress, dlr, 0.0))
-        estimate.update(d=d_new, d_max=d_max, numerator=torch.where(progress, numerator, estimate["numerator"]), k=k + 1)
-        return loss
+        for group, bucket in run["buckets"]:
+            self.take_step(group, bucket, d_new, torch.where(progress, run["dlr"], 0.0))
+        estimate.update(d=d_new, d_max=d_max, numerator=torch.where(progress, numerator, estimate["numerator"]),
+                        k=estimate["k"] + 1)
+        del self.pass_
 
     def moments(self, group: dict, bucket, d: torch.Tensor, beta1: float, beta2: float) -> None:
         dtype = bucket.params[0].dtype
