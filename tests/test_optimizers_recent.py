@@ -288,7 +288,8 @@ def lanton_factory(groups, model, foreach, **options):
 
 
 def plain(cls, takes_foreach=True):
-    return lambda groups, model, foreach, **options: cls(groups, **options, **({"foreach": foreach} if takes_foreach else {}))
+    paths = (lambda foreach: {"foreach": foreach}) if takes_foreach else (lambda foreach: {})
+    return lambda groups, model, foreach, **options: cls(groups, **options, **paths(foreach))
 
 
 CASES = {

@@ -32,7 +32,7 @@ import math
 import torch
 
 from runner.optim.base import Bucket, Optimizer, zeros_like
-from runner.optim.muon import adamw_fallback, as_matrix, ns_dtype_of, orthogonalize
+from runner.optim.muon import NSDtype, adamw_fallback, as_matrix, ns_dtype_of, orthogonalize
 
 NORM_GROUPS = ("hidden", "output", "vector")
 
@@ -44,7 +44,7 @@ class LANTON(Optimizer):
 
     def __init__(self, params, lr: float = 0.02, lr_output: float = 0.005, lr_vector: float = 0.005,
                  betas: tuple[float, float] = (0.95, 0.95), eps: float = 1e-8, weight_decay: float = 0.0,
-                 ns_steps: int = 5, ns_dtype: str | None = "bfloat16", output_params: str | list[str] = "auto",
+                 ns_steps: int = 5, ns_dtype: NSDtype | None = "bfloat16", output_params: str | list[str] = "auto",
                  model: torch.nn.Module | None = None):
         if min(lr, lr_output, lr_vector) <= 0 or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"LANTON: need lr, lr_output, lr_vector > 0 and betas in [0, 1) (got {lr}, {lr_output}, "

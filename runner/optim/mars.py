@@ -17,6 +17,7 @@ the device. mars-shampoo (Newton-Schulz on m) is not provided; use optimizer=muo
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 
@@ -31,7 +32,8 @@ class MARS(Optimizer):
     needs_closure = False
 
     def __init__(self, params, lr: float = 3e-3, betas: tuple[float, float] = (0.95, 0.99), eps: float = 1e-8,
-                 weight_decay: float = 0.0, gamma: float = 0.025, mars_type: str = "mars-adamw",
+                 weight_decay: float = 0.0, gamma: float = 0.025,
+                 mars_type: Literal["mars-adamw", "mars-lion"] = "mars-adamw",
                  optimize_1d: bool = False, lr_1d: float = 3e-3, betas_1d: tuple[float, float] = (0.9, 0.95),
                  weight_decay_1d: float = 0.1, foreach: bool | None = None):
         if mars_type not in MARS_TYPES:

@@ -29,12 +29,14 @@ output-layer parameters).
 from __future__ import annotations
 
 import fnmatch
+from typing import Literal
 
 import torch
 
 from runner.optim.base import Bucket, Optimizer, zeros_like
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+NSDtype = Literal["bfloat16", "float32", "float64"]
 
 
 def orthogonalize(matrix: torch.Tensor, steps: int, dtype: torch.dtype | None) -> torch.Tensor:
@@ -92,7 +94,7 @@ class Muon(Optimizer):
     needs_closure = False
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True, ns_steps: int = 5,
-                 weight_decay: float = 0.0, ns_dtype: str | None = "bfloat16", adamw_lr: float = 3e-4,
+                 weight_decay: float = 0.0, ns_dtype: NSDtype | None = "bfloat16", adamw_lr: float = 3e-4,
                  adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-10,
                  adamw_weight_decay: float = 0.0, adamw_params: str | list[str] = "auto",
                  model: torch.nn.Module | None = None, foreach: bool | None = None):
