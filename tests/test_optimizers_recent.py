@@ -56,7 +56,7 @@ def muon_reference(groups, states, t, counters, model):
             else:
                 b1, b2 = h["adamw_betas"]
                 lr = h["adamw_lr"] * h["lr"] / h["base_lr"]
-                wd = h["adamw_weight_decay"] if h["weight_decay"] else 0.0
+                wd = h["adamw_weight_decay"] if h is groups[0][0] else 0.0  # the decay group
                 st = states.setdefault(p, {"m": torch.zeros_like(p), "v": torch.zeros_like(p)})
                 st["m"] = b1 * st["m"] + (1 - b1) * g
                 st["v"] = b2 * st["v"] + (1 - b2) * g * g
@@ -210,11 +210,16 @@ def mars_reference(groups, states, t, counters, model):
                 st["v"] = b2 * st["v"] + (1 - b2) * c * c
                 lr, wd = h["lr"], h["weight_decay"]
                 count(counters, "mars")
+                if h.get("mars_type") == "mars-lion":
+                    p.copy_(p - lr * (wd * p + st["m"].sign()))
+                    st["last"] = g.clone()
+                    continue
             else:
                 b1, b2 = h["betas_1d"]
                 st["m"] = b1 * st["m"] + (1 - b1) * g
                 st["v"] = b2 * st["v"] + (1 - b2) * g * g
-                lr, wd = h["lr"] * h["lr_1d"] / h["base_lr"], (h["weight_decay_1d"] if h["weight_decay"] else 0.0)
+                lr = h["lr"] * h["lr_1d"] / h["base_lr"]
+                wd = h["weight_decay_1d"] if h is groups[0][0] else 0.0  # every group but the no-decay one
                 count(counters, "adamw")
             denom = (st["v"].sqrt() / math.sqrt(1 - b2 ** t) + h["eps"]) * (1 - b1 ** t)
             p.copy_(p - lr * (wd * p + st["m"] / denom))
@@ -311,6 +316,9 @@ CASES = {
                 dict(lr=1.0, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, d0=1e-6)),
     "mars": (plain(MARS), mars_reference, dict(lr=3e-3, betas=(0.95, 0.99), eps=1e-8, weight_decay=0.1, gamma=0.025,
                                                lr_1d=6e-3, betas_1d=(0.9, 0.95), weight_decay_1d=0.1)),
+    "mars_lion": (plain(MARS), mars_reference, dict(lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.0,
+                                                    gamma=0.05, mars_type="mars-lion", lr_1d=3e-3, betas_1d=(0.9, 0.95),
+                                                    weight_decay_1d=0.1)),
     "adan": (plain(Adan), adan_reference, dict(lr=1e-2, betas=(0.98, 0.92, 0.99), eps=1e-8, weight_decay=0.02)),
     "lanton": (lanton_factory, lanton_reference, dict(lr=0.02, lr_output=0.002, lr_vector=0.004, betas=(0.95, 0.9),
                                                       eps=1e-8, weight_decay=0.1)),
@@ -410,7 +418,7 @@ def test_newton_schulz_is_orientation_free():
 
 
 # ---- state_dict round trip ------------------------------------------------------------------------------
-ROUND_TRIP = sorted(set(CASES) - {"adopt_decoupled"})
+ROUND_TRIP = sorted(set(CASES) - {"adopt_decoupled", "mars_lion"})
 
 
 @pytest.mark.parametrize("case", ROUND_TRIP)

@@ -40,7 +40,11 @@ class MARS(Optimizer):
             raise ValueError(f"mars_type={mars_type}: choose one of {', '.join(MARS_TYPES)}")
         if lr <= 0 or not all(0 <= b < 1 for b in (*betas, *betas_1d)):
             raise ValueError(f"MARS: need lr > 0 and betas in [0, 1) (got {lr}, {betas}, {betas_1d})")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, gamma=gamma,
+        groups = list(params)
+        groups = [{"params": groups}] if not groups or not isinstance(groups[0], dict) else groups
+        # weight_decay_1d applies to the tensors of every group but divrun's no-decay one (weight_decay 0)
+        groups = [{**g, "decay_1d": "weight_decay" not in g or g["weight_decay"] != 0} for g in groups]
+        super().__init__(groups, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, gamma=gamma,
                                       mars_type=mars_type, optimize_1d=optimize_1d, lr_1d_factor=lr_1d / lr,
                                       betas_1d=tuple(betas_1d), weight_decay_1d=weight_decay_1d), foreach)
 
@@ -106,7 +110,7 @@ class MARS(Optimizer):
     @staticmethod
     def adamw_scalars(group: dict, step: int) -> tuple[float, float, float, float, float]:
         beta1, beta2 = group["betas_1d"]
-        wd = group["weight_decay_1d"] if group["weight_decay"] else 0.0
+        wd = group["weight_decay_1d"] if group["decay_1d"] else 0.0
         return beta1, beta2, group["lr"] * group["lr_1d_factor"], wd, (1 - beta1 ** step, math.sqrt(1 - beta2 ** step))
 
     def adamw_foreach(self, group: dict, bucket: Bucket) -> None:

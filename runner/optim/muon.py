@@ -107,12 +107,13 @@ class Muon(Optimizer):
         split = []
         for group in groups:
             members = list(group["params"])
-            group_lr, decay = group.get("lr", lr), group.get("weight_decay", weight_decay)
+            group_lr = group.get("lr", lr)
+            decayed = "weight_decay" not in group or group["weight_decay"] != 0  # divrun marks no-decay groups by 0
             hidden = [p for p in members if p.ndim >= 2 and p not in fallback]
             rest = [p for p in members if p.ndim < 2 or p in fallback]
             split.append({**group, "params": hidden, "use_muon": True})
             split.append({"params": rest, "use_muon": False, "lr": adamw_lr * group_lr / lr,
-                          "weight_decay": adamw_weight_decay if decay else 0.0})
+                          "weight_decay": adamw_weight_decay if decayed else 0.0})
         split = [g for g in split if g["params"]] or split[:1]
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay,
                         betas=tuple(adamw_betas), eps=adamw_eps)
