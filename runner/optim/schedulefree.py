@@ -8,15 +8,21 @@ lr_max = max of the lr_k so far, weight w_k = k^r * lr_max^weight_lr_power and c
     SGD:   d = g + wd*y                                     (b1 is `momentum`)
     y <- lerp(y, z, c_k) + lr_k * (b1*(1 - c_k) - 1) * d;   z <- z - lr_k * d
 which moves x to lerp(x, z, c_k) without storing it. `eval()` sets the parameters to x (p = lerp(y, z, 1 - 1/b1)),
-`train()` back to y (p = lerp(x, z, 1 - b1)): the trainer calls them around evaluation, recomputing BatchNorm
-statistics at x over `bn_batches` training batches first, as the reference README recommends for models with
-BatchNorm. Checkpoints hold x as the model (the reference saves in eval mode) and y in the optimizer state,
-so a resumed run continues from the very bits it stopped at (a y -> x -> y round trip is exact only up to
-rounding). Decay is applied at y and enters z with lr: decoupled, x lr. The
-reference needs no schedule (a decaying one is allowed, with a warning from the trainer): the YAMLs pick
-schedule=constant. The reference's defaults: AdamW lr 0.0025, betas (0.9, 0.999), eps 1e-8; SGD lr 1.0,
-momentum 0.9; warmup_steps 0, r 0, weight_lr_power 2, weight_decay 0. The reference writes the normalised
-gradient into p.grad; this class leaves p.grad alone (the trainer logs gradient norms before the step).
+`train()` back to y (p = lerp(x, z, 1 - b1)): the train loop calls them around evaluation, recomputing
+BatchNorm statistics at x over `bn_batches` training batches first, as the reference README recommends for
+models with BatchNorm (the `train_eval_mode` capability: runner/build.py, Run.evaluation_weights).
+Checkpoints hold x as the model (the reference saves in eval mode) and y in the optimizer state, so a resumed
+run continues from the very bits it stopped at (a y -> x -> y round trip is exact only up to rounding). Decay
+is applied at y and enters z with lr: decoupled, x lr. The reference needs no schedule and allows a decaying
+one: the YAMLs pick schedule=constant, and the pre-flight (runner/validate.py) prints a warning for any other.
+The reference's defaults: AdamW lr 0.0025, betas (0.9, 0.999), eps 1e-8; SGD lr 1.0, momentum 0.9;
+warmup_steps 0, r 0, weight_lr_power 2, weight_decay 0. The reference writes the normalised gradient into
+p.grad; this class leaves p.grad alone (the trainer logs gradient norms before the step).
+
+The step count k, lr_max and the sum of weights are Python numbers in each group, as in the reference (they
+feed the foreach kernels' scalar arguments): with trainer.on_nonfinite=skip a dropped step restores y, z and
+v but still advances them (runner/nonfinite.py: host state cannot be selected without a sync), so the
+average x gives the dropped step's weight w_k to the point it stood at, and warmup moves on by one step.
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ from runner.optim.base import Bucket, Optimizer, zeros_like
 class ScheduleFree(Optimizer):
     """The shared averaging; subclasses define the direction d (`direction_*`)."""
     elementwise = True  # the per-tensor path may update slices (runner.optim.base)
-    schedule_free = True  # the trainer switches train()/eval() and recomputes BatchNorm statistics
+    train_eval_mode = True  # capabilities: the loop evaluates and saves x (runner/build.py, Run.evaluation_weights)
     second_order = False
     needs_closure = False
 
@@ -38,6 +44,18 @@ class ScheduleFree(Optimizer):
         super().__init__(params, {**defaults, "warmup_steps": warmup_steps, "r": r, "weight_lr_power": weight_lr_power,
                                   "k": 0, "train_mode": True, "weight_sum": 0.0, "lr_max": -1.0, "scheduled_lr": 0.0},
                          foreach)
+
+    @classmethod
+    def config_warnings(cls, cfg) -> list[str]:
+        """The pre-flight's line for a decaying lr schedule: the reference needs none and allows one."""
+        from runner.config import locate
+        from runner.schedules import Constant
+
+        schedule = locate(cfg.schedule._target_)
+        if issubclass(schedule, Constant):
+            return []
+        return [f"{cls.__name__} is schedule-free and needs no lr schedule; {schedule.__name__} decays its lr on "
+                "top (the reference allows it); pass schedule=constant for the method as published"]
 
     def group_beta1(self, group: dict) -> float:
         raise NotImplementedError
