@@ -25,7 +25,7 @@ def run_job(cfg: DictConfig, run_dir: Path, name: str | None = None, group: str 
     restored: bad input found on the way (a ConfigError) leaves the folder as it was."""
     from runner.train import Trainer  # torch-heavy; keep `divrun --help` fast
 
-    validate(cfg)
+    warnings = validate(cfg)  # printed by the process that trains, once it logs
     run_dir = Path(run_dir).resolve()
     main = distributed.is_main()  # under torchrun, rank 0 alone writes the folder
     checkpointer = Checkpointer(run_dir, keep=cfg.trainer.keep_checkpoints, enabled=main)
@@ -54,6 +54,8 @@ def run_job(cfg: DictConfig, run_dir: Path, name: str | None = None, group: str 
         folder.start(trainer.run)
         logger = RunLogger(cfg, run_dir, name, group, enabled=main,
                            resume_step=records_final_through(payload) if resume else None)
+        for warning in warnings:
+            logger.print(f"[yellow]warning: {warning}")
         try:
             if payload:
                 logger.print(f"divrun: resuming {run_dir} at step {trainer.progress.step} (epoch {trainer.progress.epoch})")

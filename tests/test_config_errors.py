@@ -186,6 +186,8 @@ CASES = [
      "declare whether it is adaptive", None),
     (["optimizer=lion", "optimizer.betas=[1.5,0.9]"], "optimizer=Lion: need lr >= 0, betas in [0, 1)", None),
     (["optimizer=sam", "optimizer.base=adahessian"], "optimizer=sam cannot wrap AdaHessian", None),
+    (["optimizer=lookahead", "optimizer.base=schedulefree_adamw"], "optimizer=Lookahead cannot wrap "
+     "schedulefree_adamw: it trains at other weights than it is evaluated at", None),
     (["optimizer=lookahead", "optimizer.k=0"], "optimizer.k=0: the slow weights sync every k >= 1 steps", None),
     (["optimizer=lookahead", "optimizer.alpha=0"], "optimizer.alpha=0: the slow-weight step must lie in (0, 1]", None),
     (["optimizer=lookahead", "optimizer.power=-1"], "optimizer.power=-1: use power >= 0", None),
