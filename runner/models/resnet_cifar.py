@@ -16,6 +16,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from runner.errors import ConfigError
+from runner.models.layers import init_like_reference
 
 
 class PadShortcut(nn.Module):
@@ -91,15 +92,7 @@ class ResNet(nn.Module):
                 in_planes = width * block.expansion
         self.stages = nn.Sequential(*stages)
         self.head = nn.Linear(in_planes, num_classes)
-        self._init_weights()
-
-    def _init_weights(self):
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_like_reference(self, linear_std=None)  # torch's default init for the head
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(F.adaptive_avg_pool2d(self.stages(self.stem(x)), 1), 1)
