@@ -61,6 +61,15 @@ class Schedule:
         plot_schedule(Path(run_dir) / SCHEDULE_PNG, base_lr * factors, self.steps_per_epoch, type(self).__name__)
 
 
+def build_schedule(cfg, total_steps: int, steps_per_epoch: int) -> Schedule:
+    """The schedule of `conf/schedule/<name>.yaml` (less its `search_space`) for a run of `total_steps`."""
+    from hydra.utils import instantiate
+
+    from runner.search_space import strip
+
+    return instantiate(strip(cfg))(total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+
+
 def plot_schedule(path: Path, lrs: np.ndarray, steps_per_epoch: int, title: str) -> None:
     from matplotlib.figure import Figure  # the Agg canvas, without pyplot's global state: no display needed
 

@@ -27,6 +27,7 @@ from runner.models import build_model
 from runner.nonfinite import Diverged, SkipNonFinite, first_divergence, first_nonfinite_index, is_finite_step
 from runner.optim import build_optimizer, is_adam_family, update_rule
 from runner.preemption import Preempted, PreemptionWatch
+from runner.schedules import build_schedule
 from runner.tta import check_level, tta_logits
 
 ECE_BINS = 15
@@ -148,7 +149,7 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.param_names = [name for name, p in self.model.named_parameters() if p.requires_grad]
         self.tta = check_level(trainer.tta)
-        self.schedule = instantiate(cfg.schedule)(total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch)
+        self.schedule = build_schedule(cfg.schedule, self.total_steps, self.steps_per_epoch)
         self.lr_factors = self.schedule.factors()
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         if logger.enabled:

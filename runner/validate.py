@@ -11,6 +11,7 @@ Where the checks come from:
    dataset root that must exist, a loss that needs smoothed targets, a teacher folder that needs a
    checkpoint). Attach one to a factory function with `@checked_by(check)`. An optimizer that declares
    `second_order = True` (Hessian-vector products) is refused under a reduced precision.
+4. An option's `search_space` (divrun-tune's ranges, runner/search_space.py): its format and keys.
 """
 from __future__ import annotations
 
@@ -102,6 +103,9 @@ def problems_of(cfg: DictConfig) -> Iterable[str]:
     for path, node in _target_nodes(cfg):
         yield from _check_target(cfg, path, node)
     yield from _check_second_order(cfg)
+    from runner.search_space import problems_of as search_space_problems
+
+    yield from search_space_problems(cfg)
 
 
 def _show(value) -> str:

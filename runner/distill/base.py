@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from runner.errors import ConfigError
 from runner.optim import build_optimizer
+from runner.schedules import build_schedule
 
 
 class Distiller:
@@ -115,7 +115,7 @@ class Companion:
         self.module = place(module, trainer)
         optimizer_cfg = OmegaConf.merge(cfg.optimizer, overrides or {})
         self.optimizer = build_optimizer(optimizer_cfg, self.module)
-        schedule = instantiate(cfg.schedule)(total_steps=trainer.total_steps, steps_per_epoch=trainer.steps_per_epoch)
+        schedule = build_schedule(cfg.schedule, trainer.total_steps, trainer.steps_per_epoch)
         self.lr_factors = schedule.factors()
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.params = [p for p in self.module.parameters() if p.requires_grad]
