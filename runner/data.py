@@ -81,6 +81,7 @@ class Splits:
     std: tuple[float, ...] = ()
     augment: Augment = field(default_factory=Augment)
     label_noise: float = 0.0  # fraction of training labels corrupted by `dataset.label_noise`
+    holdout: TensorSplit | Dataset | None = None  # `dataset.holdout`: training data held out for selection
 
     @property
     def in_memory(self) -> bool:
@@ -100,6 +101,11 @@ def _check_digits(cfg) -> list[str]:
     if not 0 < data.val_fraction < 1:
         return [f"dataset.val_fraction={data.val_fraction}: must lie strictly between 0 and 1; pass e.g. 0.2"]
     train_size = DIGITS_SAMPLES - math.ceil(data.val_fraction * DIGITS_SAMPLES)  # scikit-learn's split sizes
+    if data.get("holdout"):
+        try:
+            train_size -= holdout_count(data.holdout, train_size)
+        except ConfigError as error:
+            return [str(error)]
     problems = [DIGITS_SIZE_ERROR] if data.image_size != 8 else []
     return problems + batch_fits(cfg, min(train_size, data.limit_train or train_size), "digits")
 
@@ -107,7 +113,7 @@ def _check_digits(cfg) -> list[str]:
 @checked_by(_check_digits)
 def digits(val_fraction: float = 0.2, split_seed: int = 0, image_size: int = 8,
            limit_train: int | None = None, limit_val: int | None = None,
-          label_noise: dict | None = None) -> Splits:
+           label_noise: dict | None = None, holdout: int | float | None = None) -> Splits:
     """scikit-learn's bundled 8x8 digits (1,797 images), split once, stratified, with a fixed seed."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -122,7 +128,7 @@ def digits(val_fraction: float = 0.2, split_seed: int = 0, image_size: int = 8,
     splits = Splits("digits", TensorSplit(images[train_idx], labels[train_idx]),
                     TensorSplit(images[val_idx], labels[val_idx]), num_classes=10, in_channels=1,
                     image_size=8, mean=(0.5,), std=(0.5,))
-    return add_label_noise(limit(splits, limit_train, limit_val), label_noise)
+    return finish(splits, holdout, split_seed, limit_train, limit_val, label_noise)
 
 
 def _check_synthetic(cfg) -> list[str]:
@@ -134,7 +140,7 @@ def _check_synthetic(cfg) -> list[str]:
 def synthetic(num_classes: int = 10, image_size: int = 32, in_channels: int = 3, train_size: int = 2048,
               val_size: int = 512, noise: float = 0.5, data_seed: int = 0,
               limit_train: int | None = None, limit_val: int | None = None,
-          label_noise: dict | None = None) -> Splits:
+              label_noise: dict | None = None, holdout: int | float | None = None) -> Splits:
     """Learnable generated images: a smooth random prototype per class plus per-sample noise."""
     gen = torch.Generator().manual_seed(data_seed)
     coarse = torch.rand(num_classes, in_channels, 4, 4, generator=gen)
@@ -148,7 +154,7 @@ def synthetic(num_classes: int = 10, image_size: int = 32, in_channels: int = 3,
 
     splits = Splits("synthetic", draw(train_size), draw(val_size), num_classes, in_channels, image_size,
                     mean=(0.5,) * in_channels, std=(0.25,) * in_channels, augment=Augment(0, False))
-    return add_label_noise(limit(splits, limit_train, limit_val), label_noise)
+    return finish(splits, holdout, data_seed, limit_train, limit_val, label_noise)
 
 
 CIFAR_TRAIN_SIZE = 50_000
@@ -173,7 +179,7 @@ def _check_cifar(cfg) -> list[str]:
 def cifar(num_classes: int = 10, root: str = "data", download: bool = False, crop_padding: int = 4,
           flip: bool | str = True, pad_mode: str = "zeros", image_size: int = 32,
           limit_train: int | None = None, limit_val: int | None = None,
-          label_noise: dict | None = None) -> Splits:
+          label_noise: dict | None = None, holdout: int | float | None = None, split_seed: int = 0) -> Splits:
     """CIFAR-10/100 read straight from the python pickle batches under `root` (as the fast loaders do).
 
     With `download: true` torchvision's download code fetches and unpacks the archive first.
@@ -192,7 +198,7 @@ def cifar(num_classes: int = 10, root: str = "data", download: bool = False, cro
     train, val = (_read_cifar_batches(base, files, label_key) for files in names)
     splits = Splits(f"cifar{num_classes}", train, val, num_classes, 3, 32, CIFAR_MEAN[num_classes],
                     CIFAR_STD[num_classes], Augment(crop_padding, flip, pad_mode))
-    return add_label_noise(limit(splits, limit_train, limit_val), label_noise)
+    return finish(splits, holdout, split_seed, limit_train, limit_val, label_noise)
 
 
 def _read_cifar_batches(base: Path, files: list[str], label_key: str) -> TensorSplit:
@@ -216,7 +222,7 @@ def _missing_image_folders(root: str, train_dir: str, val_dir: str) -> list[str]
 def imagefolder(root: str, train_dir: str = "train", val_dir: str = "val", image_size: int = 224,
                 resize_size: int | None = None, name: str = "imagefolder",
                 limit_train: int | None = None, limit_val: int | None = None,
-                label_noise: dict | None = None) -> Splits:
+                label_noise: dict | None = None, holdout: int | float | None = None, split_seed: int = 0) -> Splits:
     """Any class-per-folder train/val tree with ImageNet-style transforms.
 
     Images are decoded by torchvision.io straight to uint8 tensors and transformed as tensors (transforms
@@ -235,13 +241,14 @@ def imagefolder(root: str, train_dir: str = "train", val_dir: str = "val", image
     train = datasets.ImageFolder(str(base / train_dir), transform=train_tf, loader=decode_rgb)
     val = datasets.ImageFolder(str(base / val_dir), transform=val_tf, loader=decode_rgb)
     splits = Splits(name, train, val, len(train.classes), 3, image_size)
-    return add_label_noise(limit(splits, limit_train, limit_val), label_noise)
+    held_view = datasets.ImageFolder(str(base / train_dir), transform=val_tf, loader=decode_rgb) if holdout else None
+    return finish(splits, holdout, split_seed, limit_train, limit_val, label_noise, held_view)
 
 
 def hf(path: str, image_column: str = "image", label_column: str = "label", train_split: str = "train",
        val_split: str = "test", image_size: int = 32, in_channels: int = 3, name: str | None = None,
        limit_train: int | None = None, limit_val: int | None = None,
-          label_noise: dict | None = None) -> Splits:
+       label_noise: dict | None = None, holdout: int | float | None = None, split_seed: int = 0) -> Splits:
     """Any Hugging Face `datasets` name (downloaded by `datasets`) or local path (`save_to_disk` or files)."""
     import datasets as hf_datasets
     from torchvision import transforms as T
@@ -265,7 +272,7 @@ def hf(path: str, image_column: str = "image", label_column: str = "label", trai
     train = HFImages(loaded[train_split], image_column, label_column, mode, to_tensor)
     val = HFImages(loaded[val_split], image_column, label_column, mode, to_tensor)
     splits = Splits(name or Path(path).name, train, val, num_classes, in_channels, image_size)
-    return add_label_noise(limit(splits, limit_train, limit_val), label_noise)
+    return finish(splits, holdout, split_seed, limit_train, limit_val, label_noise)
 
 
 def decode_rgb(path: str) -> torch.Tensor:
@@ -287,6 +294,47 @@ class HFImages(Dataset):
         return self.transform(row[self.image_column].convert(self.mode)), int(row[self.label_column])
 
 
+# ----------------------------------------------------------------------------------------------------
+# Holdout, limits and label noise: what every factory does to its splits, in this order
+# ----------------------------------------------------------------------------------------------------
+
+def finish(splits: Splits, holdout: int | float | None, split_seed: int, limit_train: int | None,
+           limit_val: int | None, label_noise: dict | None, held_view: Dataset | None = None) -> Splits:
+    """Hold out part of the training set, then keep the limited subsets, then corrupt training labels."""
+    return add_label_noise(limit(hold_out(splits, holdout, split_seed, held_view), limit_train, limit_val), label_noise)
+
+
+def holdout_count(holdout: int | float, train_size: int) -> int:
+    """`dataset.holdout` as a number of samples: a count, or a fraction in (0, 1) of the training set."""
+    fraction = isinstance(holdout, float) and 0 < holdout < 1
+    if not (fraction or (isinstance(holdout, int) and not isinstance(holdout, bool) and 0 < holdout < train_size)):
+        raise ConfigError(f"dataset.holdout={holdout}: pass a count below the {train_size} training samples "
+                          f"(e.g. 5000) or a fraction in (0, 1) (e.g. 0.1), or null for none")
+    return max(1, round(holdout * train_size)) if fraction else holdout
+
+
+def hold_out(splits: Splits, holdout: int | float | None, seed: int, held_view: Dataset | None = None) -> Splits:
+    """Move a stratified `holdout` of the training set into `splits.holdout`, drawn with the dataset's split
+    seed (the same samples whatever the run's seed). It is disjoint from the training samples and, as part of
+    the training set, from the test split; it is evaluated as the test split is (no augmentation; `held_view`
+    is the training set with the evaluation transforms, for datasets that transform per sample) and logged
+    as holdout/*."""
+    if not holdout:
+        return splits
+    from sklearn.model_selection import train_test_split
+
+    labels = _split_labels(splits.train).numpy()
+    count = holdout_count(holdout, len(labels))
+    try:
+        keep, held = train_test_split(np.arange(len(labels)), test_size=count, stratify=labels, random_state=seed)
+    except ValueError as error:  # fewer samples than classes on one side
+        raise ConfigError(f"dataset.holdout={holdout}: a stratified split of {len(labels)} samples of "
+                          f"{len(np.unique(labels))} classes cannot hold {count} out ({error})") from error
+    splits.holdout = _subset(held_view if held_view is not None else splits.train, np.sort(held))
+    splits.train = _subset(splits.train, np.sort(keep))
+    return splits
+
+
 def limit(splits: Splits, limit_train: int | None, limit_val: int | None) -> Splits:
     """Keep a fixed random subset (seed 0) of each split, for quick runs."""
     splits.train = _take(splits.train, limit_train, "limit_train")
@@ -300,6 +348,11 @@ def _take(split, count: int | None, key: str):
     if count <= 0:
         raise ConfigError(f"dataset.{key}={count}: must be a positive number of samples (or null for all)")
     index = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:count].sort().values
+    return _subset(split, index)
+
+
+def _subset(split, index):
+    index = torch.as_tensor(index)
     if isinstance(split, TensorSplit):
         return split.subset(index)
     return torch.utils.data.Subset(split, index.tolist())
@@ -548,8 +601,9 @@ class FolderLoader:
 
 def build_loaders(splits: Splits, batch_size: int, eval_batch_size: int, device: torch.device, seed: int,
                   num_workers: int, channels_last: bool = False, rank: int = 0, world_size: int = 1):
-    """Train loader (shuffled, augmented, full batches) and validation loader (in order, every sample), each
-    yielding this rank's shard; `batch_size` is per device."""
+    """Train loader (shuffled, augmented, full batches) and the evaluation loaders by split name (in order,
+    every sample): "val" (the test split) and "holdout" when the dataset holds one out; each yields this rank's
+    shard; `batch_size` is per device."""
     if batch_size * world_size > len(splits.train):
         raise ConfigError(f"trainer.batch_size={batch_size} x {world_size} processes exceeds the "
                           f"{len(splits.train)} training samples; lower trainer.batch_size")
@@ -557,13 +611,14 @@ def build_loaders(splits: Splits, batch_size: int, eval_batch_size: int, device:
         common = dict(device=device, mean=splits.mean, std=splits.std, seed=seed, channels_last=channels_last,
                       rank=rank, world_size=world_size)
         train = TensorLoader(splits.train, batch_size, augment=splits.augment, shuffle=True, drop_last=True, **common)
-        val = TensorLoader(splits.val, eval_batch_size, **common)
+        evaluate = lambda split: TensorLoader(split, eval_batch_size, **common)
     else:
         common = dict(device=device, seed=seed, num_workers=num_workers, channels_last=channels_last,
                       rank=rank, world_size=world_size)
         train = FolderLoader(splits.train, batch_size, shuffle=True, drop_last=True, **common)
-        val = FolderLoader(splits.val, eval_batch_size, **common)
-    return train, val
+        evaluate = lambda split: FolderLoader(split, eval_batch_size, **common)
+    eval_loaders = {"val": evaluate(splits.val)} | ({"holdout": evaluate(splits.holdout)} if splits.holdout is not None else {})
+    return train, eval_loaders
 
 
 def cpu_count() -> int:

@@ -134,9 +134,10 @@ class Trainer:
         self.model = distributed.convert_sync_bn(self.model, trainer.sync_bn)
         self.world_size = distributed.world_size()
         workers = min(8, cpu_count()) if trainer.num_workers == "auto" else int(trainer.num_workers)
-        self.train_loader, self.val_loader = build_loaders(
+        self.train_loader, eval_loaders = build_loaders(
             self.splits, trainer.batch_size, trainer.eval_batch_size, self.rt.device, cfg.seed, workers,
             self.rt.channels_last, distributed.rank(), self.world_size)
+        self.val_loader, self.holdout_loader = eval_loaders["val"], eval_loaders.get("holdout")
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = int(trainer.max_steps or trainer.epochs * self.steps_per_epoch)
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
@@ -222,14 +223,16 @@ class Trainer:
 
     # ---- evaluation ----------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, model: torch.nn.Module | None = None) -> dict:
+    def evaluate(self, model: torch.nn.Module | None = None, split: str = "val") -> dict:
+        """Metrics of `model` (default: the one trained) on a split: "val" (the test split) or "holdout"."""
         model = model or self.model
+        loader = self.val_loader if split == "val" else self.holdout_loader
         was_training = model.training
         model.eval()
         device = self.rt.device
         sums = torch.zeros(5, device=device)  # loss, nll, top1, top5, count
         bins = torch.zeros(3, ECE_BINS, device=device)  # count, confidence, accuracy
-        for images, labels, _ in self.val_loader.epoch(0):
+        for images, labels, _ in loader.epoch(0):
             with self.autocast():
                 logits = tta_logits(model, images, self.tta)
             loss = self.loss_fn(logits, labels) * len(labels)
@@ -247,13 +250,14 @@ class Trainer:
         distributed.all_reduce_sum(bins)
         loss, nll, top1, top5, count = sums.tolist()
         ece = ((bins[1] - bins[2]).abs().sum() / count).item()
-        return {"val/loss": loss / count, "val/nll": nll / count, "val/acc1": top1 / count,
-                "val/acc5": top5 / count, "val/ece": ece}
+        return {f"{split}/loss": loss / count, f"{split}/nll": nll / count, f"{split}/acc1": top1 / count,
+                f"{split}/acc5": top5 / count, f"{split}/ece": ece}
 
     # ---- the loop ------------------------------------------------------------------------------------
     def fit(self) -> dict:
         trainer, log = self.cfg.trainer, self.logger
-        log.print(f"divrun: {self.splits.name} ({len(self.splits.train)} train / {len(self.splits.val)} val), "
+        held = f" / {len(self.splits.holdout)} holdout" if self.holdout_loader else ""
+        log.print(f"divrun: {self.splits.name} ({len(self.splits.train)} train{held} / {len(self.splits.val)} val), "
                   f"{sum(p.numel() for p in self.params):,} parameters, {self.total_steps} steps on {self.rt.device}, "
                   f"batch {trainer.batch_size} per device x {self.world_size} processes = "
                   f"{trainer.batch_size * self.world_size} global")
@@ -345,10 +349,11 @@ class Trainer:
     def end_of_epoch(self) -> None:
         trainer, done = self.cfg.trainer, self.step >= self.total_steps
         if done or self.epoch % trainer.eval_every == 0:
-            self.last_eval = self.evaluate()
+            self.last_eval = self.evaluate() | (self.evaluate(split="holdout") if self.holdout_loader else {})
             self.best_acc1 = max(self.best_acc1, self.last_eval["val/acc1"])
             self.logger.log({"step": self.step, "epoch": self.epoch, **self.last_eval, **self.distill.evaluate()})
-            info = f"train loss {self.train_loss:.4f}  val acc {self.last_eval['val/acc1']:.4f}"
+            info = f"train loss {self.train_loss:.4f}  val acc {self.last_eval['val/acc1']:.4f}" + \
+                (f"  holdout acc {self.last_eval['holdout/acc1']:.4f}" if self.holdout_loader else "")
             self.logger.set_epoch_info(info)
             if not self.logger.progress:
                 self.logger.print(f"epoch {self.epoch}/{self.epochs}  step {self.step}  {info}")
@@ -361,6 +366,8 @@ class Trainer:
                 "final_val_acc1": self.last_eval.get("val/acc1"), "final_val_loss": finite(self.last_eval.get("val/loss")),
                 "final_val_ece": finite(self.last_eval.get("val/ece")),
                 "final_val_nll": finite(self.last_eval.get("val/nll")), "train_label_noise": self.splits.label_noise,
+                **({"final_holdout_acc1": self.last_eval.get("holdout/acc1"),
+                    "final_holdout_loss": finite(self.last_eval.get("holdout/loss"))} if self.holdout_loader else {}),
                 "steps": self.step, "epochs": self.epoch, "skipped_steps": self.skipped_steps,
                 **self.distill.summary()}
 
