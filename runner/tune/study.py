@@ -7,7 +7,7 @@ with the higher number is marked `surplus` and dropped (it never runs).
 Interruptions. A trial whose worker died (kill -9, a lost node) is failed and re-queued with the same
 parameters and the same run folder, so its divrun run continues from its checkpoint and the folder numbering
 stays that of the first attempt: at start-up for a dead process of this machine, through Optuna's heartbeat
-(RDBStorage heartbeat_interval / grace_period with RetryFailedTrialCallback) for one on another machine. A
+(RDBStorage heartbeat_interval / grace_period, retried by Optuna's stale-trial callback) for one on another machine. A
 run that fails with a bug is retried the same way up to MAX_FAILURES times, then the method stops with its
 error. A diverged run is a finished trial with the worst score (0 accuracy, infinite loss).
 
@@ -28,8 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
+
+try:  # Optuna >= 4.9
+    from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
+    STALE_CALLBACK = "heartbeat_stale_trial_callback"
+except ImportError:  # Optuna 4.0-4.8
+    from optuna.storages import RetryFailedTrialCallback as Retry
+    STALE_CALLBACK = "failed_trial_callback"
 
 from runner import launch
 from runner.search_space import Space, overrides as space_overrides
@@ -55,7 +62,7 @@ def default_storage(tune_dir: Path) -> str:
 def open_storage(url: str) -> RDBStorage:
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                      failed_trial_callback=RetryFailedTrialCallback(max_retry=None))
+                      **{STALE_CALLBACK: Retry(max_retry=None)})
 
 
 class QuasiRandomSampler(optuna.samplers.QMCSampler):
@@ -147,13 +154,19 @@ def claim(study: optuna.Study, budget: int) -> optuna.Trial | None:
     if counted(trials) >= budget and not any(t.state == TrialState.WAITING for t in trials):
         return None
     trial = study.ask()
+    return trial if admit(study, trial, budget) else None
+
+
+def admit(study: optuna.Study, trial: optuna.Trial, budget: int) -> bool:
+    """Whether a just-asked trial is within the budget: fewer than `budget` live trials come before it.
+    Two workers that both saw one trial left both ask; the later number is marked surplus and failed."""
     ahead = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
-    if counted(ahead) >= budget:  # another worker took the last trial first
+    if counted(ahead) >= budget:
         trial.set_user_attr("surplus", True)
         study.tell(trial, state=TrialState.FAIL)
-        return None
+        return False
     trial.set_user_attr("worker", WORKER)
-    return trial
+    return True
 
 
 def recover(spec: Spec, storage) -> list[str]:
@@ -172,7 +185,7 @@ def recover(spec: Spec, storage) -> list[str]:
                 storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             except RuntimeError:  # another process recovered it first
                 continue
-            RetryFailedTrialCallback(max_retry=None)(study, trial)
+            Retry(max_retry=None)(study, trial)
             recovered.append(trial.user_attrs.get("run_dir", f"trial {trial.number}"))
     return recovered
 
@@ -226,7 +239,7 @@ def tell(claimed: Claim, status: str, detail: str, run_dir: Path, watch: "Watch"
     if failures >= MAX_FAILURES:
         raise Broken(f"{run_dir_of(claimed)} failed {failures} times ({detail}); see its {LOG_FILE}, fix the "
                      f"cause, then divrun-tune --resume {spec.dir}")
-    RetryFailedTrialCallback(max_retry=None)(study, frozen)  # queued again: same values, same folder
+    Retry(max_retry=None)(study, frozen)  # queued again: same values, same folder
     return status, None
 
 
