@@ -160,12 +160,17 @@ def claim(study: optuna.Study, budget: int) -> optuna.Trial | None:
 def admit(study: optuna.Study, trial: optuna.Trial, budget: int) -> bool:
     """Whether a just-asked trial is within the budget: fewer than `budget` live trials come before it.
     Two workers that both saw one trial left both ask; the later number is marked surplus and failed."""
-    ahead = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
-    if counted(ahead) >= budget:
+    trials = study.get_trials(deepcopy=False)
+    if counted([t for t in trials if t.number < trial.number]) >= budget:
         trial.set_user_attr("surplus", True)
         study.tell(trial, state=TrialState.FAIL)
         return False
     trial.set_user_attr("worker", WORKER)
+    study._storage.record_heartbeat(trial._trial_id)  # from now on a dead worker's trial goes stale
+    frozen = next(t for t in trials if t.number == trial.number)
+    first = Retry.retried_trial_number(frozen)  # a retry runs in its first attempt's folder
+    trial.set_user_attr("run_dir", frozen.user_attrs.get("run_dir")
+                        or f"{study.user_attrs['method']}/trial-{trial.number if first is None else first:03d}")
     return True
 
 
@@ -178,7 +183,8 @@ def recover(spec: Spec, storage) -> list[str]:
         study = open_study(spec, method, storage)
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-            if worker_host != host or not pid.isdigit() or launch.alive(int(pid)):
+            orphan = "worker" not in trial.user_attrs and time.time() - trial.datetime_start.timestamp() > GRACE_S
+            if not orphan and (worker_host != host or not pid.isdigit() or launch.alive(int(pid))):
                 continue  # another machine's (its heartbeat tells), or still alive
             launch.wait_for_exit(trial.user_attrs.get("pid"))
             try:
@@ -190,11 +196,6 @@ def recover(spec: Spec, storage) -> list[str]:
     return recovered
 
 
-def run_dir_of(claimed: Claim) -> str:
-    """The trial's folder, relative to the tune folder: a retry keeps its first attempt's."""
-    return claimed.trial.user_attrs.get("run_dir") or f"{claimed.method.name}/trial-{claimed.trial.number:03d}"
-
-
 def run_overrides(spec: Spec, method: Method, values: dict, seed: int) -> list[str]:
     """The divrun overrides of one run: shared ones, the method's choices, the drawn values, the seed."""
     return [*spec.base, *method.choices, *space_overrides(values), f"seed={seed}", "trainer.resume=auto"]
@@ -204,10 +205,8 @@ def execute(claimed: Claim, slot: dict[str, str], on_event=None) -> tuple[str, f
     """Run one claimed trial to its end and tell the study; returns (outcome, score)."""
     spec, method, study, trial = claimed.spec, claimed.method, claimed.study, claimed.trial
     values = method.parsed_space().suggest(trial)
-    folder = run_dir_of(claimed)
-    trial.set_user_attr("run_dir", folder)
     trial.set_user_attr("values", values)
-    run_dir = Path(spec.dir) / folder
+    run_dir = Path(spec.dir) / trial.user_attrs["run_dir"]
     watch = Watch(spec, study, trial, run_dir)
     status, detail = launch.run(run_overrides(spec, method, values, seed=0), run_dir, slot, LOG_FILE,
                                 env={"WANDB_RUN_GROUP": spec.tune_id}, watch=watch,
@@ -237,7 +236,7 @@ def tell(claimed: Claim, status: str, detail: str, run_dir: Path, watch: "Watch"
     trial.set_user_attr("error", detail)
     frozen = study.tell(trial, state=TrialState.FAIL)
     if failures >= MAX_FAILURES:
-        raise Broken(f"{run_dir_of(claimed)} failed {failures} times ({detail}); see its {LOG_FILE}, fix the "
+        raise Broken(f"{trial.user_attrs['run_dir']} failed {failures} times ({detail}); see its {LOG_FILE}, fix the "
                      f"cause, then divrun-tune --resume {spec.dir}")
     Retry(max_retry=None)(study, frozen)  # queued again: same values, same folder
     return status, None
