@@ -175,3 +175,62 @@ def test_digits_tune_survives_kill_9_and_ends_with_six_trials_per_study_and_the_
     for name in ("comparison.md", "comparison.json", "comparison.png", "expected_max.png", "tuned_vs_default.csv", "tune.md"):
         assert (out / name).exists(), name
     print(f"tune took {time.time() - started:.0f} s; lion best {best['lion']}")
+
+
+# ---- a study shared through PostgreSQL ---------------------------------------------------------------------------
+
+def unavailable(reason: str):
+    """CI starts a server (.ci/run), so there a missing one is a failure; elsewhere the test skips."""
+    (pytest.fail if os.environ.get("CI") else pytest.skip)(reason)
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh database on the server of DIVRUN_TEST_POSTGRES_URL (.ci/run's), else on a throwaway server."""
+    import shutil
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import postgres
+
+    try:
+        import psycopg
+    except ImportError:
+        unavailable("PostgreSQL tests need psycopg: pip install -e '.[postgres]'")
+    server_dir, url = None, os.environ.get("DIVRUN_TEST_POSTGRES_URL")
+    if not url:
+        server_dir = Path(tempfile.mkdtemp(prefix="divrun-pg-"))  # outside pytest's root-only tmp: the server user reads it
+        try:
+            url = postgres.start(server_dir)
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
+            shutil.rmtree(server_dir, ignore_errors=True)
+            unavailable(f"no PostgreSQL server could be started here ({error})")
+    name = f"divrun_{os.getpid()}_{int(time.time())}"
+    with psycopg.connect(f"{url}/postgres", autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    yield f"{url.replace('postgresql://', 'postgresql+psycopg://')}/{name}"
+    if server_dir:
+        postgres.stop(server_dir)
+        shutil.rmtree(server_dir, ignore_errors=True)
+
+
+def test_two_workers_share_one_postgresql_study_without_duplicate_trials(tmp_path, postgres_url):
+    out = tmp_path / "tune"
+    driver = subprocess.Popen([str(EXE), "optimizer=sgd", "--trials", "6", "--seeds", "1", "--storage", postgres_url,
+                               "--out", str(out), "--", "trainer.epochs=2", "dataset.limit_train=512"],
+                              cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not optuna.get_all_study_names(postgres_url) and time.time() < deadline:
+        time.sleep(0.5)
+    worker = subprocess.run([str(EXE), "--worker", "--storage", postgres_url], cwd=tmp_path, env=ENV,
+                            capture_output=True, text=True, timeout=900)
+    _, errors = driver.communicate(timeout=900)
+    assert worker.returncode == 0 and driver.returncode == 0, worker.stderr[-3000:] + errors[-3000:]
+    [name] = optuna.get_all_study_names(postgres_url)
+    trials = optuna.load_study(study_name=name, storage=postgres_url).get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 6 and not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert sorted(t.user_attrs["run_dir"] for t in done) == [f"sgd/trial-{k:03d}" for k in range(6)]
+    assert len({json.dumps(t.params, sort_keys=True) for t in done}) == 6
+    assert len({t.user_attrs["worker"] for t in done}) == 2  # both processes ran trials
+    assert (out / "comparison.csv").exists() and "postgresql+psycopg://postgres@127.0.0.1" in (out / "tune.json").read_text()

@@ -168,10 +168,18 @@ def admit(study: optuna.Study, trial: optuna.Trial, budget: int) -> bool:
     trial.set_user_attr("worker", WORKER)
     study._storage.record_heartbeat(trial._trial_id)  # from now on a dead worker's trial goes stale
     frozen = next(t for t in trials if t.number == trial.number)
-    first = Retry.retried_trial_number(frozen)  # a retry runs in its first attempt's folder
-    trial.set_user_attr("run_dir", frozen.user_attrs.get("run_dir")
-                        or f"{study.user_attrs['method']}/trial-{trial.number if first is None else first:03d}")
+    trial.set_user_attr("run_dir", frozen.user_attrs.get("run_dir") or f"{study.user_attrs['method']}/trial-"
+                        f"{ordinal(trials, frozen):03d}")
     return True
+
+
+def ordinal(trials, trial) -> int:
+    """A trial's folder number: how many first attempts (not retries, not surplus) come before its first
+    attempt, so folders count 0..N-1 however many retries the study holds."""
+    first = Retry.retried_trial_number(trial)
+    number = trial.number if first is None else first
+    return sum(1 for t in trials if t.number < number and Retry.retried_trial_number(t) is None
+               and not t.user_attrs.get("surplus"))
 
 
 def recover(spec: Spec, storage) -> list[str]:
