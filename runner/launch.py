@@ -14,7 +14,6 @@ checkpoint and stops.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import signal
 import subprocess
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from runner.run_folder import Status, read_summary
 from runner.tables.overrides import quote
 
 PARENT_ENV = "DIVRUN_PARENT_PID"
@@ -58,13 +58,6 @@ def command(overrides: list[str], run_dir: Path) -> list[str]:
             "logger.progress=false"]
 
 
-def read_summary(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((Path(run_dir) / "summary.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 def last_error_line(log: Path) -> str:
     lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
     errors = [line for line in lines if "error" in line.lower()]
@@ -97,9 +90,9 @@ def run(overrides: list[str], run_dir: Path, slot: dict[str, str] | None = None,
     if stopped:
         return "stopped", stopped
     summary = read_summary(run_dir) or {}
-    status = summary.get("status", "failed")
-    if status == "running":  # killed before it could write its final status
-        return "failed", last_error_line(run_dir / log_name)
+    status = summary.get("status", Status.FAILED)
+    if status == Status.RUNNING:  # killed before it could write its final status
+        return Status.FAILED.value, last_error_line(run_dir / log_name)
     return status, summary.get("error", "") or ("" if summary else last_error_line(run_dir / log_name))
 
 

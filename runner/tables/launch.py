@@ -18,11 +18,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from runner.launch import command as divrun_command, last_error_line, parallel_slots, read_summary, run as run_divrun
+from runner.launch import command as divrun_command, last_error_line, parallel_slots, run as run_divrun
+from runner.run_folder import Status, read_summary
 from runner.tables import overrides as ov
 from runner.tables.recipe import Run
 
-DONE = {"finished", "diverged"}
+DONE = {Status.FINISHED, Status.DIVERGED}
 LOG_FILE = "table.log"  # the subprocess's stdout and stderr, inside its run folder
 
 
@@ -39,7 +40,7 @@ def read_status(run_dir: Path) -> tuple[str, str]:
     if summary is None:
         log = run_dir / LOG_FILE
         return ("failed", last_error_line(log)) if log.exists() else ("not run", "")
-    return summary.get("status", "failed"), summary.get("error", "")
+    return summary.get("status", Status.FAILED), summary.get("error", "")
 
 
 def inspect(runs: list[Run]) -> dict[Path, Outcome]:

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
-from runner import launch
+from runner import launch, run_folder
 from runner.tune import expected_max
 from runner.tune.spec import Method, Spec
 from runner.tune.study import FINISHED, LOG_FILE, open_study, run_overrides
@@ -57,7 +57,7 @@ def rerun_all(spec: Spec, storage, slots: list[dict], console: Console) -> None:
     import queue
     from concurrent.futures import ThreadPoolExecutor
 
-    todo = [r for r in reruns(spec, storage) if (launch.read_summary(r[4]) or {}).get("status") not in ("finished", "diverged")]
+    todo = [r for r in reruns(spec, storage) if (run_folder.read_summary(r[4]) or {}).get("status") not in ("finished", "diverged")]
     free: queue.Queue = queue.Queue()
     for slot in slots:
         free.put(slot)
@@ -77,7 +77,7 @@ def rerun_all(spec: Spec, storage, slots: list[dict], console: Console) -> None:
 
 
 def summary_value(run_dir: Path, key: str) -> float | None:
-    summary = launch.read_summary(run_dir) or {}
+    summary = run_folder.read_summary(run_dir) or {}
     value = summary.get(key) if summary.get("status") == "finished" else None
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 

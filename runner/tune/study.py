@@ -38,7 +38,7 @@ except ImportError:  # Optuna 4.0-4.8
     from optuna.storages import RetryFailedTrialCallback as Retry
     STALE_CALLBACK = "failed_trial_callback"
 
-from runner import launch
+from runner import launch, run_folder
 from runner.search_space import Space, overrides as space_overrides
 from runner.tune.spec import Method, Spec
 
@@ -274,7 +274,7 @@ class Watch:
         return None
 
     def new_records(self) -> list[dict]:
-        path = self.run_dir / "metrics.jsonl"
+        path = self.run_dir / run_folder.METRICS
         if not path.exists():
             return []
         with open(path) as handle:
@@ -287,17 +287,15 @@ class Watch:
 
 def final_score(run_dir: Path, metric: str) -> float | None:
     """The metric's value at the last evaluation of a run (last-epoch, as every divrun number)."""
-    from runner.logger import read_jsonl
-
-    values = [r[metric] for r in read_jsonl(run_dir / "metrics.jsonl") if r.get(metric) is not None]
+    values = [r[metric] for r in run_folder.read_metrics(run_dir) if r.get(metric) is not None]
     return float(values[-1]) if values else None
 
 
 def mark_pruned(run_dir: Path, reason: str) -> None:
     """A pruned trial's summary.json says so (it stopped through SIGTERM, which reads as preempted)."""
-    summary = launch.read_summary(run_dir) or {}
-    summary.update(status="pruned", error=reason)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    summary = run_folder.read_summary(run_dir) or {}
+    summary.update(status=run_folder.Status.PRUNED, error=reason)
+    run_folder.write_summary(run_dir, summary)
 
 
 def progress(spec: Spec, storage) -> dict[str, tuple[int, int]]:
