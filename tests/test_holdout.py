@@ -48,9 +48,9 @@ def test_a_bad_holdout_is_one_line_naming_the_fix(value):
 
 def test_a_run_evaluates_and_logs_the_holdout_beside_val(tmp_path):
     summary, run_dir = train(tmp_path, "dataset.holdout=0.1", "trainer.epochs=2")
-    from runner.logger import read_jsonl
+    from runner.run_folder import read_metrics
 
-    evals = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "val/acc1" in r]
+    evals = [r for r in read_metrics(run_dir) if "val/acc1" in r]
     assert len(evals) == 2 and all({"holdout/acc1", "holdout/loss", "holdout/nll", "holdout/ece", "holdout/acc5"} <= set(r)
                                    for r in evals)
     assert summary["final_holdout_acc1"] == evals[-1]["holdout/acc1"] and summary["final_val_acc1"] == evals[-1]["val/acc1"]
