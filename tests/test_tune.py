@@ -84,6 +84,31 @@ def test_the_budget_is_exact_and_a_racing_worker_gets_a_surplus_trial_that_never
     assert studies.counted(trials.values()) == 3 and len(trials) == 4
 
 
+def test_the_median_pruner_stops_a_trial_below_the_median_at_an_evaluation_point(tmp_path):
+    spec, method = spec_for(tmp_path, {"optimizer.lr": {"low": 1e-3, "high": 1.0, "log": True}})
+    spec.prune = True
+    storage = studies.open_storage(studies.default_storage(tmp_path))
+    study = studies.open_study(spec, method, storage, create=True)
+    study.pruner = optuna.pruners.MedianPruner(n_startup_trials=1)
+    earlier = studies.claim(study, 4)
+    earlier.report(0.9, step=1)
+    study.tell(earlier, 0.95)
+    claimed = studies.Claim(spec, method, study, studies.claim(study, 4))
+    run_dir = tmp_path / claimed.trial.user_attrs["run_dir"]
+    run_dir.mkdir(parents=True)
+    watch = studies.Watch(spec, study, claimed.trial, run_dir)
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 5, "epoch": 0.5, "train/loss": 1.0}) + "\n")
+    assert watch(None) is None  # no evaluation yet
+    with open(run_dir / "metrics.jsonl", "a") as records:
+        records.write(json.dumps({"step": 10, "epoch": 1, "holdout/acc1": 0.5}) + "\n" + '{"step": 1')  # half a line
+    reason = watch(None)
+    assert reason == "pruned by the median rule at epoch 1: holdout/acc1 0.5000"
+    (run_dir / "summary.json").write_text(json.dumps({"status": "preempted"}))
+    assert studies.tell(claimed, "stopped", reason, run_dir, watch) == ("pruned", 0.5)
+    assert json.loads((run_dir / "summary.json").read_text()) == {"status": "pruned", "error": reason}
+    assert study.trials[-1].state == optuna.trial.TrialState.PRUNED
+
+
 # ---- bad input: one line, nothing written --------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, message", [
