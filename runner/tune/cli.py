@@ -3,7 +3,7 @@
     divrun-tune optimizer=adamw,lion,sgd --trials 20 --seeds 3 -- dataset=cifar10 model=resnet20 trainer.epochs=30
     divrun-tune ... --out outputs/tune/lion-vs-adamw      where it writes (default outputs/tune/<date>/<time>-<uid>)
     divrun-tune --resume outputs/tune/lion-vs-adamw       after a kill: finished trials are kept, not rerun
-    divrun-tune --worker --storage postgresql://host/db   one more worker on a study shared through a database
+    divrun-tune --worker --storage postgresql+psycopg://host/db   one more worker on a shared study
 
 Before `--`: the methods (one choice per config group; `optimizer=adamw,lion loss=ce,js` makes four) and the
 tune's options; after it: overrides shared by every run. Each method's space is its options' `search_space`
@@ -239,8 +239,8 @@ def work(args: argparse.Namespace) -> None:
         raise ConfigError("--worker needs --storage URL (the database the tune's studies live in)")
     storage = studies.open_storage(args.storage)
     found = {}
-    for summary in optuna.get_all_studies(storage=storage):
-        raw = summary.user_attrs.get("divrun_tune")
+    for name in optuna.get_all_study_names(storage):
+        raw = optuna.load_study(study_name=name, storage=storage).user_attrs.get("divrun_tune")
         if raw and (args.tune is None or raw["tune_id"] == args.tune):
             found[raw["tune_id"]] = raw
     if len(found) != 1:
