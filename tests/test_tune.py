@@ -118,6 +118,7 @@ def test_the_median_pruner_stops_a_trial_below_the_median_at_an_evaluation_point
      "--space optimizer.lr (sgd): reversed bounds (low 0.5 > high 0.01); swap them"),
     (["optimizer=sgd", "--", "optimizer.lr=-1"], "optimizer.lr=-1: the learning rate must be > 0"),
     (["optimizer.lr=0.1"], "optimizer.lr=0.1: optimizer.lr is not a config group"),
+    (["optimizer=sgd", "--", "dataset.holdout=null"], "dataset.holdout=null: divrun-tune selects on the holdout split"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
     out = tmp_path / "tune"

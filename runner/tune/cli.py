@@ -94,7 +94,11 @@ def new_spec(args: argparse.Namespace, base: list[str]) -> specs.Spec:
     methods = []
     for name, choices in specs.methods_of(args.methods, conf_groups()):
         check_command([*base, *choices])
-        methods.append(specs.build_method(name, choices, compose([*base, *choices]), edits))
+        cfg = compose([*base, *choices])
+        if not cfg.dataset.get("holdout"):
+            raise ConfigError(f"dataset.holdout={cfg.dataset.get('holdout') or 'null'}: divrun-tune selects on the holdout split; "
+                              f"pass dataset.holdout=N (a count or a fraction) or leave it out for 10%")
+        methods.append(specs.build_method(name, choices, cfg, edits))
     unknown = sorted({only for only, _, _ in edits if only} - {m.name for m in methods})
     if unknown:
         raise ConfigError(f"--space {unknown[0]}:...: no method is named {unknown[0]}; methods: "
