@@ -25,7 +25,7 @@ from runner.errors import ConfigError
 class Schedule:
     def __init__(self, total_steps: int, steps_per_epoch: int = 1,
                  warmup: int | float = 0, floor: float = 0.0,
-                 warmup_start: float = 0.0):
+                 warmup_start: float = 0.0, search_space: dict | None = None):  # divrun-tune's ranges: unused here
         if total_steps <= 0:
             raise ConfigError(f"schedule: the run has {total_steps} steps; set trainer.epochs or trainer.max_steps > 0")
         if not 0.0 <= floor <= 1.0:
@@ -54,12 +54,10 @@ class Schedule:
 
 
 def build_schedule(cfg, total_steps: int, steps_per_epoch: int) -> Schedule:
-    """The schedule of `conf/schedule/<name>.yaml` (less its `search_space`) for a run of `total_steps`."""
+    """The schedule of `conf/schedule/<name>.yaml` for a run of `total_steps`."""
     from hydra.utils import instantiate
 
-    from runner.search_space import strip
-
-    return instantiate(strip(cfg))(total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+    return instantiate(cfg)(total_steps=total_steps, steps_per_epoch=steps_per_epoch)
 
 
 def resolve_steps(value: int | float, total_steps: int, key: str) -> int:

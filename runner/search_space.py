@@ -1,9 +1,9 @@
 """Search spaces: what `divrun-tune` may vary in an option, declared once in the option's own YAML.
 
 Any option of any group (`conf/optimizer/lion.yaml`, `conf/schedule/wsd.yaml`, `conf/loss/js.yaml`, ...) may
-hold a `search_space:` mapping from its own keys to a range. The key is data for `divrun-tune` only: the
-builders (build_optimizer, build_loss, build_schedule) drop it and validation checks its format, so a run
-never passes it to its `_target_`. The format, one entry per key of the option:
+hold a `search_space:` mapping from its own keys to a range. The key is data for `divrun-tune` only: losses
+and schedules take it and ignore it (so `hydra.utils.instantiate` of the node works), build_optimizer drops
+it (runner.optim.BUILDER_KEYS: torch's optimizers would refuse it), and validation checks its format. The format, one entry per key of the option:
 
     search_space:
       lr: {low: 1.0e-5, high: 1.0e-2, log: true}     # float range, log-uniform (log: false or absent: uniform)
@@ -31,7 +31,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from runner.errors import ConfigError
 
@@ -246,19 +246,6 @@ def _fits_config(entry: Param | Element, option: DictConfig, key: str, where: st
         value = option.get(key)
         if not isinstance(value, ListConfig) or len(value) != len(entry.items):
             yield f"{where}: {len(entry.items)} elements for a key holding {value}; give one entry per element"
-
-
-def strip(node):
-    """An option node without its `search_space` (what its `_target_` receives)."""
-    if isinstance(node, DictConfig) and SPACE_KEY in node:
-        node = node.copy()
-        with open_dict(node):
-            node.pop(SPACE_KEY)
-    elif isinstance(node, dict) and SPACE_KEY in node:
-        node = {k: v for k, v in node.items() if k != SPACE_KEY}
-    return node
-
-
 
 
 # ---- a method's space: the declared entries of its options, edited on the command line ---------------------

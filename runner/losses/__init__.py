@@ -11,16 +11,14 @@ __all__ = ["Loss", "CrossEntropy", "build_loss", "target_distribution"]
 
 
 def build_loss(cfg):
-    """The loss of `conf/loss/<name>.yaml` (less its `search_space`); a ConfigError from its constructor stays
-    the one-line error."""
+    """The loss of `conf/loss/<name>.yaml`; a ConfigError from its constructor stays the one-line error."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
     from runner.errors import ConfigError
-    from runner.search_space import strip
 
     try:
-        return instantiate(strip(cfg))
+        return instantiate(cfg)
     except InstantiationException as error:
         if isinstance(error.__cause__, ConfigError):
             raise error.__cause__ from None
