@@ -79,12 +79,14 @@ class RunLogger:
         table = Table(title=f"divrun: {summary.get('name')}", show_header=True)
         table.add_column("metric")
         table.add_column("value", justify="right")
-        for key in ("status", "final_val_acc1", "best_val_acc1", "final_holdout_acc1", "final_val_loss", "final_train_loss", "steps",
-                    "epochs", "wall_time_s", "run_dir"):
+        for key in ("status", "final_val_acc1", "best_val_acc1", "final_holdout_acc1", "final_val_loss",
+                    "final_train_loss", "steps", "epochs", "wall_time_s"):
             if summary.get(key) is not None:
                 value = summary[key]
                 table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
         console.print(table)
+        # the one value a user copies: its own line, never cut or folded to the terminal's width
+        console.print(f"run folder: {summary.get('run_dir')}", soft_wrap=True, highlight=False)
 
     def close(self, summary: dict | None = None) -> None:
         if not self.enabled:
@@ -135,11 +137,8 @@ class RunLogger:
 
 
 def resolve_wandb_mode(mode: str) -> str:
-    """auto: an explicit WANDB_MODE wins, then online with credentials, else offline."""
+    """auto: an explicit WANDB_MODE wins, then online with credentials, else offline (the modes: runner/validate.py)."""
     if mode != "auto":
-        if mode not in ("online", "offline", "disabled"):
-            from runner.errors import ConfigError
-            raise ConfigError(f"logger.wandb.mode={mode}: choose auto, online, offline or disabled")
         return mode
     if os.environ.get("WANDB_MODE"):
         return {"dryrun": "offline", "run": "online"}.get(os.environ["WANDB_MODE"], os.environ["WANDB_MODE"])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import compose, train
-from runner.data import digits, synthetic
+from runner.data.datasets import digits, synthetic
 from runner.validate import problems_of
 
 

@@ -8,13 +8,13 @@ import optuna
 import pytest
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import REPO, compose
 from runner.errors import ConfigError
 from runner.losses import build_loss
 from runner.optim import build_optimizer
-from runner.schedules import build_schedule
 from runner.search_space import (Param, SPACE_KEY, declared, method_space, overrides, parse_edit, parse_entry,
                                  problems_of)
 
@@ -48,7 +48,7 @@ def test_the_builders_never_pass_the_space_to_their_target():
     assert SPACE_KEY in cfg.optimizer and SPACE_KEY in cfg.schedule and SPACE_KEY in cfg.loss
     model = torch.nn.Linear(3, 2)
     assert type(build_optimizer(cfg.optimizer, model)).__name__ == "Lion"
-    assert build_schedule(cfg.schedule, 100, 10)(99) < 1
+    assert instantiate(cfg.schedule)(total_steps=100, steps_per_epoch=10)(99) < 1
     assert build_loss(cfg.loss)(torch.zeros(2, 3), torch.tensor([0, 1])).isfinite()
     sam = compose("optimizer=sam", "optimizer.base=adamw")
     assert SPACE_KEY in sam.optimizer.base_optimizer
