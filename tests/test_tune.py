@@ -189,7 +189,8 @@ def test_digits_tune_survives_kill_9_and_ends_with_six_trials_per_study_and_the_
             records = [json.loads(l) for l in (out / folder / "metrics.jsonl").read_text().splitlines()]
             assert [r["epoch"] for r in records if "holdout/acc1" in r] == [1, 2, 3], folder
     comparison = pd.read_csv(out / "comparison.csv")
-    assert sorted(comparison.method) == ["lion", "sgd"] and (comparison.test_acc1_n == 2).all()
+    assert sorted(comparison.method) == ["lion", "sgd"] and (comparison["final_val_acc1.n"] == 2).all()
+    assert (comparison["final_holdout_acc1.n"] == 2).all()  # runner.comparison's table, holdout beside test
     for method in ("sgd", "lion"):
         for kind in ("best", "default"):
             for seed in (1, 2):
@@ -198,8 +199,10 @@ def test_digits_tune_survives_kill_9_and_ends_with_six_trials_per_study_and_the_
     assert best["lion"]["holdout/acc1"] >= 0.9, best["lion"]
     curve = pd.read_csv(out / "expected_max.csv")
     assert len(curve) == 12 and (curve.groupby("method").expected_best.diff().dropna() >= -1e-12).all()
-    for name in ("comparison.md", "comparison.json", "comparison.png", "expected_max.png", "tuned_vs_default.csv", "tune.md"):
+    for name in ("comparison.md", "comparison.json", "comparison.png", "expected_max.png", "tuned_vs_default.csv"):
         assert (out / name).exists(), name
+    page = (out / "comparison.md").read_text()
+    assert all(title in page for title in ("## Best hyperparameters", "## Tuned against default", "## Expected best"))
     print(f"tune took {time.time() - started:.0f} s; lion best {best['lion']}")
 
 

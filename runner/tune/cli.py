@@ -230,7 +230,7 @@ def drive(spec: specs.Spec, url: str, slots, fresh: bool) -> None:
                   highlight=False)
     report.rerun_all(spec, storage, slots, console)
     path = report.render(spec, storage, console)
-    console.print(f"divrun-tune: wrote {path} and comparison.{{md,csv,json,png}}, expected_max.{{csv,png}}, "
+    console.print(f"divrun-tune: wrote {path} (and comparison.{{csv,json,png}}), expected_max.{{csv,png}}, "
                   f"tuned_vs_default.csv, best_params.json in {spec.dir}", highlight=False)
     held.close()
 
