@@ -24,6 +24,9 @@ NO_CUDA = not torch.cuda.is_available()
 # (file, first words of the message) -> why no config reaches it
 UNREACHABLE = {
     ("runner/tables/", ""): "divrun-table's recipe errors (tests/test_tables.py), not divrun configs",
+    ("runner/comparison/", ""): "divrun-compare's options (tests/test_compare.py), not divrun configs",
+    ("runner/results.py", ""): "divrun-compare's paths (tests/test_compare.py), not divrun configs",
+    ("runner/sweep.py", "{run_dir} holds a run"): "a resumed sweep's folder (tests/test_compare.py), not one config",
     ("runner/losses/fdiv.py", "loss.generator={generator}: f(1)"): "every named generator has f(1) = 0; it guards "
                                                                     "a new function in generators.py",
     ("runner/data/splits.py", "{key}: cannot read the labels"): "every dataset of the package exposes its labels; "
