@@ -69,6 +69,27 @@ def test_trial_k_is_point_k_of_the_scrambled_halton_sequence_from_the_first_tria
         assert values["optimizer.momentum"] == pytest.approx(0.5 + momentum_u * 0.49)
 
 
+def test_a_trial_killed_before_it_drew_keeps_its_point_and_no_point_is_skipped(tmp_path):
+    space = {"optimizer.lr": {"low": 1e-5, "high": 1e-1, "log": True}}
+    spec, method = spec_for(tmp_path, space, trials=3)
+    storage = studies.open_storage(studies.default_storage(tmp_path))
+    study = studies.open_study(spec, method, storage, create=True)
+    lr = lambda u: math.exp(math.log(1e-5) + u * (math.log(1e-1) - math.log(1e-5)))  # noqa: E731
+    points = [lr(u) for (u,) in qmc.Halton(1, scramble=True, seed=0).random(3)]
+    first = studies.claim(study, 3)
+    assert method.parsed_space().suggest(first)["optimizer.lr"] == pytest.approx(points[0])
+    study.tell(first, 0.5)
+    killed = studies.claim(study, 3)  # its worker dies before it draws its values
+    storage.set_trial_state_values(killed._trial_id, optuna.trial.TrialState.FAIL)
+    studies.Retry(max_retry=None)(study, study.trials[killed.number])
+    drawn = {}
+    for _ in range(2):
+        trial = studies.claim(study, 3)
+        drawn[trial.user_attrs["run_dir"]] = method.parsed_space().suggest(trial)["optimizer.lr"]
+        study.tell(trial, 0.5)
+    assert drawn == {"m/trial-001": pytest.approx(points[1]), "m/trial-002": pytest.approx(points[2])}
+
+
 def test_the_budget_is_exact_and_a_racing_worker_gets_a_surplus_trial_that_never_runs(tmp_path):
     spec, method = spec_for(tmp_path, {"optimizer.lr": {"low": 1e-3, "high": 1.0, "log": True}}, trials=3)
     storage = studies.open_storage(studies.default_storage(tmp_path))

@@ -13,7 +13,8 @@ error. A diverged run is a finished trial with the worst score (0 accuracy, infi
 
 Sampling. The default sampler is Optuna's QMCSampler (scrambled Halton, seeded), given the declared space
 from the first trial on (Optuna infers it from the first finished trial otherwise, sampling the first ones at
-random) and indexed by the trial number, so every worker draws point k of the sequence for trial k. TPE
+random) and indexed by the trial's folder number, so every worker draws point k of the sequence for trial-k,
+and a retry its first attempt's point. TPE
 (`--sampler tpe`, multivariate with the constant liar for parallel workers) is the option.
 """
 from __future__ import annotations
@@ -66,8 +67,10 @@ def open_storage(url: str) -> RDBStorage:
 
 
 class QuasiRandomSampler(optuna.samplers.QMCSampler):
-    """Optuna's QMCSampler over the declared space from trial 0, point k of the sequence for trial number k
-    (unique across workers, where the sampler's own counter could hand two racing workers the same point)."""
+    """Optuna's QMCSampler over the declared space from trial 0, point k of the sequence for the trial whose
+    folder is trial-k (`ordinal`: unique across workers, where the sampler's own counter could hand two racing
+    workers the same point; a retry, even of a trial killed before it drew its values, keeps its first
+    attempt's point, and no point is skipped for the retries' own trial numbers)."""
 
     def __init__(self, space: dict, seed: int):
         super().__init__(qmc_type="halton", scramble=True, seed=seed, warn_independent_sampling=False,
@@ -78,7 +81,7 @@ class QuasiRandomSampler(optuna.samplers.QMCSampler):
         return self.space
 
     def sample_relative(self, study, trial, search_space):
-        self.local.number = trial.number
+        self.local.number = ordinal(study.get_trials(deepcopy=False), trial)
         return super().sample_relative(study, trial, search_space)
 
     def _find_sample_id(self, study, search_space) -> int:  # noqa: D401 - QMCSampler's hook
