@@ -136,9 +136,9 @@ def holdout_problems(holdout: int | float | None, train_size: int | None,
     fraction = isinstance(holdout, float) and 0 < holdout < 1
     count = isinstance(holdout, int) and not isinstance(holdout, bool) and 0 < holdout < (train_size or holdout + 1)
     if not (not holdout or fraction or count):  # 0 or null: none
-        below = f"below the {train_size} training samples " if train_size else ""
-        return [f"dataset.holdout={holdout}: pass a count {below}(e.g. 5000) or a fraction in (0, 1) (e.g. 0.1), "
-                f"or null for none"]
+        below = f"below the {train_size} training samples (e.g. {max(1, train_size // 10)})" if train_size else \
+            "(e.g. 5000)"
+        return [f"dataset.holdout={holdout}: pass a count {below} or a fraction in (0, 1) (e.g. 0.1), or null for none"]
     if holdout and train_size and num_classes:
         held = holdout_count(holdout, train_size)
         if min(held, train_size - held) < num_classes:
