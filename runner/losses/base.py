@@ -54,7 +54,8 @@ def kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
 class Loss(nn.Module):
     """Base class: subclasses define `divergence(log_q, log_p)` (per sample) or override `batch_loss`."""
 
-    def __init__(self, temperature: float = 1.0, smoothing: float = 0.0, z_reg: float = 0.0):
+    def __init__(self, temperature: float = 1.0, smoothing: float = 0.0, z_reg: float = 0.0,
+                 search_space: dict | None = None):  # divrun-tune's ranges (runner/search_space.py): not the loss's
         super().__init__()
         if temperature <= 0:
             raise ConfigError(f"loss.temperature={temperature}: must be > 0 (1 is plain softmax)")
