@@ -48,7 +48,7 @@ def test_an_sgd_update_has_no_component_along_the_weights(rescale):
     model = model_with_grads(1)
     cfg = compose("optimizer=perpgrad", f"optimizer.rescale={rescale}", "optimizer.base_overrides={lr:0.5,momentum:0.0,weight_decay:0.0}").optimizer
     optimizer = build_optimizer(cfg, model)
-    assert isinstance(optimizer, PerpGrad) and type(optimizer.optimizer) is torch.optim.SGD
+    assert isinstance(optimizer, PerpGrad) and type(optimizer.base) is torch.optim.SGD
     before = [p.detach().clone() for p in model.parameters()]
     grad_norms = [p.grad.norm().item() for p in model.parameters()]
     optimizer.step()

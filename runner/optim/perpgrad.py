@@ -45,6 +45,8 @@ def project_out_weights(params: list[torch.Tensor], grads: list[torch.Tensor], r
 
 class PerpGrad:
     """An optimizer wrapper: exposes the base's `param_groups` and `state` (the trainer sets their lr)."""
+    adaptive = None  # capabilities: the base's (the update rule is the base's)
+    second_order = needs_closure = False
 
     def __init__(self, optimizer: torch.optim.Optimizer, rescale: bool = True, eps: float = 1e-30):
         if getattr(optimizer, "second_order", False) or getattr(optimizer, "needs_closure", False):
@@ -52,27 +54,27 @@ class PerpGrad:
                               "closure-driven: it recomputes the gradients itself); pick a first-order base")
         if eps <= 0:
             raise ConfigError(f"optimizer.eps={eps}: must be > 0 (it guards zero weights; official 1e-30)")
-        self.optimizer, self.rescale, self.eps = optimizer, rescale, eps
+        self.base, self.rescale, self.eps = optimizer, rescale, eps
 
     @property
     def param_groups(self) -> list[dict]:
-        return self.optimizer.param_groups
+        return self.base.param_groups
 
     @property
     def state(self):
-        return self.optimizer.state
+        return self.base.state
 
     def step(self, closure=None):
         params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
         if params:
             project_out_weights(params, [p.grad for p in params], self.rescale, self.eps)
-        return self.optimizer.step()
+        return self.base.step()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
+        self.base.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict:
-        return self.optimizer.state_dict()
+        return self.base.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state)
+        self.base.load_state_dict(state)
