@@ -21,10 +21,13 @@ run with curvature logging trains exactly as one without, and a resumed run meas
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import time
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 HVP = Callable[[torch.Tensor], torch.Tensor]
 
@@ -92,3 +95,105 @@ def hutchinson_trace(hvp: HVP, dim: int, probes: int, generator: torch.Generator
     values = torch.stack(samples).double()
     stderr = values.std().item() / math.sqrt(probes) if probes > 1 else math.nan
     return values.mean().item(), stderr
+
+
+# ---- the measurement a run makes every N steps --------------------------------------------------------
+class CurvatureMonitor:
+    """The Hessian of the run's loss on fixed training samples (`images`, `labels`: this process's share, the
+    same on every measurement), measured in eval mode (no BatchNorm statistics move, no dropout) in float32,
+    through torch.autograd.grad (the optimizer's .grad stays untouched). `track` > 0 also returns the
+    per-sample losses (cross-entropy of the label under the loss's normaliser) of the first `track` samples.
+    Under DDP each process takes its share and the products are averaged over processes, so every process
+    runs the same iteration."""
+
+    def __init__(self, model: torch.nn.Module, loss_fn, images: torch.Tensor, labels: torch.Tensor,
+                 every: int, top_k: int = 1, iters: int = 20, tol: float = 1e-3, trace_probes: int = 10,
+                 samples: int = 256, track: int = 0, seed: int = 0, reduce: Callable[[torch.Tensor], None] | None = None):
+        self.model, self.loss_fn, self.reduce = model, loss_fn, reduce
+        self.images, self.labels = images, labels
+        self.every, self.top_k, self.iters, self.tol = every, top_k, iters, tol
+        self.trace_probes, self.samples, self.track, self.seed = trace_probes, samples, track, seed
+
+    def due(self, step: int) -> bool:
+        return bool(self.every) and step % self.every == 0 and bool(self.top_k or self.trace_probes)
+
+    def measure(self, step: int, lr: float) -> dict:
+        """One record: hessian/lambda_max (and lambda_2 .. lambda_k), hessian/trace with its standard error,
+        hessian/two_over_lr (the edge-of-stability threshold of gradient descent at this step's lr), the loss
+        on the samples, the Hessian-vector products used and the seconds taken."""
+        started = time.perf_counter()
+        generator = torch.Generator(self.images.device).manual_seed(self.seed * 1_000_003 + step)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        with evaluating(self.model), torch.autocast(self.images.device.type, enabled=False):
+            loss = self.loss_fn(self.model(self.images[:self.samples]), self.labels[:self.samples])
+            hvp = HessianVectorProduct(loss, params, self.reduce)
+            record = {"hessian/loss": loss.item()}
+            if self.top_k:
+                values, products = top_eigenvalues(hvp, hvp.dim, self.top_k, self.iters, self.tol, generator,
+                                                   self.images.device)
+                record["hessian/lambda_max"] = values[0]
+                record.update({f"hessian/lambda_{i + 1}": v for i, v in enumerate(values) if i > 0})
+                record["hessian/products"] = products
+            if self.trace_probes:
+                record["hessian/trace"], record["hessian/trace_stderr"] = hutchinson_trace(
+                    hvp, hvp.dim, self.trace_probes, generator, self.images.device)
+                record["hessian/products"] = record.get("hessian/products", 0) + self.trace_probes
+        del hvp  # frees the gradient's graph
+        record["hessian/two_over_lr"] = 2 / lr if lr > 0 else math.inf
+        record["hessian/seconds"] = time.perf_counter() - started
+        return record
+
+    @torch.no_grad()
+    def sample_losses(self) -> list[float]:
+        """The per-sample losses of the tracked samples (one host read)."""
+        with evaluating(self.model), torch.autocast(self.images.device.type, enabled=False):
+            logits = self.model(self.images[:self.track]).float()
+            scores = self.loss_fn.scores(logits) if hasattr(self.loss_fn, "scores") else logits
+            return F.cross_entropy(scores, self.labels[:self.track], reduction="none").tolist()
+
+
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module):
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def plot_curvature(records: list[dict], path) -> bool:
+    """curvature.png: lambda_max (and the other top eigenvalues) against 2/lr over the steps on a log scale, the
+    trace with its error band beside; False when there is nothing to plot."""
+    rows = [r for r in records if "hessian/two_over_lr" in r]
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    has_trace = any("hessian/trace" in r for r in rows)
+    fig, axes = plt.subplots(1, 2 if has_trace else 1, figsize=(11 if has_trace else 6, 4), squeeze=False)
+    sharp = axes[0, 0]
+    eigen_keys = sorted({k for r in rows for k in r if k.startswith("hessian/lambda_")},
+                        key=lambda k: 1 if k == "hessian/lambda_max" else int(k.rsplit("_", 1)[1]))
+    for key in eigen_keys:
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        sharp.plot(*zip(*points), marker="o", markersize=3, label=key.removeprefix("hessian/").replace("lambda_max", "λmax"))
+    sharp.plot(steps, [r["hessian/two_over_lr"] for r in rows], "k--", label="2 / lr")
+    if all(r.get(k, 1) > 0 for r in rows for k in eigen_keys):
+        sharp.set_yscale("log")
+    sharp.set(xlabel="step", ylabel="eigenvalue", title="top Hessian eigenvalues vs the edge of stability")
+    sharp.legend(fontsize=8)
+    if has_trace:
+        points = [(r["step"], r["hessian/trace"], r.get("hessian/trace_stderr") or 0) for r in rows if "hessian/trace" in r]
+        x, y, err = (list(column) for column in zip(*points))
+        axes[0, 1].plot(x, y, marker="o", markersize=3)
+        axes[0, 1].fill_between(x, [a - 2 * e for a, e in zip(y, err)], [a + 2 * e for a, e in zip(y, err)], alpha=0.25)
+        axes[0, 1].set(xlabel="step", ylabel="trace", title="Hessian trace (Hutchinson, ±2 s.e.)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

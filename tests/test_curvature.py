@@ -2,6 +2,7 @@
 iteration's eigenvalues, Hutchinson's trace within its own error, and the HVP itself."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -77,7 +78,7 @@ def test_hutchinson_trace_is_within_its_estimators_error():
     # Rademacher probes: Var(z.Hz) = 2 (||H||_F^2 - sum_i H_ii^2)
     sd_per_probe = math.sqrt(2 * (hessian.square().sum() - hessian.diagonal().square().sum()).item())
     hvp = operator(model, x, y)
-    probes = 400
+    probes = 200
     estimate, stderr = hutchinson_trace(hvp, hvp.dim, probes, torch.Generator().manual_seed(0),
                                         torch.device("cpu"), torch.float64)
     assert abs(estimate - exact) < 4 * sd_per_probe / math.sqrt(probes)
@@ -92,3 +93,45 @@ def test_the_probes_never_touch_the_global_rng():
     hutchinson_trace(hvp, hvp.dim, 3, torch.Generator().manual_seed(1), torch.device("cpu"), torch.float64)
     assert torch.equal(state, torch.get_rng_state())
     assert all(p.grad is None for p in model.parameters())  # nor the gradients the optimizer steps with
+
+
+def test_the_monitor_measures_the_eval_mode_hessian_and_changes_nothing():
+    from runner.curvature import CurvatureMonitor
+    from runner.losses.ce import CrossEntropy
+
+    torch.manual_seed(4)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.BatchNorm1d(5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    model(torch.randn(64, 3))  # some running statistics
+    x, y = torch.randn(40, 3), torch.randint(0, 3, (40,))
+    monitor = CurvatureMonitor(model, CrossEntropy(), x, y, every=10, top_k=2, iters=200, tol=1e-6,
+                               trace_probes=150, samples=32, track=5, seed=0)
+    buffers = [b.clone() for b in model.buffers()]
+    rng = torch.get_rng_state()
+    record = monitor.measure(step=10, lr=0.1)
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers())) and torch.equal(rng, torch.get_rng_state())
+    reference = copy.deepcopy(model).double().eval()
+    hessian = explicit_hessian(reference, x[:32].double(), y[:32])
+    eigenvalues = torch.linalg.eigvalsh(hessian)
+    top = eigenvalues[eigenvalues.abs().argmax()].item()
+    assert abs(record["hessian/lambda_max"] - top) < 1e-3 * abs(top)
+    sd = math.sqrt(2 * (hessian.square().sum() - hessian.diagonal().square().sum()).item() / 150)
+    assert abs(record["hessian/trace"] - torch.trace(hessian).item()) < 4 * sd
+    assert record["hessian/two_over_lr"] == 20 and "hessian/lambda_2" in record
+    quick = CurvatureMonitor(model, CrossEntropy(), x, y, every=10, iters=3, trace_probes=2, samples=32)
+    first, again = quick.measure(step=10, lr=0.1), quick.measure(step=10, lr=0.1)
+    assert {**first, "hessian/seconds": 0} == {**again, "hessian/seconds": 0}  # the same probes at the same step
+    assert monitor.due(20) and not monitor.due(25)
+    losses = monitor.sample_losses()
+    expected = F.cross_entropy(reference(x[:5].double()), y[:5], reduction="none")
+    assert torch.allclose(torch.tensor(losses, dtype=torch.float64), expected, atol=1e-5)
+
+
+def test_curvature_plot(tmp_path):
+    from runner.curvature import plot_curvature
+
+    records = [{"step": s, "hessian/lambda_max": 5 + s / 10, "hessian/lambda_2": 2.0, "hessian/trace": 40.0 + s,
+                "hessian/trace_stderr": 3.0, "hessian/two_over_lr": 20.0} for s in range(0, 200, 20)]
+    assert plot_curvature(records + [{"step": 5, "train/loss": 1.0}], tmp_path / "curvature.png")
+    assert (tmp_path / "curvature.png").stat().st_size > 10_000
+    assert not plot_curvature([{"step": 1, "train/loss": 1.0}], tmp_path / "none.png")
