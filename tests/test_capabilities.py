@@ -15,7 +15,7 @@ ADAPTIVE = {"adabelief": True, "adabelief_cifar": True, "adabelief_imagenet": Tr
             "amsgrad": True, "diffgrad": True, "radam": True, "rmsprop": True, "spam": True, "stable_spam": True,
             "lion": False, "lion8bit": False, "sgd": False, "sgd_sai": False, "sgdp": False,
             # wrappers around their default base, sgd
-            "sam": False, "asam": False, "lookahead": False}
+            "sam": False, "asam": False, "lookahead": False, "perpgrad": False}
 
 
 @pytest.mark.parametrize("option", OPTIONS)
@@ -33,7 +33,7 @@ def test_second_order_and_closure_driven_optimizers():
     assert capabilities(torch.optim.LBFGS).needs_closure
 
 
-@pytest.mark.parametrize("wrapper", ["sam", "lookahead"])
+@pytest.mark.parametrize("wrapper", ["sam", "lookahead", "perpgrad"])
 def test_a_wrapper_reports_its_base_and_adds_its_own_needs(wrapper):
     for base, adaptive in (("adamw", True), ("lion", False)):
         cfg = compose(f"optimizer={wrapper}", f"optimizer.base={base}").optimizer
