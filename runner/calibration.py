@@ -109,13 +109,10 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, objective: str =
 def reliability_diagram(path: Path, panels: dict[str, torch.Tensor], title: str) -> None:
     """One panel per entry (`binned` sums): accuracy per confidence bin against the diagonal, the gap shaded,
     the share of samples per bin below; the ECE in each panel's title."""
-    import matplotlib
+    from matplotlib.figure import Figure  # the Agg canvas without pyplot's global state
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 5.2), squeeze=False,
-                             gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    fig = Figure(figsize=(4.2 * len(panels), 5.2), dpi=110)
+    axes = fig.subplots(2, len(panels), squeeze=False, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
     for column, (name, stats) in enumerate(panels.items()):
         stats = stats.detach().double().cpu()
         bins = stats.shape[1]
@@ -136,5 +133,4 @@ def reliability_diagram(path: Path, panels: dict[str, torch.Tensor], title: str)
         bottom.set(xlabel="confidence", ylabel="share")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.savefig(path, pil_kwargs={"compress_level": 1})

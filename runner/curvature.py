@@ -168,14 +168,12 @@ def plot_curvature(records: list[dict], path) -> bool:
     rows = [r for r in records if "hessian/two_over_lr" in r]
     if not rows:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # the Agg canvas without pyplot's global state
 
     steps = [r["step"] for r in rows]
     has_trace = any("hessian/trace" in r for r in rows)
-    fig, axes = plt.subplots(1, 2 if has_trace else 1, figsize=(11 if has_trace else 6, 4), squeeze=False)
+    fig = Figure(figsize=(11 if has_trace else 6, 4), dpi=110)
+    axes = fig.subplots(1, 2 if has_trace else 1, squeeze=False)
     sharp = axes[0, 0]
     eigen_keys = sorted({k for r in rows for k in r if k.startswith("hessian/lambda_")},
                         key=lambda k: 1 if k == "hessian/lambda_max" else int(k.rsplit("_", 1)[1]))
@@ -194,6 +192,5 @@ def plot_curvature(records: list[dict], path) -> bool:
         axes[0, 1].fill_between(x, [a - 2 * e for a, e in zip(y, err)], [a + 2 * e for a, e in zip(y, err)], alpha=0.25)
         axes[0, 1].set(xlabel="step", ylabel="trace", title="Hessian trace (Hutchinson, ±2 s.e.)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.savefig(path, pil_kwargs={"compress_level": 1})
     return True
