@@ -121,3 +121,42 @@ def test_reliability_diagram_is_written(tmp_path):
     stats = binned(probs.max(-1).values, probs.argmax(-1) == labels, 10)
     reliability_diagram(tmp_path / "reliability.png", {"val": stats, "calibrated": stats}, "a run")
     assert (tmp_path / "reliability.png").stat().st_size > 10_000
+
+
+def evaluated(logits, labels, bins=10, keep_logits=True, normalize=None, batch=300):
+    from runner.calibration import SplitEvaluation
+
+    evaluation = SplitEvaluation(bins, torch.device("cpu"), normalize, keep_logits)
+    for start in range(0, len(labels), batch):
+        chunk, y = logits[start:start + batch], labels[start:start + batch]
+        evaluation.add(chunk, y, F.cross_entropy(chunk, y, reduction="sum"))
+    return evaluation, evaluation.finish()
+
+
+def test_a_split_evaluation_in_batches_equals_the_metrics_of_the_whole_split():
+    logits, labels = miscalibrated(1000, 5)
+    logits = logits.float()
+    _, metrics = evaluated(logits, labels)
+    probs = logits.double().softmax(-1)
+    ece, aurc_x1000, eaurc_x1000 = pskd_metric(probs.numpy(), labels.numpy())
+    assert abs(100 * metrics["ece"] - ece) < 1e-3
+    assert abs(1000 * metrics["aurc"] - aurc_x1000) < 1e-3 and abs(1000 * metrics["eaurc"] - eaurc_x1000) < 1e-3
+    assert metrics["nll"] == pytest.approx(F.cross_entropy(logits.double(), labels).item(), rel=1e-6)
+    assert metrics["acc1"] == (probs.argmax(-1) == labels).double().mean().item()
+    stable, stable_metrics = evaluated(logits, labels, normalize=log_stablemax)  # the model's own p
+    expected = -log_stablemax(logits.double()).gather(1, labels[:, None]).mean().item()
+    assert stable_metrics["nll"] == pytest.approx(expected, rel=1e-5) and stable_metrics["acc1"] == metrics["acc1"]
+
+
+def test_calibration_fits_on_the_holdout_only_and_lowers_the_test_nll():
+    from runner.calibration import calibrated
+
+    holdout, _ = evaluated(*miscalibrated(3000, 6))
+    test, test_metrics = evaluated(*miscalibrated(3000, 7))
+    metrics, stats = calibrated(holdout, test, "temperature")
+    assert metrics["calibrated/nll"] < test_metrics["nll"] - 0.05 and metrics["calibrated/ece"] < test_metrics["ece"]
+    assert stats[0].sum() == 3000
+    scrambled_logits, scrambled_labels = miscalibrated(3000, 8, scale=0.2)  # a very different test split
+    other, _ = evaluated(scrambled_logits, scrambled_labels)
+    assert calibrated(holdout, other, "temperature")[0]["calibrated/temperature"] == metrics["calibrated/temperature"]
+    assert calibrated(holdout, test, "temperature_ca")[0]["calibrated/temperature"] != metrics["calibrated/temperature"]
