@@ -24,10 +24,10 @@ class MESA(Distiller):
     def __init__(self, weight: float = 0.8, temperature: float = 5.0, decay: float = 0.9998, start_epoch: int = 5):
         self.weight, self.temperature, self.decay, self.start_epoch = weight, temperature, decay, start_epoch
 
-    def setup(self, trainer) -> None:
-        super().setup(trainer)
-        self.model = trainer.model
-        self.ema = copy.deepcopy(trainer.model).eval().requires_grad_(False)
+    def setup(self, context) -> None:
+        super().setup(context)
+        self.model = context.model
+        self.ema = copy.deepcopy(context.model).eval().requires_grad_(False)
         pairs = [(e, m) for e, m in zip(self.ema.state_dict().values(), self.model.state_dict().values())]
         self.float_pairs = [(e, m) for e, m in pairs if e.is_floating_point()]
         self.other_pairs = [(e, m) for e, m in pairs if not e.is_floating_point()]
@@ -41,17 +41,17 @@ class MESA(Distiller):
 
     def loss(self, images, labels, indices, logits):
         loss = self.criterion(logits, labels)
-        if self.trainer.epoch > self.start_epoch:
+        if self.context.progress.epoch > self.start_epoch:
             with torch.no_grad():
                 ema_logits = self.ema(images)
             loss = loss + self.weight * trajectory_loss(logits, ema_logits, self.temperature)
         return loss
 
-    def after_step(self, step, scaler) -> None:
-        self.update_ema()
+    def after_step(self, step, kept) -> None:
+        self.update_ema()  # after a dropped step the weights are the previous ones: the EMA moves toward those
 
     def evaluate(self) -> dict:
-        return prefixed(self.trainer.evaluate(self.ema), "ema")
+        return prefixed(self.context.evaluate(self.ema), "ema")
 
     def state_dict(self) -> dict:
         return {"ema": self.ema.state_dict()}
