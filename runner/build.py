@@ -14,9 +14,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from runner import distributed, env
+from runner.calibration import calibrated
 from runner.context import DataInfo, MethodContext, Progress
+from runner.curvature import CurvatureMonitor, build_curvature
 from runner.data.loaders import build_loaders, cpu_count
-from runner.evaluation import evaluate
+from runner.evaluation import evaluate, evaluation_pass
 from runner.losses import build_loss
 from runner.models import build_model
 from runner.nonfinite import SkipNonFinite
@@ -82,6 +84,8 @@ class Run:
     steps_per_epoch: int
     total_steps: int
     epochs: int
+    curvature: CurvatureMonitor | None = None  # trainer.curvature.every > 0
+    holdout_loader: object | None = None  # dataset.holdout: training data held out, evaluated as holdout/*
 
     @property
     def optimizer(self):
@@ -91,8 +95,27 @@ class Run:
         return autocast_for(self.runtime.device, self.runtime.autocast_dtype)()
 
     def evaluate(self, model: torch.nn.Module | None = None, split: str = "val") -> dict:
-        return evaluate(model or self.model, self.val_loader, self.loss_fn, self.autocast, self.runtime.device,
-                        self.cfg.trainer.tta, split)
+        loss_fn, autocast, device, tta, bins = self.evaluation_settings()
+        return evaluate(model or self.model, self.val_loader, loss_fn, autocast, device, tta, split, bins)
+
+    def evaluation(self) -> tuple[dict, dict]:
+        """The loop's evaluation: the test split (val/*) and the holdout split when the dataset holds one out
+        (holdout/*); with eval.calibrate, the temperature fitted on the holdout pass alone and the test split
+        under it (calibrated/*). Also the confidence bins by panel, for reliability.png."""
+        calibrate, common = self.cfg.eval.calibrate, self.evaluation_settings()
+        test, metrics = evaluation_pass(self.model, self.val_loader, *common, keep_logits=bool(calibrate))
+        results, panels = {f"val/{k}": v for k, v in metrics.items()}, {"test split": test.stats}
+        if self.holdout_loader is not None:
+            held, held_metrics = evaluation_pass(self.model, self.holdout_loader, *common, keep_logits=bool(calibrate))
+            results |= {f"holdout/{k}": v for k, v in held_metrics.items()}
+            if calibrate:
+                scaled, stats = calibrated(held, test, calibrate)
+                results |= scaled
+                panels[f"calibrated (T = {scaled['calibrated/temperature']:.3g})"] = stats
+        return results, panels
+
+    def evaluation_settings(self) -> tuple:
+        return (self.loss_fn, self.autocast, self.runtime.device, self.cfg.trainer.tta, self.cfg.eval.ece_bins)
 
     def stateful(self) -> dict:
         """Everything whose state_dict a checkpoint carries (model, optimizer, loss, scaler, and a schedule or
@@ -135,11 +158,13 @@ def build_run(cfg: DictConfig, print: Callable[[str], None] = lambda message: No
         model=model, device=runtime.device, channels_last=runtime.channels_last, autocast=autocast,
         data=DataInfo(splits.name, splits.num_classes, splits.in_channels, len(splits.train), train_loader),
         dataset=cfg.dataset, criterion=loss_fn, progress=progress, epochs=epochs,
-        evaluate=lambda other: evaluate(other, val_loader, loss_fn, autocast, runtime.device, trainer.tta),
+        evaluate=lambda other: evaluate(other, val_loader, loss_fn, autocast, runtime.device, trainer.tta,
+                                        bins=cfg.eval.ece_bins),
         print=print, optimizer_config=cfg.optimizer, capabilities=declared, lr_factors=lr_factors,
         grad_clip=trainer.grad_clip, scaler=runtime.scaler, model_config=cfg.model, drivers=[driver])
     method.setup(context)  # may add companions' drivers to context.drivers
     guard = SkipNonFinite(context.drivers, runtime.scaler is not None) if trainer.on_nonfinite == "skip" else None
     step = Step(forward, method, context.drivers, autocast, guard)
+    curvature = build_curvature(trainer.curvature, splits, model, loss_fn, runtime, cfg.seed, workers)
     return Run(cfg, splits, model, runtime, train_loader, val_loader, loss_fn, schedule, lr_factors, driver, method,
-               step, progress, steps_per_epoch, steps, epochs)
+               step, progress, steps_per_epoch, steps, epochs, curvature)

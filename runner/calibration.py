@@ -26,6 +26,7 @@ With confidence c_i = max_k p_ik of the model's predictive distribution p (softm
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import torch
@@ -68,65 +69,6 @@ def aurc(confidence: torch.Tensor, correct: torch.Tensor) -> tuple[float, float]
     return value.item(), value.item() - optimal
 
 
-# ---- one evaluation pass --------------------------------------------------------------------------------
-class SplitEvaluation:
-    """The metrics of one pass over a split, batch by batch: sums and confidence bins stay on the device; the
-    per-sample confidence and correctness (AURC) and, with `keep_logits`, the logits (temperature scaling) are
-    kept and gathered from every process at the end. `normalize` is the loss's map to scores whose log_softmax
-    is the model's log p (StableMax); None: the softmax."""
-
-    def __init__(self, bins: int, device: torch.device, normalize=None, keep_logits: bool = False):
-        self.bins, self.normalize, self.keep_logits = bins, normalize, keep_logits
-        self.sums = torch.zeros(5, device=device)  # loss, nll, top1, top5, count
-        self.stats = torch.zeros(3, bins, device=device)
-        self.confidence, self.correct, self.logits, self.labels = [], [], [], []
-
-    def add(self, logits: torch.Tensor, labels: torch.Tensor, loss_sum: torch.Tensor) -> None:
-        """One batch: its logits, labels and the run's loss summed over it."""
-        log_p = log_probs(logits, self.normalize)
-        top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
-        hits = top5 == labels[:, None]
-        nll = F.nll_loss(log_p, labels, reduction="sum")
-        self.sums += torch.stack([loss_sum.float(), nll, hits[:, 0].sum(), hits.any(-1).sum(),
-                                  torch.tensor(len(labels), device=logits.device)])
-        confidence = log_p.max(-1).values.exp()
-        self.stats += binned(confidence, hits[:, 0], self.bins)
-        self.confidence.append(confidence)
-        self.correct.append(hits[:, 0])
-        if self.keep_logits:
-            self.logits.append(logits.float())
-            self.labels.append(labels)
-
-    def finish(self) -> dict:
-        """Metrics over every process's samples (the one host read of the pass): loss, nll, acc1, acc5, ece,
-        aurc, eaurc."""
-        from runner import distributed
-
-        distributed.all_reduce_sum(self.sums)  # sum counts, never average rates
-        distributed.all_reduce_sum(self.stats)
-        self.confidence = distributed.all_gather_cat(torch.cat(self.confidence))
-        self.correct = distributed.all_gather_cat(torch.cat(self.correct))
-        if self.keep_logits:
-            self.logits = distributed.all_gather_cat(torch.cat(self.logits))
-            self.labels = distributed.all_gather_cat(torch.cat(self.labels))
-        loss, nll, top1, top5, count = self.sums.tolist()
-        value, excess = aurc(self.confidence, self.correct)
-        return {"loss": loss / count, "nll": nll / count, "acc1": top1 / count, "acc5": top5 / count,
-                "ece": ece_from_bins(self.stats).item(), "aurc": value, "eaurc": excess}
-
-
-def calibrated(holdout: SplitEvaluation, test: SplitEvaluation, objective: str) -> tuple[dict, torch.Tensor]:
-    """Temperature scaling fitted on the holdout pass's logits alone and applied to the test pass's:
-    calibrated/temperature, nll, ece, aurc, eaurc, and the test split's calibrated bins."""
-    temperature = fit_temperature(holdout.logits, holdout.labels, objective, test.normalize)
-    log_p = log_probs(test.logits / temperature, test.normalize)
-    confidence = log_p.max(-1).values.exp()
-    stats = binned(confidence, test.correct, test.bins)
-    value, excess = aurc(confidence, test.correct)
-    return {"calibrated/temperature": temperature, "calibrated/nll": F.nll_loss(log_p, test.labels).item(),
-            "calibrated/ece": ece_from_bins(stats).item(), "calibrated/aurc": value, "calibrated/eaurc": excess}, stats
-
-
 # ---- temperature scaling ------------------------------------------------------------------------------
 def log_probs(logits: torch.Tensor, normalize=None) -> torch.Tensor:
     """log p in float32 or wider: log_softmax of the logits, or of `normalize(logits)` (log StableMax: the loss's
@@ -164,10 +106,23 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, objective: str =
     return math.exp(result.x)
 
 
+def calibrated(holdout, test, objective: str) -> tuple[dict, torch.Tensor]:
+    """Temperature scaling fitted on the holdout pass's logits alone (`SplitEvaluation`s kept with their logits)
+    and applied to the test pass's:
+    calibrated/temperature, nll, ece, aurc, eaurc, and the test split's calibrated bins."""
+    temperature = fit_temperature(holdout.logits, holdout.labels, objective, test.normalize)
+    log_p = log_probs(test.logits / temperature, test.normalize)
+    confidence = log_p.max(-1).values.exp()
+    stats = binned(confidence, test.correct, test.bins)
+    value, excess = aurc(confidence, test.correct)
+    return {"calibrated/temperature": temperature, "calibrated/nll": F.nll_loss(log_p, test.labels).item(),
+            "calibrated/ece": ece_from_bins(stats).item(), "calibrated/aurc": value, "calibrated/eaurc": excess}, stats
+
+
 # ---- the reliability diagram --------------------------------------------------------------------------
 def reliability_diagram(path: Path, panels: dict[str, torch.Tensor], title: str) -> None:
-    """One panel per entry (`binned` sums): accuracy per confidence bin against the diagonal, the gap shaded,
-    the share of samples per bin below; the ECE in each panel's title."""
+    """One panel per entry (`binned` sums): accuracy per confidence bin against the diagonal, each bin's mean
+    confidence and its gap to the accuracy, the share of samples per bin below; the ECE in each panel's title."""
     from matplotlib.figure import Figure  # the Agg canvas without pyplot's global state
 
     fig = Figure(figsize=(4.2 * len(panels), 5.2), dpi=110)
@@ -182,14 +137,15 @@ def reliability_diagram(path: Path, panels: dict[str, torch.Tensor], title: str)
         confidence = torch.where(filled, stats[1] / stats[0].clamp_min(1), centres)
         top, bottom = axes[0, column], axes[1, column]
         top.bar(centres, accuracy, width=width, edgecolor="black", color="tab:blue", label="accuracy")
-        top.bar(centres[filled], (confidence - accuracy)[filled], bottom=accuracy[filled], width=width,
-                edgecolor="tab:red", color="tab:red", alpha=0.3, label="gap to confidence")
+        top.plot(centres[filled], confidence[filled], "o", color="tab:red", markersize=4, label="mean confidence")
+        top.vlines(centres[filled], accuracy[filled], confidence[filled], color="tab:red", linewidth=2, alpha=0.6,
+                   label="gap")
         top.plot([0, 1], [0, 1], "k--", linewidth=1)
-        top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy",
-                title=f"{name}: ECE {100 * ece_from_bins(stats).item():.2f} ({bins} bins, x100)")
+        top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy")
+        top.set_title(f"{name}: ECE {100 * ece_from_bins(stats).item():.2f} ({bins} bins, x100)", fontsize=10)
         top.legend(loc="upper left", fontsize=8)
         bottom.bar(centres, stats[0] / stats[0].sum(), width=width, edgecolor="black", color="tab:gray")
         bottom.set(xlabel="confidence", ylabel="share")
-    fig.suptitle(title)
+    fig.suptitle(textwrap.fill(title.replace(",", ", "), 50 * len(panels)), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, pil_kwargs={"compress_level": 1})

@@ -18,6 +18,14 @@ trained parameter (flattened into one vector of dimension d):
 
 The probes come from a private generator seeded by (seed, step): measuring never moves the training RNG, so a
 run with curvature logging trains exactly as one without, and a resumed run measures the same values.
+
+In a run (`trainer.curvature.every=N`): L is the run's loss (`loss` group, on the labels; a distiller's teacher
+term is left out) on `samples` training samples drawn once from the run's seed, as an evaluation loader gives
+them (no augmentation for in-memory datasets; one fixed draw of the transforms for folder datasets), the model
+in eval mode (BatchNorm's running statistics, no dropout) in float32. Under DDP each process holds a contiguous
+1/world of those samples and the products are averaged over processes (every process runs the same iteration
+with the same probes), so the values equal a one-process run's. The `track` first samples of the same draw
+have their per-sample losses written to sample_losses.csv (rank 0).
 """
 from __future__ import annotations
 
@@ -28,6 +36,8 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from runner import distributed
 
 HVP = Callable[[torch.Tensor], torch.Tensor]
 
@@ -112,12 +122,20 @@ class CurvatureMonitor:
         self.model, self.loss_fn, self.reduce = model, loss_fn, reduce
         self.images, self.labels = images, labels
         self.every, self.top_k, self.iters, self.tol = every, top_k, iters, tol
-        self.trace_probes, self.samples, self.track, self.seed = trace_probes, samples, track, seed
+        self.trace_probes, self.samples, self.seed = trace_probes, samples, seed
+        # (images, labels, positions in the training split) of the samples whose losses are tracked
+        self.tracked = (images[:track], labels[:track], torch.arange(min(track, len(labels)))) if track else None
 
     def due(self, step: int) -> bool:
-        return bool(self.every) and step % self.every == 0 and bool(self.top_k or self.trace_probes)
+        return bool(self.every) and step % self.every == 0
 
     def measure(self, step: int, lr: float) -> dict:
+        """The Hessian's record at `step` (empty when neither eigenvalues nor the trace are asked for)."""
+        if not (self.top_k or self.trace_probes):
+            return {}
+        return self.hessian_record(step, lr)
+
+    def hessian_record(self, step: int, lr: float) -> dict:
         """One record: hessian/lambda_max (and lambda_2 .. lambda_k), hessian/trace with its standard error,
         hessian/two_over_lr (the edge-of-stability threshold of gradient descent at this step's lr), the loss
         on the samples, the Hessian-vector products used and the seconds taken."""
@@ -146,10 +164,11 @@ class CurvatureMonitor:
     @torch.no_grad()
     def sample_losses(self) -> list[float]:
         """The per-sample losses of the tracked samples (one host read)."""
-        with evaluating(self.model), torch.autocast(self.images.device.type, enabled=False):
-            logits = self.model(self.images[:self.track]).float()
+        images, labels, _ = self.tracked
+        with evaluating(self.model), torch.autocast(images.device.type, enabled=False):
+            logits = self.model(images).float()
             scores = self.loss_fn.scores(logits) if hasattr(self.loss_fn, "scores") else logits
-            return F.cross_entropy(scores, self.labels[:self.track], reduction="none").tolist()
+            return F.cross_entropy(scores, labels, reduction="none").tolist()
 
 
 @contextlib.contextmanager
@@ -194,3 +213,41 @@ def plot_curvature(records: list[dict], path) -> bool:
     fig.tight_layout()
     fig.savefig(path, pil_kwargs={"compress_level": 1})
     return True
+
+
+def fixed_samples(splits, index: torch.Tensor, device: torch.device, channels_last: bool, workers: int,
+                  rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training samples `index` as an evaluation loader yields them (this rank's contiguous share): images,
+    labels and their positions in the training split."""
+    from torch.utils.data import Subset
+
+    from runner.data.loaders import FolderLoader, TensorLoader
+
+    common = dict(channels_last=channels_last, rank=rank, world_size=world_size)
+    if splits.in_memory:
+        loader = TensorLoader(splits.train.subset(index), 256, device, splits.mean, splits.std, **common)
+    else:
+        loader = FolderLoader(Subset(splits.train, index.tolist()), 256, device, num_workers=workers, **common)
+    images, labels, positions = zip(*loader.epoch(0))
+    return torch.cat(images), torch.cat(labels), index.to(device)[torch.cat(positions)]
+
+
+def build_curvature(settings, splits, model: torch.nn.Module, loss_fn, runtime, seed: int,
+                    workers: int) -> CurvatureMonitor | None:
+    """The run's monitor for `trainer.curvature` (None when `every` is 0)."""
+    if not settings.every:
+        return None
+    world, rank = distributed.world_size(), distributed.rank()
+    draw = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(seed))
+    samples = min(settings.samples, len(draw)) // world * world  # equal shares: the mean of means is the mean
+    images, labels, _ = fixed_samples(splits, draw[:samples], runtime.device, runtime.channels_last, workers, rank, world)
+    reduce = None
+    if world > 1:
+        def reduce(vector: torch.Tensor) -> None:
+            distributed.all_reduce_sum(vector)
+            vector.div_(world)
+    monitor = CurvatureMonitor(model, loss_fn, images, labels, settings.every, settings.top_k, settings.iters,
+                               settings.tol, settings.trace_probes, len(images), 0, seed, reduce)
+    if settings.track and distributed.is_main():
+        monitor.tracked = fixed_samples(splits, draw[:settings.track], runtime.device, runtime.channels_last, workers)
+    return monitor

@@ -4,7 +4,9 @@ steps: the loop's one host sync), evaluate (every `trainer.eval_every` epochs an
 preemption signal. The parts come built (runner/build.py), the step is runner/step.py, evaluation is
 runner/evaluation.py; this module writes records and checkpoints, never the rest of the run folder.
 
-Seams: a measurement every N steps (curvature, sharpness) is one more `every` test in `end_of_step`; an
+The curvature (trainer.curvature: runner/curvature.py) is measured before the first step and every N steps
+after, before that step's checkpoint. Seams: a measurement every N steps (sharpness) is one more `every` test
+in `end_of_step`; an
 optimizer with a train/eval mode (schedule-free) switches around the two places that need its evaluation
 weights, `end_of_epoch`'s evaluations and `checkpoint`; a metric an optimizer reports (Prodigy's d) joins the
 record built in `flush`; an EMA of the weights evaluated beside the live model is one more `evaluate` call
@@ -26,6 +28,8 @@ from runner.nonfinite import Diverged, first_divergence, is_finite_step
 from runner.preemption import Preempted, PreemptionWatch
 from runner.step import StepRecord, StepStats
 
+CURVATURE_FINALS = ("hessian/lambda", "hessian/trace")  # the curvature's values summary.json keeps
+
 
 class Trainer:
     def __init__(self, run: Run, checkpointer: Checkpointer, preemption: PreemptionWatch | None = None):
@@ -35,6 +39,8 @@ class Trainer:
         self.stats = StepStats(self.cfg.trainer.log_every, run.runtime.device)
         self.logger: RunLogger | None = None
         self.best_acc1, self.last_eval, self.train_loss, self.skipped_steps = 0.0, {}, math.nan, 0
+        self.initial_loss, self.collapse, self.last_curvature = None, None, {}
+        self.reliability: dict = {}  # the last evaluation's confidence bins, by panel (reliability.png)
         self.saved_step, self.wall_time_before, self.started = None, 0.0, time.time()
 
     @classmethod
@@ -53,6 +59,8 @@ class Trainer:
         logger.start_progress(run.total_steps, run.epochs, run.steps_per_epoch, progress.step, progress.epoch)
         self.clock = time.perf_counter()
         self.model.train()
+        if progress.step == 0:
+            self.measure_curvature()
         while progress.step < run.total_steps:
             start_batch = progress.step - progress.epoch * run.steps_per_epoch  # > 0 when resuming inside an epoch
             if hasattr(self.model, "set_epoch"):  # per-epoch model settings (airbench freezes its whitening bias)
@@ -79,6 +87,7 @@ class Trainer:
         if epoch_done:
             progress.epoch += 1
             self.end_of_epoch()
+        self.measure_curvature()
         every = lambda n, count: bool(n and count % n == 0)  # noqa: E731
         if progress.step == total or every(trainer.checkpoint_every_steps, progress.step) or (
                 epoch_done and every(trainer.checkpoint_every, progress.epoch)):
@@ -101,6 +110,21 @@ class Trainer:
         flag = torch.tensor([float(self.preemption.requested)], device=self.stats.buffer.device)
         return distributed.all_reduce_sum(flag).item() > 0
 
+    def measure_curvature(self) -> None:
+        """hessian/* (and the tracked samples' losses) when trainer.curvature falls on this step; the threshold
+        2/lr is that of the next update's lr."""
+        monitor, step = self.run.curvature, self.progress.step
+        if monitor is None or not monitor.due(step):
+            return
+        lr = self.run.driver.base_lrs[0] * self.run.lr_factors[min(step, self.run.total_steps - 1)]
+        record = monitor.measure(step, lr)
+        if record:
+            self.last_curvature = record
+            self.logger.log({"step": step, "epoch": step / self.run.steps_per_epoch, **record})
+        if monitor.tracked is not None:
+            self.logger.log_sample_losses(step, monitor.tracked[2].tolist(), monitor.sample_losses())
+        self.clock += record.get("hessian/seconds", 0.0)  # images/s counts training time only
+
     def flush(self) -> None:
         """Write one record for the steps since the last flush (one host sync) and check them for NaN/Inf."""
         first, rows, progress = self.stats.first_step, self.stats.drain(), self.progress
@@ -113,7 +137,11 @@ class Trainer:
                   "train/acc1": sum(r.correct for r in rows) / (len(rows) * global_batch),
                   "train/lr": self.run.optimizer.param_groups[0]["lr"], "train/grad_norm": mean("grad_l2"),
                   "train/img_per_s": len(rows) * global_batch / max(now - self.clock, 1e-9),
-                  "train/skipped_steps": self.skipped_steps}
+                  "train/skipped_steps": self.skipped_steps,
+                  "train/softmax_collapse": sum(r.collapsed for r in rows) / (len(rows) * global_batch)}
+        if first == 0 and rows:
+            self.initial_loss = rows[0].loss  # l_0 of the lr sensitivity: the loss before any update
+        self.collapse = record["train/softmax_collapse"]
         self.logger.log(record)
         self.logger.log_grad_norms(first, [(r.grad_l2, r.grad_l1) for r in rows])
         self.logger.advance(0, info=f"loss {record['train/loss']:.4f}  acc {record['train/acc1']:.3f}  "
@@ -132,7 +160,7 @@ class Trainer:
     def end_of_epoch(self) -> None:
         epoch, done = self.progress.epoch, self.progress.step >= self.run.total_steps
         if done or epoch % self.cfg.trainer.eval_every == 0:
-            self.last_eval = self.run.evaluate()
+            self.last_eval, self.reliability = self.run.evaluation()
             self.best_acc1 = max(self.best_acc1, self.last_eval["val/acc1"])
             self.logger.log({"step": self.progress.step, "epoch": epoch, **self.last_eval, **self.run.method.evaluate()})
             info = f"train loss {self.train_loss:.4f}  val acc {self.last_eval['val/acc1']:.4f}"
@@ -145,9 +173,14 @@ class Trainer:
         """The summary.json fields of the run so far (also written for a run that stops early)."""
         finite = lambda value: value if value is not None and math.isfinite(value) else None  # noqa: E731
         last = self.last_eval.get
-        return {"final_train_loss": finite(self.train_loss), "best_val_acc1": self.best_acc1,
+        # every metric of the last evaluation and curvature measurement as final_<split>_<metric> (val/aurc,
+        # holdout/acc1, calibrated/ece, hessian/lambda_max, ...)
+        measured = self.last_eval | {k: v for k, v in self.last_curvature.items() if k.startswith(CURVATURE_FINALS)}
+        finals = {f"final_{key.replace('/', '_')}": finite(value) for key, value in measured.items()}
+        return {**finals, "final_train_loss": finite(self.train_loss), "best_val_acc1": self.best_acc1,
                 "final_val_acc1": last("val/acc1"), "final_val_loss": finite(last("val/loss")),
                 "final_val_ece": finite(last("val/ece")), "final_val_nll": finite(last("val/nll")),
+                "initial_train_loss": finite(self.initial_loss), "final_train_softmax_collapse": self.collapse,
                 "train_label_noise": self.run.splits.label_noise, "steps": self.progress.step,
                 "epochs": self.progress.epoch, "skipped_steps": self.skipped_steps, **self.run.method.summary()}
 
@@ -159,6 +192,7 @@ class Trainer:
             **{name: obj.state_dict() for name, obj in self.run.stateful().items()},
             "step": self.progress.step, "epoch": self.progress.epoch, "best_acc1": self.best_acc1,
             "last_eval": self.last_eval, "train_loss": self.train_loss, "skipped_steps": self.skipped_steps,
+            "initial_loss": self.initial_loss, "collapse": self.collapse, "last_curvature": self.last_curvature,
             "total_steps": self.run.total_steps, "pending_stats": self.stats.pending_rows().cpu(),
             "pending_first_step": self.stats.first_step,
             "wall_time_s": self.wall_time_before + time.time() - self.started})
@@ -174,6 +208,8 @@ class Trainer:
         self.progress.step, self.progress.epoch = payload["step"], payload["epoch"]
         self.best_acc1, self.last_eval = payload["best_acc1"], payload["last_eval"]
         self.train_loss, self.skipped_steps = payload["train_loss"], payload["skipped_steps"]
+        self.initial_loss, self.collapse = payload["initial_loss"], payload["collapse"]
+        self.last_curvature = payload["last_curvature"]
         self.wall_time_before, self.saved_step = payload["wall_time_s"], self.progress.step
         self.stats.restore(payload["pending_stats"], payload["pending_first_step"])
         set_rng_state(payload["rng"])

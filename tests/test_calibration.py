@@ -124,7 +124,7 @@ def test_reliability_diagram_is_written(tmp_path):
 
 
 def evaluated(logits, labels, bins=10, keep_logits=True, normalize=None, batch=300):
-    from runner.calibration import SplitEvaluation
+    from runner.evaluation import SplitEvaluation
 
     evaluation = SplitEvaluation(bins, torch.device("cpu"), normalize, keep_logits)
     for start in range(0, len(labels), batch):
