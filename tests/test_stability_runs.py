@@ -1,0 +1,83 @@
+"""The stability, curvature and calibration features end to end on digits: what each run writes (records,
+summary, files), that measuring the curvature never changes the training, resume, StableMax and ⊥Grad runs."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import QUICK, compose, train
+from runner.checkpoint import load
+from runner.job import run_job
+
+TINY = ("trainer.max_steps=10", "trainer.batch_size=128", "schedule=constant", "trainer.deterministic=true",
+        "model.width=8", "trainer.log_every=5")
+CURVATURE = ("trainer.curvature.every=5", "trainer.curvature.iters=3", "trainer.curvature.trace_probes=2",
+             "trainer.curvature.samples=32", "trainer.curvature.track=4")
+
+
+def records(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_curvature_every_n_steps_leaves_the_training_as_it_was(tmp_path):
+    summary, run = train(tmp_path / "with", *TINY, *CURVATURE)
+    _, plain = train(tmp_path / "without", *TINY)
+    hessian = [r for r in records(run) if "hessian/lambda_max" in r]
+    assert [r["step"] for r in hessian] == [0, 5, 10]
+    assert all(r["hessian/two_over_lr"] == pytest.approx(2 / 0.1) for r in hessian)  # sgd's lr, constant
+    assert all(r["hessian/trace_stderr"] >= 0 and r["hessian/products"] == 3 + 2 for r in hessian)
+    assert summary["final_hessian_lambda_max"] == hessian[-1]["hessian/lambda_max"]
+    assert summary["final_hessian_trace"] == hessian[-1]["hessian/trace"]
+    rows = (run / "sample_losses.csv").read_text().splitlines()
+    assert rows[0].startswith("step,sample_") and len(rows[0].split(",")) == 5
+    assert [row.split(",")[0] for row in rows[1:]] == ["0", "5", "10"]
+    assert (run / "curvature.png").stat().st_size > 10_000
+    # the probes' generator is private and the Hessian is taken in eval mode: the same weights, the same records
+    a, b = load(run / "checkpoints" / "last.pt"), load(plain / "checkpoints" / "last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+    train_records = lambda folder: [{k: v for k, v in r.items() if k != "train/img_per_s"}  # noqa: E731
+                                    for r in records(folder) if "train/loss" in r]
+    assert train_records(run) == train_records(plain)
+
+
+def test_a_resumed_run_measures_what_an_uninterrupted_one_does(tmp_path):
+    steps = ("trainer.checkpoint_every_steps=5", "trainer.checkpoint_every=null")
+    _, full = train(tmp_path / "full", *TINY, *CURVATURE, *steps)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(full, resumed)
+    (resumed / "checkpoints" / "step_000000010.pt").unlink()  # as if killed after the checkpoint at step 5
+    run_job(compose(*QUICK, *TINY, *CURVATURE, *steps), resumed, resume=True)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "hessian/seconds"} for r in rs if "hessian/loss" in r]  # noqa: E731
+    assert [r["step"] for r in strip(records(resumed))] == [0, 5, 10]
+    assert strip(records(resumed)) == strip(records(full))
+    assert (resumed / "sample_losses.csv").read_text() == (full / "sample_losses.csv").read_text()
+
+
+def test_calibration_metrics_with_ten_bins(tmp_path):
+    summary, run = train(tmp_path, *TINY, "eval.ece_bins=10", "trainer.log_every=1")
+    final = [r for r in records(run) if "val/ece" in r][-1]
+    assert {"val/aurc", "val/eaurc"} <= set(final) and 0 <= final["val/eaurc"] <= final["val/aurc"] <= 1
+    assert summary["final_val_aurc"] == final["val/aurc"] and summary["final_val_ece"] == final["val/ece"]
+    assert (run / "reliability.png").stat().st_size > 10_000
+    assert all(0 <= r["train/softmax_collapse"] <= 1 for r in records(run) if "train/loss" in r)
+    first = next(r for r in records(run) if "train/loss" in r)
+    assert first["step"] == 1 and summary["initial_train_loss"] == first["train/loss"]  # the loss before any update
+    assert summary["final_train_softmax_collapse"] is not None
+
+
+def test_the_collapse_fraction_counts_collapsed_samples(tmp_path):
+    """A learning rate far too large drives the logits apart until float32 softmax saturates (~70% of the
+    first 10 steps' samples here), then the network recovers."""
+    summary, run = train(tmp_path, "model=mlp", "trainer.max_steps=20", "trainer.batch_size=128", "schedule=constant",
+                         "optimizer.lr=30", "optimizer.momentum=0", "trainer.log_every=10", "trainer.on_nonfinite=skip")
+    collapse = [r["train/softmax_collapse"] for r in records(run) if "train/loss" in r]
+    assert collapse[0] > 0.3 and summary["final_train_softmax_collapse"] == collapse[-1]
+
+
+def test_stablemax_trains_digits(tmp_path):
+    fast = ("trainer.batch_size=32", "trainer.epochs=2")
+    summary, _ = train(tmp_path / "stablemax", "loss=ce", "loss.normalizer=stablemax", *fast)
+    assert summary["status"] == "finished" and summary["final_val_acc1"] >= 0.9, summary["final_val_acc1"]
