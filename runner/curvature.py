@@ -145,7 +145,10 @@ class CurvatureMonitor:
         with evaluating(self.model), torch.autocast(self.images.device.type, enabled=False):
             loss = self.loss_fn(self.model(self.images[:self.samples]), self.labels[:self.samples])
             hvp = HessianVectorProduct(loss, params, self.reduce)
-            record = {"hessian/loss": loss.item()}
+            mean_loss = loss.detach().reshape(1).clone()
+            if self.reduce is not None:
+                self.reduce(mean_loss)
+            record = {"hessian/loss": mean_loss.item()}
             if self.top_k:
                 values, products = top_eigenvalues(hvp, hvp.dim, self.top_k, self.iters, self.tol, generator,
                                                    self.images.device)

@@ -81,3 +81,25 @@ def test_stablemax_trains_digits(tmp_path):
     fast = ("trainer.batch_size=32", "trainer.epochs=2")
     summary, _ = train(tmp_path / "stablemax", "loss=ce", "loss.normalizer=stablemax", *fast)
     assert summary["status"] == "finished" and summary["final_val_acc1"] >= 0.9, summary["final_val_acc1"]
+
+
+def test_two_processes_measure_the_curvature_and_aurc_of_one(tmp_path):
+    """mlp (no BatchNorm), 2 gloo processes with half the batch each: the weights agree with one process's up to
+    float summation order, each process holds half of the curvature samples and the products are averaged."""
+    from conftest import divrun, run_folders
+
+    common = ("model=mlp", "trainer.max_steps=6", "trainer.log_every=3", "dataset.limit_val=359", "seed=3",
+              "logger.progress=false", "trainer.device=cpu", "trainer.curvature.every=3", "trainer.curvature.iters=4",
+              "trainer.curvature.trace_probes=3", "trainer.curvature.samples=64")
+    (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
+    divrun(*common, "trainer.devices=1", "trainer.batch_size=64", cwd=tmp_path / "one")
+    divrun(*common, "trainer.devices=2", "trainer.batch_size=32", cwd=tmp_path / "two")
+    [one], [two] = run_folders(tmp_path / "one"), run_folders(tmp_path / "two")
+    measured = lambda folder: [r for r in records(folder) if "hessian/loss" in r]  # noqa: E731
+    assert [r["step"] for r in measured(two)] == [r["step"] for r in measured(one)] == [0, 3, 6]
+    for a, b in zip(measured(one), measured(two)):
+        for key in ("hessian/loss", "hessian/lambda_max", "hessian/trace"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+    last_one, last_two = ([r for r in records(folder) if "val/aurc" in r][-1] for folder in (one, two))
+    assert last_two["val/aurc"] == pytest.approx(last_one["val/aurc"], abs=1e-6)
+    assert last_two["val/ece"] == pytest.approx(last_one["val/ece"], abs=1e-6)
