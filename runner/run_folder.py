@@ -6,6 +6,7 @@ ends with (each with the exit code `divrun` returns for it).
     metrics.jsonl              one JSON record per logging interval and per evaluation
     grad_norms.csv             step,l2,l1: the gradient norms of every update
     lr_schedule.csv, .png      the lr of every update and its plot
+    curves.png                 train loss, val accuracy and loss, lr against steps (when the run ends)
     meta.json                  the run's name, group and wandb id
     reliability.png            the last evaluation's reliability diagram (eval.reliability), calibrated beside it
     curvature.png              hessian/* against 2/lr over the steps (trainer.curvature)
@@ -30,6 +31,7 @@ from runner.errors import ConfigError
 
 CONFIG, SUMMARY, METRICS, GRAD_NORMS, META = "config.yaml", "summary.json", "metrics.jsonl", "grad_norms.csv", "meta.json"
 SCHEDULE_CSV, SCHEDULE_PNG = "lr_schedule.csv", "lr_schedule.png"
+CURVES = "curves.png"  # drawn by runner/curves.py when the run ends
 CHECKPOINTS, LAST_CHECKPOINT = "checkpoints", "last.pt"
 GRAD_NORMS_HEADER = "step,l2,l1\n"
 RELIABILITY_PNG, CURVATURE_PNG, SAMPLE_LOSSES = "reliability.png", "curvature.png", "sample_losses.csv"

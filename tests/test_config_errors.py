@@ -24,6 +24,9 @@ NO_CUDA = not torch.cuda.is_available()
 # (file, first words of the message) -> why no config reaches it
 UNREACHABLE = {
     ("runner/tables/", ""): "divrun-table's recipe errors (tests/test_tables.py), not divrun configs",
+    ("runner/comparison/", ""): "divrun-compare's options (tests/test_compare.py), not divrun configs",
+    ("runner/results.py", ""): "divrun-compare's paths (tests/test_compare.py), not divrun configs",
+    ("runner/sweep.py", "{run_dir} holds a run"): "a resumed sweep's folder (tests/test_compare.py), not one config",
     ("runner/losses/fdiv.py", "loss.generator={generator}: f(1)"): "every named generator has f(1) = 0; it guards "
                                                                     "a new function in generators.py",
     ("runner/data/label_noise.py", "dataset.label_noise: cannot read"): "every dataset of the package exposes its "
@@ -106,7 +109,7 @@ CASES = [
     (["optimizer=sam", "optimizer.base_overrides={lrr:1}"], "optimizer=sgd has no key lrr", None),
     (["resume={tmp}/nowhere"], "is not a divrun run folder (no config.yaml)", None),
     # values and types
-    (["trainer.epochs=abc"], "trainer.epochs=abc: expected a positive integer", None),
+    (["trainer.epochs=abc"], "trainer.epochs=abc: expected a positive number of epochs", None),
     (["trainer.tta=3"], "trainer.tta=3: expected one of 0, 1, 2", None),
     (["logger.wandb.mode=loud"], "logger.wandb.mode=loud: expected one of auto", None),
     (["trainer.precision=fp8"], "trainer.precision=fp8: expected one of auto, fp32, bf16, fp16", None),
@@ -189,6 +192,8 @@ CASES = [
     (["optimizer=sam", "optimizer.base=adahessian"], "optimizer=sam cannot wrap AdaHessian", None),
     (["optimizer=perpgrad", "optimizer.base=adahessian"], "optimizer=perpgrad cannot wrap AdaHessian", None),
     (["optimizer=perpgrad", "optimizer.eps=0.0"], "optimizer.eps=0.0: must be > 0", None),
+    (["optimizer=lookahead", "optimizer.base=schedulefree_adamw"], "optimizer=Lookahead cannot wrap "
+     "schedulefree_adamw: it trains at other weights than it is evaluated at", None),
     (["optimizer=lookahead", "optimizer.k=0"], "optimizer.k=0: the slow weights sync every k >= 1 steps", None),
     (["optimizer=lookahead", "optimizer.alpha=0"], "optimizer.alpha=0: the slow-weight step must lie in (0, 1]", None),
     (["optimizer=lookahead", "optimizer.power=-1"], "optimizer.power=-1: use power >= 0", None),
