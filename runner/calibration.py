@@ -12,8 +12,10 @@ With confidence c_i = max_k p_ik of the model's predictive distribution p (softm
   AURC - AURC*, with AURC* = (1/n) sum_{j=1}^{e} j / (n - e + j) the value of a perfect ranking (e errors).
   PS-KD reports both x1000.
 - Temperature scaling (Guo et al. 2017, Section 4.2): one T > 0 for every logit, p = normalizer(z / T), fitted
-  on held-out data (never the test split) to minimise the NLL, by a bounded scalar search over log T (scipy's
-  Brent, T in [0.05, 20]). The NLL is convex in 1/T, so this is its minimum.
+  on held-out data (never the test split) to minimise the NLL by L-BFGS, as Guo et al.'s code
+  (gpleiss/temperature_scaling) does; here over log T (T stays positive) with a strong-Wolfe line search from
+  T = 1, then clamped to [0.05, 20] (a split the model gets all right drives T to 0). The NLL is convex in 1/T,
+  so its one stationary point is the minimum; the test checks it against scipy's bounded scalar search.
 - The correctness-aware loss (Liu, Wang, Zou, Zou & Zheng 2024, "Optimizing Calibration by Gaining Aware of
   Prediction Correctness", arXiv 2404.13016; official code liuyvchi/Correctness-aware-calibration,
   src/cal_metrics/temperature_scaling_CA.py, `loss_CA`): the squared gap between the calibrated confidence
@@ -77,33 +79,42 @@ def log_probs(logits: torch.Tensor, normalize=None) -> torch.Tensor:
     return F.log_softmax(normalize(logits) if normalize else logits, dim=-1)
 
 
-def nll_at(logits: torch.Tensor, labels: torch.Tensor, temperature: float, normalize=None) -> float:
-    return F.nll_loss(log_probs(logits.double() / temperature, normalize), labels).item()
+def nll_at(logits: torch.Tensor, labels: torch.Tensor, temperature, normalize=None) -> torch.Tensor:
+    """The NLL of p = normalizer(logits / temperature), a 0-d float64 tensor (differentiable in a tensor T)."""
+    return F.nll_loss(log_probs(logits.double() / temperature, normalize), labels)
 
 
-def ca_loss_at(logits: torch.Tensor, labels: torch.Tensor, temperature: float, normalize=None) -> float:
+def ca_loss_at(logits: torch.Tensor, labels: torch.Tensor, temperature, normalize=None) -> torch.Tensor:
     """The correctness-aware loss of the official code at one temperature (correctness of the uncalibrated
-    prediction, which a temperature does not change)."""
+    prediction, which a temperature does not change), a 0-d float64 tensor."""
     confidence = log_probs(logits.double() / temperature, normalize).max(-1).values.exp()
     correct = (logits.argmax(-1) == labels).double()
     accuracy = correct.mean()
     weights = torch.where(correct.bool(), 1 - accuracy, accuracy)
     if weights.sum() == 0:  # all right or all wrong: nothing to balance
         weights = torch.ones_like(weights)
-    return ((weights * (confidence - correct).square()).sum() / weights.sum()).item()
+    return (weights * (confidence - correct).square()).sum() / weights.sum()
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, objective: str = "temperature",
                     normalize=None) -> float:
     """The temperature minimising the NLL (`temperature`) or the correctness-aware loss (`temperature_ca`) of
-    held-out `logits`: only what is passed in is read."""
-    from scipy.optimize import minimize_scalar  # scipy only when a run calibrates
-
+    held-out `logits`, by L-BFGS over log T: only what is passed in is read."""
     loss_at = {"temperature": nll_at, "temperature_ca": ca_loss_at}[objective]
     logits = logits.detach().double()
-    result = minimize_scalar(lambda log_t: loss_at(logits, labels, math.exp(log_t), normalize), method="bounded",
-                             bounds=tuple(math.log(b) for b in TEMPERATURE_BOUNDS), options={"xatol": 1e-6})
-    return math.exp(result.x)
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=1.0, max_iter=100, tolerance_grad=1e-10, tolerance_change=1e-14,
+                                  line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = loss_at(logits, labels, log_t.exp(), normalize)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    low, high = TEMPERATURE_BOUNDS
+    return min(max(math.exp(log_t.item()), low), high)
 
 
 def calibrated(holdout, test, objective: str) -> tuple[dict, torch.Tensor]:
