@@ -11,6 +11,8 @@ import torch
 from conftest import QUICK, compose, train
 from runner.checkpoint import load
 from runner.job import run_job
+from runner.tables import recipe as tables_recipe
+from runner.tables.results import raw_value
 
 TINY = ("trainer.max_steps=10", "trainer.batch_size=128", "schedule=constant", "trainer.deterministic=true",
         "model.width=8", "trainer.log_every=5")
@@ -66,6 +68,12 @@ def test_calibration_metrics_with_ten_bins(tmp_path):
     first = next(r for r in records(run) if "train/loss" in r)
     assert first["step"] == 1 and summary["initial_train_loss"] == first["train/loss"]  # the loss before any update
     assert summary["final_train_softmax_collapse"] is not None
+    pskd = tables_recipe.load("pskd_cifar100")  # its ECE and AURC columns, measured by such a run
+    assert "eval.ece_bins=10" in pskd.protocol
+    values = {name: raw_value(run, metric) for name, metric in pskd.metrics.items()}
+    assert values["ece"] == pytest.approx(100 * final["val/ece"])
+    assert values["aurc"] == pytest.approx(1000 * final["val/aurc"])
+    assert None not in values.values()
 
 
 def test_the_collapse_fraction_counts_collapsed_samples(tmp_path):
