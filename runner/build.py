@@ -75,7 +75,7 @@ class Run:
     model: torch.nn.Module
     runtime: Runtime
     train_loader: object
-    val_loader: object
+    eval_loaders: dict       # by split name: "val" (the test split), "holdout" with dataset.holdout
     loss_fn: torch.nn.Module
     schedule: object
     lr_factors: list[float]
@@ -87,7 +87,6 @@ class Run:
     total_steps: int
     epochs: int
     curvature: CurvatureMonitor | None = None  # trainer.curvature.every > 0
-    holdout_loader: object | None = None  # dataset.holdout: training data held out, evaluated as holdout/*
 
     @property
     def optimizer(self):
@@ -96,24 +95,28 @@ class Run:
     def autocast(self):
         return autocast_for(self.runtime.device, self.runtime.autocast_dtype)()
 
+    @property
+    def holdout(self) -> bool:
+        return "holdout" in self.eval_loaders
+
     def evaluate(self, model: torch.nn.Module | None = None, split: str = "val") -> dict:
         loss_fn, autocast, device, tta, bins = self.evaluation_settings()
-        return evaluate(model or self.model, self.val_loader, loss_fn, autocast, device, tta, split, bins)
+        return evaluate(model or self.model, self.eval_loaders[split], loss_fn, autocast, device, tta, split, bins)
 
     def evaluation(self) -> tuple[dict, dict]:
-        """The loop's evaluation: the test split (val/*) and the holdout split when the dataset holds one out
-        (holdout/*); with eval.calibrate, the temperature fitted on the holdout pass alone and the test split
-        under it (calibrated/*). Also the confidence bins by panel, for reliability.png."""
+        """The loop's evaluation: every evaluated split (val/*: the test split; holdout/* with dataset.holdout);
+        with eval.calibrate, the temperature fitted on the holdout pass alone and the test split under it
+        (calibrated/*). Also the confidence bins by panel, for reliability.png."""
         calibrate, common = self.cfg.eval.calibrate, self.evaluation_settings()
-        test, metrics = evaluation_pass(self.model, self.val_loader, *common, keep_logits=bool(calibrate))
-        results, panels = {f"val/{k}": v for k, v in metrics.items()}, {"test split": test.stats}
-        if self.holdout_loader is not None:
-            held, held_metrics = evaluation_pass(self.model, self.holdout_loader, *common, keep_logits=bool(calibrate))
-            results |= {f"holdout/{k}": v for k, v in held_metrics.items()}
-            if calibrate:
-                scaled, stats = calibrated(held, test, calibrate)
-                results |= scaled
-                panels[f"calibrated (T = {scaled['calibrated/temperature']:.3g})"] = stats
+        passes, results = {}, {}
+        for split, loader in self.eval_loaders.items():
+            passes[split], metrics = evaluation_pass(self.model, loader, *common, keep_logits=bool(calibrate))
+            results |= {f"{split}/{k}": v for k, v in metrics.items()}
+        panels = {"test split": passes["val"].stats}
+        if calibrate:  # the pre-flight makes sure there is a holdout split
+            scaled, stats = calibrated(passes["holdout"], passes["val"], calibrate)
+            results |= scaled
+            panels[f"calibrated (T = {scaled['calibrated/temperature']:.3g})"] = stats
         return results, panels
 
     def evaluation_settings(self) -> tuple:
@@ -162,7 +165,7 @@ def build_run(cfg: DictConfig, print: Callable[[str], None] = lambda message: No
     model.to(runtime.device, memory_format=torch.channels_last if runtime.channels_last else torch.preserve_format)
     model = distributed.convert_sync_bn(model, trainer.sync_bn)
     workers = min(8, cpu_count()) if trainer.num_workers == "auto" else int(trainer.num_workers)
-    train_loader, val_loader = build_loaders(splits, trainer.batch_size, trainer.eval_batch_size, runtime.device,
+    train_loader, eval_loaders = build_loaders(splits, trainer.batch_size, trainer.eval_batch_size, runtime.device,
                                              cfg.seed, workers, runtime.channels_last, distributed.rank(),
                                              distributed.world_size())
     steps_per_epoch = len(train_loader)
@@ -185,7 +188,7 @@ def build_run(cfg: DictConfig, print: Callable[[str], None] = lambda message: No
         model=model, device=runtime.device, channels_last=runtime.channels_last, autocast=autocast,
         data=DataInfo(splits.name, splits.num_classes, splits.in_channels, len(splits.train), train_loader),
         dataset=cfg.dataset, criterion=loss_fn, progress=progress, epochs=epochs,
-        evaluate=lambda other: evaluate(other, val_loader, loss_fn, autocast, runtime.device, trainer.tta,
+        evaluate=lambda other: evaluate(other, eval_loaders["val"], loss_fn, autocast, runtime.device, trainer.tta,
                                         bins=cfg.eval.ece_bins),
         print=print, optimizer_config=cfg.optimizer, capabilities=declared, lr_factors=lr_factors,
         grad_clip=trainer.grad_clip, scaler=runtime.scaler, model_config=cfg.model, drivers=[driver])
@@ -193,5 +196,5 @@ def build_run(cfg: DictConfig, print: Callable[[str], None] = lambda message: No
     guard = SkipNonFinite(context.drivers, runtime.scaler is not None) if trainer.on_nonfinite == "skip" else None
     step = Step(forward, method, context.drivers, autocast, guard)
     curvature = build_curvature(trainer.curvature, splits, model, loss_fn, runtime, cfg.seed, workers)
-    return Run(cfg, splits, model, runtime, train_loader, val_loader, loss_fn, schedule, lr_factors, driver, method,
+    return Run(cfg, splits, model, runtime, train_loader, eval_loaders, loss_fn, schedule, lr_factors, driver, method,
                step, progress, steps_per_epoch, steps, epochs, curvature)

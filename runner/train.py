@@ -54,7 +54,8 @@ class Trainer:
     def fit(self, logger: RunLogger) -> dict:
         run, progress, trainer, self.logger = self.run, self.progress, self.cfg.trainer, logger
         world = distributed.world_size()
-        logger.print(f"divrun: {run.splits.name} ({len(run.splits.train)} train / {len(run.splits.val)} val), "
+        held = f" / {len(run.splits.holdout)} holdout" if run.holdout else ""
+        logger.print(f"divrun: {run.splits.name} ({len(run.splits.train)} train{held} / {len(run.splits.val)} val), "
                      f"{sum(p.numel() for p in run.driver.params):,} parameters, {run.total_steps} steps on "
                      f"{run.runtime.device}, batch {trainer.batch_size} per device x {world} processes = "
                      f"{trainer.batch_size * world} global")
@@ -170,7 +171,8 @@ class Trainer:
                 (self.last_eval, self.reliability), method_eval = self.run.evaluation(), self.run.method.evaluate()
             self.best_acc1 = max(self.best_acc1, self.last_eval["val/acc1"])
             self.logger.log({"step": self.progress.step, "epoch": epoch, **self.last_eval, **method_eval})
-            info = f"train loss {self.train_loss:.4f}  val acc {self.last_eval['val/acc1']:.4f}"
+            info = f"train loss {self.train_loss:.4f}  val acc {self.last_eval['val/acc1']:.4f}" + \
+                (f"  holdout acc {self.last_eval['holdout/acc1']:.4f}" if self.run.holdout else "")
             self.logger.set_epoch_info(info)
             if not self.logger.progress:
                 self.logger.print(f"epoch {epoch}/{self.run.epochs}  step {self.progress.step}  {info}")

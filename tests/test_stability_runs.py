@@ -76,6 +76,34 @@ def test_calibration_metrics_with_ten_bins(tmp_path):
     assert None not in values.values()
 
 
+def test_temperature_scaling_is_fitted_on_the_holdout_split_of_the_final_model(tmp_path):
+    from runner.build import build_run
+    from runner.calibration import fit_temperature
+    from runner.evaluation import evaluation_pass
+
+    summary, run = train(tmp_path, *TINY, "eval.calibrate=temperature", "dataset.holdout=0.2")
+    final = [r for r in records(run) if "calibrated/nll" in r][-1]
+    assert {"holdout/acc1", "holdout/nll", "calibrated/ece", "calibrated/aurc", "val/nll"} <= set(final)
+    assert summary["final_calibrated_temperature"] == final["calibrated/temperature"]
+    # the fit, again by hand: the final model's logits on the holdout split alone
+    rebuilt = build_run(compose(*QUICK, *TINY, "eval.calibrate=temperature", "dataset.holdout=0.2"))
+    rebuilt.model.load_state_dict(load(run / "checkpoints" / "last.pt")["model"])
+    held, _ = evaluation_pass(rebuilt.model, rebuilt.eval_loaders["holdout"], *rebuilt.evaluation_settings(),
+                              keep_logits=True)
+    assert fit_temperature(held.logits, held.labels) == pytest.approx(final["calibrated/temperature"], rel=1e-6)
+    assert (run / "reliability.png").stat().st_size > 20_000  # two panels: the test split, calibrated
+
+
+def test_divrun_eval_calibrate_holds_out_ten_percent_unless_told(capsys):
+    from runner.cli import with_calibration_holdout
+
+    assert with_calibration_holdout(["eval.ece_bins=10", "eval.calibrate=temperature"])[-1] == "dataset.holdout=0.1"
+    assert "10% of the training set is held out" in capsys.readouterr().err
+    for args in (["eval.calibrate=temperature", "dataset.holdout=100"], ["eval.ece_bins=10"],
+                 ["eval.calibrate=null"]):
+        assert with_calibration_holdout(args) == args
+
+
 def test_the_collapse_fraction_counts_collapsed_samples(tmp_path):
     """A learning rate far too large drives the logits apart until float32 softmax saturates (~70% of the
     first 10 steps' samples here), then the network recovers."""

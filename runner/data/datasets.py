@@ -20,7 +20,8 @@ import torch
 from torch.utils.data import Dataset
 
 from runner.data.label_noise import add_label_noise, label_noise_problems
-from runner.data.splits import Augment, DataShape, Splits, TensorSplit, augment_problems, limit, limit_problems, limited
+from runner.data.splits import (Augment, DataShape, Splits, TensorSplit, augment_problems, hold_out, holdout_count,
+                                holdout_problems, limit, limit_problems, limited)
 from runner.errors import checked_by, require
 
 CIFAR_MEAN = {10: (0.4914, 0.4822, 0.4465), 100: (0.5071, 0.4865, 0.4409)}
@@ -42,28 +43,48 @@ def described_by(describe):
     return attach
 
 
-def _common_problems(limit_train, limit_val, label_noise, num_classes) -> list[str]:
-    return limit_problems(limit_train, limit_val) + label_noise_problems(label_noise, num_classes)
+def _common_problems(limit_train, limit_val, label_noise, num_classes, holdout=None, train_size=None) -> list[str]:
+    return (limit_problems(limit_train, limit_val) + label_noise_problems(label_noise, num_classes)
+            + holdout_problems(holdout, train_size, num_classes))
+
+
+def _training_size(size: int, holdout, limit_train) -> int | None:
+    """The training samples a run trains on: `size` less the holdout, then limited (None: a bad holdout)."""
+    if holdout_problems(holdout, size):
+        return None
+    return limited(size - holdout_count(holdout, size), limit_train)
+
+
+def finish(splits: Splits, holdout, split_seed: int, limit_train, limit_val, label_noise,
+           held_view: Dataset | None = None) -> Splits:
+    """What every factory does to its splits, in this order: hold out part of the training set, keep the
+    limited subsets, corrupt training labels (the holdout stays clean, as the test split does)."""
+    splits = limit(hold_out(splits, holdout, split_seed, held_view), limit_train, limit_val)
+    return add_label_noise(splits, label_noise)
 
 
 # ---- digits --------------------------------------------------------------------------------------------
-def _digits_problems(val_fraction, image_size, limit_train, limit_val, label_noise, **_) -> list[str]:
+def _digits_train_size(val_fraction: float) -> int:
+    return DIGITS_SAMPLES - math.ceil(val_fraction * DIGITS_SAMPLES)  # scikit-learn's split sizes
+
+
+def _digits_problems(val_fraction, image_size, limit_train, limit_val, label_noise, holdout, **_) -> list[str]:
     if not 0 < val_fraction < 1:
         return [f"dataset.val_fraction={val_fraction}: must lie strictly between 0 and 1; pass e.g. 0.2"]
     problems = ["dataset.image_size: digits are 8x8; leave dataset.image_size=8"] if image_size != 8 else []
-    return problems + _common_problems(limit_train, limit_val, label_noise, 10)
+    return problems + _common_problems(limit_train, limit_val, label_noise, 10, holdout, _digits_train_size(val_fraction))
 
 
-def _describe_digits(val_fraction, limit_train, **_) -> DataShape:
-    train_size = DIGITS_SAMPLES - math.ceil(val_fraction * DIGITS_SAMPLES)  # scikit-learn's split sizes
-    return DataShape("digits", limited(train_size, limit_train), in_channels=1, num_classes=10)
+def _describe_digits(val_fraction, limit_train, holdout, **_) -> DataShape:
+    return DataShape("digits", _training_size(_digits_train_size(val_fraction), holdout, limit_train), in_channels=1,
+                     num_classes=10)
 
 
 @described_by(_describe_digits)
 @checked_by(_digits_problems)
 def digits(val_fraction: float = 0.2, split_seed: int = 0, image_size: int = 8,
            limit_train: int | None = None, limit_val: int | None = None,
-           label_noise: dict | None = None) -> Splits:
+           label_noise: dict | None = None, holdout: int | float | None = None) -> Splits:
     """scikit-learn's bundled 8x8 digits (1,797 images), split once, stratified, with a fixed seed."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -76,16 +97,16 @@ def digits(val_fraction: float = 0.2, split_seed: int = 0, image_size: int = 8,
     splits = Splits("digits", TensorSplit(images[train_idx], labels[train_idx]),
                     TensorSplit(images[val_idx], labels[val_idx]), num_classes=10, in_channels=1,
                     image_size=8, mean=(0.5,), std=(0.5,))
-    return add_label_noise(limit(splits, limit_train, limit_val), label_noise)
+    return finish(splits, holdout, split_seed, limit_train, limit_val, label_noise)
 
 
 # ---- synthetic -----------------------------------------------------------------------------------------
-def _synthetic_problems(num_classes, limit_train, limit_val, label_noise, **_) -> list[str]:
-    return _common_problems(limit_train, limit_val, label_noise, num_classes)
+def _synthetic_problems(num_classes, train_size, limit_train, limit_val, label_noise, holdout, **_) -> list[str]:
+    return _common_problems(limit_train, limit_val, label_noise, num_classes, holdout, train_size)
 
 
-def _describe_synthetic(num_classes, in_channels, train_size, limit_train, **_) -> DataShape:
-    return DataShape("synthetic", limited(train_size, limit_train), in_channels, num_classes)
+def _describe_synthetic(num_classes, in_channels, train_size, limit_train, holdout, **_) -> DataShape:
+    return DataShape("synthetic", _training_size(train_size, holdout, limit_train), in_channels, num_classes)
 
 
 @described_by(_describe_synthetic)
@@ -93,7 +114,7 @@ def _describe_synthetic(num_classes, in_channels, train_size, limit_train, **_) 
 def synthetic(num_classes: int = 10, image_size: int = 32, in_channels: int = 3, train_size: int = 2048,
               val_size: int = 512, noise: float = 0.5, data_seed: int = 0,
               limit_train: int | None = None, limit_val: int | None = None,
-              label_noise: dict | None = None) -> Splits:
+              label_noise: dict | None = None, holdout: int | float | None = None) -> Splits:
     """Learnable generated images: a smooth random prototype per class plus per-sample noise."""
     gen = torch.Generator().manual_seed(data_seed)
     coarse = torch.rand(num_classes, in_channels, 4, 4, generator=gen)
@@ -107,22 +128,24 @@ def synthetic(num_classes: int = 10, image_size: int = 32, in_channels: int = 3,
 
     splits = Splits("synthetic", draw(train_size), draw(val_size), num_classes, in_channels, image_size,
                     mean=(0.5,) * in_channels, std=(0.25,) * in_channels, augment=Augment(0, False))
-    return add_label_noise(limit(splits, limit_train, limit_val), label_noise)
+    return finish(splits, holdout, data_seed, limit_train, limit_val, label_noise)
 
 
 # ---- CIFAR ---------------------------------------------------------------------------------------------
-def _cifar_problems(num_classes, root, download, flip, pad_mode, limit_train, limit_val, label_noise, **_) -> list[str]:
+def _cifar_problems(num_classes, root, download, flip, pad_mode, limit_train, limit_val, label_noise, holdout,
+                    **_) -> list[str]:
     if num_classes not in CIFAR_ARCHIVES:
         return [f"dataset.num_classes={num_classes}: CIFAR has 10 or 100 classes"]
     folder = CIFAR_ARCHIVES[num_classes][1]
     problems = [] if download or (Path(root).expanduser() / folder).is_dir() else [
         f"dataset.root={Path(root).expanduser().resolve()}: no {folder}/ there; pass "
         f"dataset.root=<folder holding {folder}> or dataset.download=true"]
-    return problems + augment_problems(flip, pad_mode) + _common_problems(limit_train, limit_val, label_noise, num_classes)
+    return problems + augment_problems(flip, pad_mode) + _common_problems(limit_train, limit_val, label_noise,
+                                                                          num_classes, holdout, CIFAR_TRAIN_SIZE)
 
 
-def _describe_cifar(num_classes, limit_train, **_) -> DataShape:
-    return DataShape(f"cifar{num_classes}", limited(CIFAR_TRAIN_SIZE, limit_train), 3, num_classes)
+def _describe_cifar(num_classes, limit_train, holdout, **_) -> DataShape:
+    return DataShape(f"cifar{num_classes}", _training_size(CIFAR_TRAIN_SIZE, holdout, limit_train), 3, num_classes)
 
 
 @described_by(_describe_cifar)
@@ -130,7 +153,7 @@ def _describe_cifar(num_classes, limit_train, **_) -> DataShape:
 def cifar(num_classes: int = 10, root: str = "data", download: bool = False, crop_padding: int = 4,
           flip: bool | str = True, pad_mode: str = "zeros", image_size: int = 32,
           limit_train: int | None = None, limit_val: int | None = None,
-          label_noise: dict | None = None) -> Splits:
+          label_noise: dict | None = None, holdout: int | float | None = None, split_seed: int = 0) -> Splits:
     """CIFAR-10/100 read straight from the python pickle batches under `root` (as the fast loaders do).
 
     With `download: true` torchvision's download code fetches and unpacks the archive first.
@@ -145,7 +168,7 @@ def cifar(num_classes: int = 10, root: str = "data", download: bool = False, cro
     train, val = (_read_cifar_batches(base, files, label_key) for files in names)
     splits = Splits(f"cifar{num_classes}", train, val, num_classes, 3, 32, CIFAR_MEAN[num_classes],
                     CIFAR_STD[num_classes], Augment(crop_padding, flip, pad_mode))
-    return add_label_noise(limit(splits, limit_train, limit_val), label_noise)
+    return finish(splits, holdout, split_seed, limit_train, limit_val, label_noise)
 
 
 def _read_cifar_batches(base: Path, files: list[str], label_key: str) -> TensorSplit:
@@ -159,12 +182,12 @@ def _read_cifar_batches(base: Path, files: list[str], label_key: str) -> TensorS
 
 
 # ---- image folders -------------------------------------------------------------------------------------
-def _imagefolder_problems(root, train_dir, val_dir, limit_train, limit_val, label_noise, **_) -> list[str]:
+def _imagefolder_problems(root, train_dir, val_dir, limit_train, limit_val, label_noise, holdout, **_) -> list[str]:
     base = Path(root).expanduser()
     missing = [f"dataset.root={base.resolve()}: {base / sub} is not a folder; point dataset.root at a tree with "
                f"{train_dir}/<class>/*.jpg and {val_dir}/<class>/*.jpg" for sub in (train_dir, val_dir)
                if not (base / sub).is_dir()][:1]
-    return missing + _common_problems(limit_train, limit_val, label_noise, None)
+    return missing + _common_problems(limit_train, limit_val, label_noise, None, holdout)
 
 
 def _describe_imagefolder(root, train_dir, name, **_) -> DataShape:
@@ -177,7 +200,7 @@ def _describe_imagefolder(root, train_dir, name, **_) -> DataShape:
 def imagefolder(root: str, train_dir: str = "train", val_dir: str = "val", image_size: int = 224,
                 resize_size: int | None = None, name: str = "imagefolder",
                 limit_train: int | None = None, limit_val: int | None = None,
-                label_noise: dict | None = None) -> Splits:
+                label_noise: dict | None = None, holdout: int | float | None = None, split_seed: int = 0) -> Splits:
     """Any class-per-folder train/val tree with ImageNet-style transforms.
 
     Images are decoded by torchvision.io straight to uint8 tensors and transformed as tensors (transforms
@@ -193,7 +216,8 @@ def imagefolder(root: str, train_dir: str = "train", val_dir: str = "val", image
     train = datasets.ImageFolder(str(base / train_dir), transform=train_tf, loader=decode_rgb)
     val = datasets.ImageFolder(str(base / val_dir), transform=val_tf, loader=decode_rgb)
     splits = Splits(name, train, val, len(train.classes), 3, image_size)
-    return add_label_noise(limit(splits, limit_train, limit_val), label_noise)
+    held_view = datasets.ImageFolder(str(base / train_dir), transform=val_tf, loader=decode_rgb) if holdout else None
+    return finish(splits, holdout, split_seed, limit_train, limit_val, label_noise, held_view)
 
 
 def decode_rgb(path: str) -> torch.Tensor:
@@ -224,20 +248,20 @@ def _hf_table_problems(loaded, path, image_column, label_column, train_split, va
 
 
 def _hf_problems(path, image_column, label_column, train_split, val_split, limit_train, limit_val,
-                 label_noise, **_) -> list[str]:
+                 label_noise, holdout, **_) -> list[str]:
     """A local dataset's splits and columns are read here; a hub dataset's when the run loads it."""
     loaded = _local_hf(path)
     problems = [] if loaded is None else _hf_table_problems(loaded, path, image_column, label_column, train_split,
                                                              val_split)
-    return problems + _common_problems(limit_train, limit_val, label_noise, None)
+    return problems + _common_problems(limit_train, limit_val, label_noise, None, holdout)
 
 
-def _describe_hf(path, label_column, train_split, in_channels, name, limit_train, **_) -> DataShape:
+def _describe_hf(path, label_column, train_split, in_channels, name, limit_train, holdout, **_) -> DataShape:
     loaded, label = _local_hf(path), Path(path).name if name is None else name
     if loaded is None:
         return DataShape(label, None, in_channels, None)
     train = loaded[train_split]
-    return DataShape(label, limited(train.num_rows, limit_train), in_channels,
+    return DataShape(label, _training_size(train.num_rows, holdout, limit_train), in_channels,
                      getattr(train.features[label_column], "num_classes", None))
 
 
@@ -246,7 +270,7 @@ def _describe_hf(path, label_column, train_split, in_channels, name, limit_train
 def hf(path: str, image_column: str = "image", label_column: str = "label", train_split: str = "train",
        val_split: str = "test", image_size: int = 32, in_channels: int = 3, name: str | None = None,
        limit_train: int | None = None, limit_val: int | None = None,
-       label_noise: dict | None = None) -> Splits:
+       label_noise: dict | None = None, holdout: int | float | None = None, split_seed: int = 0) -> Splits:
     """Any Hugging Face `datasets` name (downloaded by `datasets`) or local path (`save_to_disk` or files)."""
     import datasets as hf_datasets
     from torchvision import transforms as T
@@ -264,7 +288,7 @@ def hf(path: str, image_column: str = "image", label_column: str = "label", trai
     train = HFImages(loaded[train_split], image_column, label_column, mode, to_tensor)
     val = HFImages(loaded[val_split], image_column, label_column, mode, to_tensor)
     splits = Splits(name or Path(path).name, train, val, num_classes, in_channels, image_size)
-    return add_label_noise(limit(splits, limit_train, limit_val), label_noise)
+    return finish(splits, holdout, split_seed, limit_train, limit_val, label_noise)
 
 
 class HFImages(Dataset):

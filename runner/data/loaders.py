@@ -161,20 +161,22 @@ class FolderLoader:
 
 def build_loaders(splits: Splits, batch_size: int, eval_batch_size: int, device: torch.device, seed: int,
                   num_workers: int, channels_last: bool = False, rank: int = 0, world_size: int = 1):
-    """Train loader (shuffled, augmented, full batches) and validation loader (in order, every sample), each
-    yielding this rank's shard; `batch_size` is per device."""
+    """Train loader (shuffled, augmented, full batches) and the evaluation loaders by split name (in order,
+    every sample): "val" (the test split) and "holdout" when the dataset holds one out; each yields this
+    rank's shard; `batch_size` is per device."""
     require(batch_problems(batch_size, world_size, len(splits.train), splits.name))
     if splits.in_memory:
         common = dict(device=device, mean=splits.mean, std=splits.std, seed=seed, channels_last=channels_last,
                       rank=rank, world_size=world_size)
         train = TensorLoader(splits.train, batch_size, augment=splits.augment, shuffle=True, drop_last=True, **common)
-        val = TensorLoader(splits.val, eval_batch_size, **common)
+        loader = TensorLoader
     else:
         common = dict(device=device, seed=seed, num_workers=num_workers, channels_last=channels_last,
                       rank=rank, world_size=world_size)
         train = FolderLoader(splits.train, batch_size, shuffle=True, drop_last=True, **common)
-        val = FolderLoader(splits.val, eval_batch_size, **common)
-    return train, val
+        loader = FolderLoader
+    evaluated = {"val": splits.val, "holdout": splits.holdout}
+    return train, {name: loader(split, eval_batch_size, **common) for name, split in evaluated.items() if split is not None}
 
 
 def cpu_count() -> int:

@@ -56,7 +56,8 @@ class Loss(nn.Module):
     """Base class: subclasses define `divergence(log_q, log_p)` (per sample) or override `batch_loss`."""
 
     def __init__(self, temperature: float = 1.0, smoothing: float = 0.0, z_reg: float = 0.0,
-                 normalizer: str = "softmax"):
+                 normalizer: str = "softmax",
+                 search_space: dict | None = None):  # divrun-tune's ranges (runner/search_space.py): not the loss's
         super().__init__()
         if normalizer not in NORMALIZERS:
             raise ConfigError(f"loss.normalizer={normalizer}: choose softmax or stablemax")
