@@ -92,10 +92,12 @@ def with_calibration_holdout(args: list[str]) -> list[str]:
     """`eval.calibrate` fits its temperature on the holdout split: a command that names no `dataset.holdout`
     holds DEFAULT_HOLDOUT of the training set out (said on stderr; an explicit dataset.holdout=null is refused
     by the pre-flight), so `divrun eval.calibrate=temperature` runs as typed, as divrun-tune does."""
+    from runner.calibration import CALIBRATION_OBJECTIVES
     from runner.tune.spec import DEFAULT_HOLDOUT
 
     values = {key.lstrip("+~"): value for key, _, value in (a.partition("=") for a in args if not a.startswith("-"))}
-    if values.get("eval.calibrate", "null") in ("null", "") or "dataset.holdout" in values:
+    calibrated = set(values.get("eval.calibrate", "").split(",")) & set(CALIBRATION_OBJECTIVES)  # a sweep's too
+    if not calibrated or "dataset.holdout" in values:
         return args
     print(f"divrun: eval.calibrate fits the temperature on the holdout split: {DEFAULT_HOLDOUT:.0%} of the "
           f"training set is held out (dataset.holdout={DEFAULT_HOLDOUT}; pass dataset.holdout=N to change it)",

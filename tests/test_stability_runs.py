@@ -100,7 +100,7 @@ def test_divrun_eval_calibrate_holds_out_ten_percent_unless_told(capsys):
     assert with_calibration_holdout(["eval.ece_bins=10", "eval.calibrate=temperature"])[-1] == "dataset.holdout=0.1"
     assert "10% of the training set is held out" in capsys.readouterr().err
     for args in (["eval.calibrate=temperature", "dataset.holdout=100"], ["eval.ece_bins=10"],
-                 ["eval.calibrate=null"]):
+                 ["eval.calibrate=null"], ["eval.calibrate=platt"]):
         assert with_calibration_holdout(args) == args
 
 

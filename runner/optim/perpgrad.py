@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from runner.errors import ConfigError
+from runner.optim.base import Wrapper
 
 
 def flat_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -43,10 +44,8 @@ def project_out_weights(params: list[torch.Tensor], grads: list[torch.Tensor], r
         torch._foreach_mul_(grads, torch._foreach_div(norms_before, norms_after))
 
 
-class PerpGrad:
-    """An optimizer wrapper: exposes the base's `param_groups` and `state` (the trainer sets their lr)."""
-    adaptive = None  # capabilities: the base's (the update rule is the base's)
-    second_order = needs_closure = False
+class PerpGrad(Wrapper):
+    """⊥Grad around `optimizer` (a Wrapper: the base's param groups, state and update rule)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, rescale: bool = True, eps: float = 1e-30):
         if getattr(optimizer, "second_order", False) or getattr(optimizer, "needs_closure", False):
@@ -54,24 +53,14 @@ class PerpGrad:
                               "closure-driven: it recomputes the gradients itself); pick a first-order base")
         if eps <= 0:
             raise ConfigError(f"optimizer.eps={eps}: must be > 0 (it guards zero weights; official 1e-30)")
-        self.base, self.rescale, self.eps = optimizer, rescale, eps
-
-    @property
-    def param_groups(self) -> list[dict]:
-        return self.base.param_groups
-
-    @property
-    def state(self):
-        return self.base.state
+        super().__init__(optimizer)
+        self.rescale, self.eps = rescale, eps
 
     def step(self, closure=None):
         params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
         if params:
             project_out_weights(params, [p.grad for p in params], self.rescale, self.eps)
         return self.base.step()
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.base.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict:
         return self.base.state_dict()
