@@ -16,9 +16,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from runner import distributed, env
+from runner.calibration import calibrated
 from runner.context import DataInfo, MethodContext, Progress
+from runner.curvature import CurvatureMonitor, build_curvature
 from runner.data.loaders import build_loaders, cpu_count
-from runner.evaluation import evaluate
+from runner.evaluation import evaluate, evaluation_pass
 from runner.losses import build_loss
 from runner.models import build_model
 from runner.nonfinite import SkipNonFinite
@@ -84,6 +86,7 @@ class Run:
     steps_per_epoch: int
     total_steps: int
     epochs: int
+    curvature: CurvatureMonitor | None = None  # trainer.curvature.every > 0
 
     @property
     def optimizer(self):
@@ -97,12 +100,27 @@ class Run:
         return "holdout" in self.eval_loaders
 
     def evaluate(self, model: torch.nn.Module | None = None, split: str = "val") -> dict:
-        return evaluate(model or self.model, self.eval_loaders[split], self.loss_fn, self.autocast,
-                        self.runtime.device, self.cfg.trainer.tta, split)
+        loss_fn, autocast, device, tta, bins = self.evaluation_settings()
+        return evaluate(model or self.model, self.eval_loaders[split], loss_fn, autocast, device, tta, split, bins)
 
-    def evaluate_splits(self) -> dict:
-        """The model's metrics on every evaluated split: val/*, and holdout/* with dataset.holdout."""
-        return {key: value for split in self.eval_loaders for key, value in self.evaluate(split=split).items()}
+    def evaluation(self) -> tuple[dict, dict]:
+        """The loop's evaluation: every evaluated split (val/*: the test split; holdout/* with dataset.holdout);
+        with eval.calibrate, the temperature fitted on the holdout pass alone and the test split under it
+        (calibrated/*). Also the confidence bins by panel, for reliability.png."""
+        calibrate, common = self.cfg.eval.calibrate, self.evaluation_settings()
+        passes, results = {}, {}
+        for split, loader in self.eval_loaders.items():
+            passes[split], metrics = evaluation_pass(self.model, loader, *common, keep_logits=bool(calibrate))
+            results |= {f"{split}/{k}": v for k, v in metrics.items()}
+        panels = {"test split": passes["val"].stats}
+        if calibrate:  # the pre-flight makes sure there is a holdout split
+            scaled, stats = calibrated(passes["holdout"], passes["val"], calibrate)
+            results |= scaled
+            panels[f"calibrated (T = {scaled['calibrated/temperature']:.3g})"] = stats
+        return results, panels
+
+    def evaluation_settings(self) -> tuple:
+        return (self.loss_fn, self.autocast, self.runtime.device, self.cfg.trainer.tta, self.cfg.eval.ece_bins)
 
     @contextlib.contextmanager
     def evaluation_weights(self):
@@ -170,11 +188,13 @@ def build_run(cfg: DictConfig, print: Callable[[str], None] = lambda message: No
         model=model, device=runtime.device, channels_last=runtime.channels_last, autocast=autocast,
         data=DataInfo(splits.name, splits.num_classes, splits.in_channels, len(splits.train), train_loader),
         dataset=cfg.dataset, criterion=loss_fn, progress=progress, epochs=epochs,
-        evaluate=lambda other: evaluate(other, eval_loaders["val"], loss_fn, autocast, runtime.device, trainer.tta),
+        evaluate=lambda other: evaluate(other, eval_loaders["val"], loss_fn, autocast, runtime.device, trainer.tta,
+                                        bins=cfg.eval.ece_bins),
         print=print, optimizer_config=cfg.optimizer, capabilities=declared, lr_factors=lr_factors,
         grad_clip=trainer.grad_clip, scaler=runtime.scaler, model_config=cfg.model, drivers=[driver])
     method.setup(context)  # may add companions' drivers to context.drivers
     guard = SkipNonFinite(context.drivers, runtime.scaler is not None) if trainer.on_nonfinite == "skip" else None
     step = Step(forward, method, context.drivers, autocast, guard)
+    curvature = build_curvature(trainer.curvature, splits, model, loss_fn, runtime, cfg.seed, workers)
     return Run(cfg, splits, model, runtime, train_loader, eval_loaders, loss_fn, schedule, lr_factors, driver, method,
-               step, progress, steps_per_epoch, steps, epochs)
+               step, progress, steps_per_epoch, steps, epochs, curvature)

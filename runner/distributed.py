@@ -202,3 +202,17 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 def convert_sync_bn(model: torch.nn.Module, sync_bn: bool) -> torch.nn.Module:
     """BatchNorm statistics over the global batch instead of each rank's shard (before DDP and the optimizer)."""
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) if sync_bn and world_size() > 1 else model
+
+
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows (shards may differ in length by a sample), concatenated in rank order on every rank."""
+    if world_size() == 1:
+        return tensor
+    sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(world_size())]
+    dist.all_gather(sizes, torch.tensor([len(tensor)], device=tensor.device))
+    longest = max(int(s.item()) for s in sizes)
+    padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    padded[:len(tensor)] = tensor
+    pieces = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(pieces, padded)
+    return torch.cat([piece[:int(size.item())] for piece, size in zip(pieces, sizes)])

@@ -65,6 +65,7 @@ def run_job(cfg: DictConfig, run_dir: Path, name: str | None = None, group: str 
             if payload:
                 logger.print(f"divrun: resuming {run_dir} at step {trainer.progress.step} (epoch {trainer.progress.epoch})")
             summary |= trainer.fit(logger)
+            folder.figures(trainer)
             summary["status"] = Status.FINISHED
         except BaseException as error:
             summary |= trainer.results() | outcome(error)
@@ -99,6 +100,16 @@ class RunFolderWriter:
         if run is not None:
             run_folder.write_lr_schedule(self.run_dir, run.lr_factors, run.driver.base_lrs[0], run.steps_per_epoch,
                                          type(run.schedule).__name__)
+
+    def figures(self, trainer) -> None:
+        """The finished run's reliability.png (eval.reliability) and curvature.png (trainer.curvature)."""
+        if not self.main:
+            return
+        if self.cfg.eval.reliability and trainer.reliability:
+            run_folder.write_reliability(self.run_dir, trainer.reliability, f"{self.summary['name']}: "
+                                         f"epoch {trainer.progress.epoch}, step {trainer.progress.step}")
+        if self.cfg.trainer.curvature.every:
+            run_folder.write_curvature(self.run_dir)
 
     def finish(self, outcome_fields: dict | None = None, logger: RunLogger | None = None) -> None:
         summary = self.summary

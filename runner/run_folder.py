@@ -8,6 +8,9 @@ ends with (each with the exit code `divrun` returns for it).
     lr_schedule.csv, .png      the lr of every update and its plot
     curves.png                 train loss, val accuracy and loss, lr against steps (when the run ends)
     meta.json                  the run's name, group and wandb id
+    reliability.png            the last evaluation's reliability diagram (eval.reliability), calibrated beside it
+    curvature.png              hessian/* against 2/lr over the steps (trainer.curvature)
+    sample_losses.csv          step, then one column per tracked training sample (trainer.curvature.track)
     checkpoints/               step_<step>.pt files and last.pt (their format: runner/checkpoint.py)
 
 Everything here is plain Python and OmegaConf (no torch), so `divrun` reads folders quickly and other tools
@@ -31,6 +34,7 @@ SCHEDULE_CSV, SCHEDULE_PNG = "lr_schedule.csv", "lr_schedule.png"
 CURVES = "curves.png"  # drawn by runner/curves.py when the run ends
 CHECKPOINTS, LAST_CHECKPOINT = "checkpoints", "last.pt"
 GRAD_NORMS_HEADER = "step,l2,l1\n"
+RELIABILITY_PNG, CURVATURE_PNG, SAMPLE_LOSSES = "reliability.png", "curvature.png", "sample_losses.csv"
 # config keys that hold paths: stored absolute, so a folder works from anywhere (resume, teacher, source)
 PATH_KEYS = {"root", "path", "source", "teacher", "checkpoint"}
 
@@ -160,11 +164,13 @@ class RecordFiles:
             _truncate_after(metrics, resume_step, lambda line: json.loads(line)["step"])
             # row t is update t: kept when t < step
             _truncate_after(norms, resume_step, lambda line: int(line.split(",")[0]) + 1)
+            _truncate_after(Path(run_dir) / SAMPLE_LOSSES, resume_step, lambda line: int(line.split(",")[0]))
         self.metrics = open(metrics, "a", buffering=1)
         new_norms = not norms.exists()
         self.norms = open(norms, "a", buffering=1)
         if new_norms:
             self.norms.write(GRAD_NORMS_HEADER)
+        self.run_dir, self.sample_losses = Path(run_dir), None
 
     def write_record(self, record: dict) -> None:
         self.metrics.write(json.dumps(record) + "\n")
@@ -172,9 +178,22 @@ class RecordFiles:
     def write_grad_norms(self, first_step: int, rows: list[tuple[float, float]]) -> None:
         self.norms.write("".join(f"{first_step + i},{l2:.6g},{l1:.6g}\n" for i, (l2, l1) in enumerate(rows)))
 
+    def write_sample_losses(self, step: int, samples: list[int], losses: list[float]) -> None:
+        """One row of sample_losses.csv: the step, then each tracked sample's loss (its header names the
+        samples by their position in the training split)."""
+        if self.sample_losses is None:
+            path = self.run_dir / SAMPLE_LOSSES
+            new = not path.exists()
+            self.sample_losses = open(path, "a", buffering=1)
+            if new:
+                self.sample_losses.write("step," + ",".join(f"sample_{i}" for i in samples) + "\n")
+        self.sample_losses.write(f"{step}," + ",".join(f"{loss:.6g}" for loss in losses) + "\n")
+
     def close(self) -> None:
         self.metrics.close()
         self.norms.close()
+        if self.sample_losses is not None:
+            self.sample_losses.close()
 
 
 # ---- lr_schedule.csv and .png ----------------------------------------------------------------------------
@@ -203,3 +222,18 @@ def _plot_lr_schedule(path: Path, lrs, steps_per_epoch: int, title: str) -> None
     epochs = ax.secondary_xaxis("top", functions=(lambda s: s / steps_per_epoch, lambda e: e * steps_per_epoch))
     epochs.set_xlabel("epoch")
     fig.savefig(path, pil_kwargs={"compress_level": 1})  # zlib level 1: a few KB larger, several ms faster
+
+
+# ---- the evaluation's and the curvature's figures -------------------------------------------------------
+def write_reliability(run_dir: Path, panels: dict, title: str) -> None:
+    """reliability.png from the last evaluation's bins (runner/calibration.py)."""
+    from runner.calibration import reliability_diagram
+
+    reliability_diagram(Path(run_dir) / RELIABILITY_PNG, panels, title)
+
+
+def write_curvature(run_dir: Path) -> bool:
+    """curvature.png from metrics.jsonl's hessian records (runner/curvature.py); False when it holds none."""
+    from runner.curvature import plot_curvature
+
+    return plot_curvature(read_metrics(run_dir), Path(run_dir) / CURVATURE_PNG)

@@ -30,6 +30,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from runner import distributed
+from runner.losses.stablemax import softmax_collapsed
 from runner.nonfinite import SkipNonFinite, first_nonfinite_index
 from runner.optim import Capabilities
 
@@ -41,13 +42,14 @@ class StepRecord(NamedTuple):
     grad_l2: float          # global L2 norm of the student's gradients, before clipping
     grad_l1: float          # L1 norm (0 unless recorded: trainer.grad_norm_l1)
     nonfinite_param: float  # index of the first student parameter with a non-finite gradient (0 when none)
+    collapsed: float        # samples of this rank's batch whose float32 softmax collapsed (runner/losses/stablemax.py)
 
 
 class StepStats:
     """Per-step records kept on the device until the logging interval."""
     FIELDS = StepRecord._fields
     # over ranks: loss and norms averaged, correct counts summed; the non-finite parameter index is per rank
-    RANK_MEAN, RANK_SUM = ("loss", "grad_l2", "grad_l1"), ("correct",)
+    RANK_MEAN, RANK_SUM = ("loss", "grad_l2", "grad_l1"), ("correct", "collapsed")
 
     def __init__(self, capacity: int, device: torch.device):
         self.buffer = torch.zeros(capacity, len(self.FIELDS), device=device)
@@ -175,8 +177,9 @@ class Step:
         loss, logits = self.forward_backward(images, labels, indices)
         (l2, l1, nonfinite), kept = self.update(loss, images, labels, indices)
         self.method.after_step(step, kept)  # per-sample memories, EMA: `kept` False where the guard skipped
-        correct = self.correct(logits, labels)
-        return torch.stack([loss.detach().float(), correct.float(), l2.float(), l1.float(), nonfinite.float()])
+        correct, collapsed = self.correct(logits, labels), softmax_collapsed(logits).sum()
+        return torch.stack([loss.detach().float(), correct.float(), l2.float(), l1.float(), nonfinite.float(),
+                            collapsed.float()])
 
     def loss(self, images, labels, indices) -> tuple[torch.Tensor, torch.Tensor]:
         with self.autocast():

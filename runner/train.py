@@ -8,9 +8,10 @@ An optimizer trained at other weights than it is evaluated at (schedule-free) is
 `Run.evaluation_weights()` and saved through `Run.state_dicts()` (the model at its evaluated weights); a
 metric an optimizer reports (Prodigy's d) joins the record built in `flush`.
 
-Seams: a measurement every N steps (curvature, sharpness) is one more `every` test in `end_of_step`; an EMA
-of the weights evaluated beside the live model is one more `evaluate` call merged into the evaluation record,
-as a method's are.
+The curvature (trainer.curvature: runner/curvature.py) is measured before the first step and every N steps
+after, before that step's checkpoint. Seams: a measurement every N steps (sharpness) is one more `every` test
+in `end_of_step`; an EMA of the weights evaluated beside the live model is one more `evaluate` call merged
+into the evaluation record, as a method's are.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ from runner.nonfinite import Diverged, first_divergence, is_finite_step
 from runner.preemption import Preempted, PreemptionWatch
 from runner.step import StepRecord, StepStats, optimizer_metrics
 
+CURVATURE_FINALS = ("hessian/lambda", "hessian/trace")  # the curvature's values summary.json keeps
+
 
 class Trainer:
     def __init__(self, run: Run, checkpointer: Checkpointer, preemption: PreemptionWatch | None = None):
@@ -38,6 +41,8 @@ class Trainer:
         self.logger: RunLogger | None = None
         self.sync_check = env.SyncCheck(self.cfg.trainer.sync_debug, run.runtime.device)
         self.best_acc1, self.last_eval, self.train_loss, self.skipped_steps = 0.0, {}, math.nan, 0
+        self.initial_loss, self.collapse, self.last_curvature = None, None, {}
+        self.reliability: dict = {}  # the last evaluation's confidence bins, by panel (reliability.png)
         self.saved_step, self.wall_time_before, self.started = None, 0.0, time.time()
 
     @classmethod
@@ -57,6 +62,8 @@ class Trainer:
         logger.start_progress(run.total_steps, run.epochs, run.steps_per_epoch, progress.step, progress.epoch)
         self.clock = time.perf_counter()
         self.model.train()
+        if progress.step == 0:
+            self.measure_curvature()
         while progress.step < run.total_steps:
             start_batch = progress.step - progress.epoch * run.steps_per_epoch  # > 0 when resuming inside an epoch
             if hasattr(self.model, "set_epoch"):  # per-epoch model settings (airbench freezes its whitening bias)
@@ -86,6 +93,7 @@ class Trainer:
         if epoch_done:
             progress.epoch += 1
             self.end_of_epoch()
+        self.measure_curvature()
         every = lambda n, count: bool(n and count % n == 0)  # noqa: E731
         if progress.step == total or every(trainer.checkpoint_every_steps, progress.step) or (
                 epoch_done and every(trainer.checkpoint_every, progress.epoch)):
@@ -108,6 +116,21 @@ class Trainer:
         flag = torch.tensor([float(self.preemption.requested)], device=self.stats.buffer.device)
         return distributed.all_reduce_sum(flag).item() > 0
 
+    def measure_curvature(self) -> None:
+        """hessian/* (and the tracked samples' losses) when trainer.curvature falls on this step; the threshold
+        2/lr is that of the next update's lr."""
+        monitor, step = self.run.curvature, self.progress.step
+        if monitor is None or not monitor.due(step):
+            return
+        lr = self.run.driver.base_lrs[0] * self.run.lr_factors[min(step, self.run.total_steps - 1)]
+        record = monitor.measure(step, lr)
+        if record:
+            self.last_curvature = record
+            self.logger.log({"step": step, "epoch": step / self.run.steps_per_epoch, **record})
+        if monitor.tracked is not None:
+            self.logger.log_sample_losses(step, monitor.tracked[2].tolist(), monitor.sample_losses())
+        self.clock += record.get("hessian/seconds", 0.0)  # images/s counts training time only
+
     def flush(self) -> None:
         """Write one record for the steps since the last flush (one host sync) and check them for NaN/Inf."""
         first, rows, progress = self.stats.first_step, self.stats.drain(), self.progress
@@ -120,7 +143,12 @@ class Trainer:
                   "train/acc1": sum(r.correct for r in rows) / (len(rows) * global_batch),
                   "train/lr": self.run.optimizer.param_groups[0]["lr"], "train/grad_norm": mean("grad_l2"),
                   "train/img_per_s": len(rows) * global_batch / max(now - self.clock, 1e-9),
-                  "train/skipped_steps": self.skipped_steps, **optimizer_metrics(self.run.optimizer)}
+                  "train/skipped_steps": self.skipped_steps,
+                  "train/softmax_collapse": sum(r.collapsed for r in rows) / (len(rows) * global_batch),
+                  **optimizer_metrics(self.run.optimizer)}
+        if first == 0 and rows:
+            self.initial_loss = rows[0].loss  # l_0 of the lr sensitivity: the loss before any update
+        self.collapse = record["train/softmax_collapse"]
         self.logger.log(record)
         self.logger.log_grad_norms(first, [(r.grad_l2, r.grad_l1) for r in rows])
         self.logger.advance(0, info=f"loss {record['train/loss']:.4f}  acc {record['train/acc1']:.3f}  "
@@ -140,7 +168,7 @@ class Trainer:
         epoch, done = self.progress.epoch, self.progress.step >= self.run.total_steps
         if done or epoch % self.cfg.trainer.eval_every == 0:
             with self.run.evaluation_weights():
-                self.last_eval, method_eval = self.run.evaluate_splits(), self.run.method.evaluate()
+                (self.last_eval, self.reliability), method_eval = self.run.evaluation(), self.run.method.evaluate()
             self.best_acc1 = max(self.best_acc1, self.last_eval["val/acc1"])
             self.logger.log({"step": self.progress.step, "epoch": epoch, **self.last_eval, **method_eval})
             info = f"train loss {self.train_loss:.4f}  val acc {self.last_eval['val/acc1']:.4f}" + \
@@ -154,13 +182,16 @@ class Trainer:
         """The summary.json fields of the run so far (also written for a run that stops early)."""
         finite = lambda value: value if value is not None and math.isfinite(value) else None  # noqa: E731
         last = self.last_eval.get
-        return {"final_train_loss": finite(self.train_loss), "best_val_acc1": self.best_acc1,
+        # every metric of the last evaluation and curvature measurement as final_<split>_<metric> (val/aurc,
+        # holdout/acc1, calibrated/ece, hessian/lambda_max, ...)
+        measured = self.last_eval | {k: v for k, v in self.last_curvature.items() if k.startswith(CURVATURE_FINALS)}
+        finals = {f"final_{key.replace('/', '_')}": finite(value) for key, value in measured.items()}
+        return {**finals, "final_train_loss": finite(self.train_loss), "best_val_acc1": self.best_acc1,
                 "final_val_acc1": last("val/acc1"), "final_val_loss": finite(last("val/loss")),
                 "final_val_ece": finite(last("val/ece")), "final_val_nll": finite(last("val/nll")),
+                "initial_train_loss": finite(self.initial_loss), "final_train_softmax_collapse": self.collapse,
                 "train_label_noise": self.run.splits.label_noise, "steps": self.progress.step,
-                "epochs": self.progress.epoch, "skipped_steps": self.skipped_steps, **self.run.method.summary(),
-                **({"final_holdout_acc1": last("holdout/acc1"), "final_holdout_loss": finite(last("holdout/loss"))}
-                   if self.run.holdout else {})}
+                "epochs": self.progress.epoch, "skipped_steps": self.skipped_steps, **self.run.method.summary()}
 
     # ---- checkpoints ---------------------------------------------------------------------------------
     def checkpoint(self) -> None:
@@ -170,6 +201,7 @@ class Trainer:
             **self.run.state_dicts(),
             "step": self.progress.step, "epoch": self.progress.epoch, "best_acc1": self.best_acc1,
             "last_eval": self.last_eval, "train_loss": self.train_loss, "skipped_steps": self.skipped_steps,
+            "initial_loss": self.initial_loss, "collapse": self.collapse, "last_curvature": self.last_curvature,
             "total_steps": self.run.total_steps, "pending_stats": self.stats.pending_rows().cpu(),
             "pending_first_step": self.stats.first_step,
             "wall_time_s": self.wall_time_before + time.time() - self.started})
@@ -185,6 +217,8 @@ class Trainer:
         self.progress.step, self.progress.epoch = payload["step"], payload["epoch"]
         self.best_acc1, self.last_eval = payload["best_acc1"], payload["last_eval"]
         self.train_loss, self.skipped_steps = payload["train_loss"], payload["skipped_steps"]
+        self.initial_loss, self.collapse = payload["initial_loss"], payload["collapse"]
+        self.last_curvature = payload["last_curvature"]
         self.wall_time_before, self.saved_step = payload["wall_time_s"], self.progress.step
         self.stats.restore(payload["pending_stats"], payload["pending_first_step"])
         set_rng_state(payload["rng"])

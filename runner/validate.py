@@ -99,6 +99,16 @@ RULES: dict[str, Rule] = {
     "trainer.deterministic": _BOOL,
     "trainer.on_nonfinite": _one_of("stop", "skip"),
     "trainer.resume": _one_of(None, "auto"),
+    "trainer.curvature.every": (lambda v: _int(v) and v >= 0, "an integer >= 0 (0: off)", 200),
+    "trainer.curvature.top_k": (lambda v: _int(v) and v >= 0, "an integer >= 0", 1),
+    "trainer.curvature.iters": (_positive_int, "a positive integer", 20),
+    "trainer.curvature.tol": (lambda v: _number(v) and v > 0, "a positive number", 1e-3),
+    "trainer.curvature.trace_probes": (lambda v: _int(v) and v >= 0, "an integer >= 0 (0: no trace)", 10),
+    "trainer.curvature.samples": (_positive_int, "a positive integer", 256),
+    "trainer.curvature.track": (lambda v: _int(v) and v >= 0, "an integer >= 0", 0),
+    "eval.ece_bins": (_positive_int, "a positive integer", 15),
+    "eval.calibrate": _one_of(None, "temperature", "temperature_ca"),
+    "eval.reliability": _BOOL,
     "trainer.sync_debug": _one_of(None, "warn", "error"),
     "logger.progress": _BOOL,
     "logger.wandb.mode": _one_of("auto", "online", "offline", "disabled"),
@@ -309,6 +319,7 @@ def component_problems(cfg: DictConfig) -> Iterable[str]:
     yield from _built_problems(cfg, shape, world_size, device)
     yield from _capability_problems(cfg, device, world_size)
     yield from _process_problems(cfg, device, world_size)
+    yield from _calibration_problems(cfg)
 
 
 def _caught(work: Callable[[], Any]):
@@ -406,6 +417,13 @@ def _capability_problems(cfg: DictConfig, device, world_size: int) -> Iterable[s
     if declared.second_order and world_size > 1:
         yield (f"optimizer={name} needs Hessian-vector products through backward(create_graph=True), which "
                f"DDP's gradient all-reduce cuts; run it with trainer.devices=1 trainer.nnodes=1")
+
+
+def _calibration_problems(cfg: DictConfig) -> Iterable[str]:
+    """Post-hoc calibration is fitted on held-out training data, never on the test split."""
+    if cfg.eval.calibrate and not cfg.dataset.get("holdout"):
+        yield (f"eval.calibrate={cfg.eval.calibrate} fits the temperature on the holdout split, never the test "
+               f"split; pass dataset.holdout=<count or fraction> (e.g. dataset.holdout=0.1)")
 
 
 def _process_problems(cfg: DictConfig, device, world_size: int) -> Iterable[str]:

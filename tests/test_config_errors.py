@@ -177,6 +177,7 @@ CASES = [
     (["loss=sinkhorn", "loss.form=plan"], "loss.form=plan: choose sample", None),
     (["loss=sinkhorn", "loss.cost=l2"], "loss.cost=l2: choose zero_one or ordinal", None),
     (["loss=sinkhorn", "loss.eps=0"], "loss.eps=0, loss.iters=20: need eps > 0", None),
+    (["loss.normalizer=sparsemax"], "loss.normalizer=sparsemax: choose softmax or stablemax", None),
     # schedules
     (["schedule.floor=2"], "schedule.floor=2: the final lr fraction must lie in [0, 1]", None),
     (["schedule.warmup_start=2"], "schedule.warmup_start=2: the first warmup lr fraction", None),
@@ -209,6 +210,8 @@ CASES = [
      "declare whether it is adaptive", None),
     (["optimizer=lion", "optimizer.betas=[1.5,0.9]"], "optimizer=Lion: need lr >= 0, betas in [0, 1)", None),
     (["optimizer=sam", "optimizer.base=adahessian"], "optimizer=sam cannot wrap AdaHessian", None),
+    (["optimizer=perpgrad", "optimizer.base=adahessian"], "optimizer=perpgrad cannot wrap AdaHessian", None),
+    (["optimizer=perpgrad", "optimizer.eps=0.0"], "optimizer.eps=0.0: must be > 0", None),
     (["optimizer=lookahead", "optimizer.base=schedulefree_adamw"], "optimizer=Lookahead cannot wrap "
      "schedulefree_adamw: it trains at other weights than it is evaluated at", None),
     (["optimizer=lookahead", "optimizer.k=0"], "optimizer.k=0: the slow weights sync every k >= 1 steps", None),
@@ -219,6 +222,12 @@ CASES = [
     (["optimizer=adahessian", "trainer.precision=bf16"], "optimizer=AdaHessian is second-order (Hessian-vector "
      "products) and needs fp32", None),
     (["optimizer=adahessian", "trainer.devices=2"], "which DDP's gradient all-reduce cuts", None),
+    # evaluation and curvature
+    (["eval.calibrate=temperature", "dataset.holdout=null"], "eval.calibrate=temperature fits the temperature on "
+     "the holdout split", None),
+    (["eval.calibrate=platt"], "eval.calibrate=platt: expected one of null, temperature, temperature_ca", None),
+    (["eval.ece_bins=0"], "eval.ece_bins=0: expected a positive integer", None),
+    (["trainer.curvature.every=-1"], "trainer.curvature.every=-1: expected an integer >= 0", None),
     # distillation
     (["distill=kd"], "distill.teacher: set it to the teacher's run folder", None),
     (["distill=kd", "distill.teacher={tmp}/nowhere"], "no such run folder or checkpoint file", None),

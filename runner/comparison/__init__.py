@@ -29,6 +29,8 @@ The one mechanism behind the end of every sweep, `divrun-compare` and (through r
   leaves out pair groups that share them (with by=optimizer,loss, `optimizer=sgd` compares each loss's
   optimizers with that loss's SGD). None: the first group; False: no comparison.
 - `targets`: "val/acc1=0.9" or `measures.Target`s: steps, epochs and seconds to reach each.
+- `sensitivity`: True or an lr key (`optimizer.lr`, a grouping key): the lr-sensitivity section, one row per
+  sweep (the groups without the lr key); `runner.comparison.sensitivity`.
 
 Statistics (runner.stats, scipy): per group and measure over the finished runs' values: n, mean, sample std,
 95% t interval, median, min, max. Against the baseline: paired by seed when both groups hold the same seeds
@@ -37,7 +39,8 @@ Holm's correction across the groups compared with each metric's baseline; under 
 Failed, diverged, preempted and running runs are listed with their status and never enter a statistic.
 
 Extending: a per-run measure is a column of `runs` (named in `metrics` to be tested); a group-level measure
-(expected max over k trials, sensitivity to the lr) is a section built from `c.runs` / `c.stats`.
+(expected max over k trials; the sensitivity to the lr, runner.comparison.sensitivity) is a section built from
+`c.runs` / `c.stats`.
 """
 from __future__ import annotations
 
@@ -52,6 +55,7 @@ import pandas as pd
 from runner import results, stats
 from runner.comparison.grouping import SEED, Grouping, format_value, group_runs
 from runner.comparison.measures import TARGET_KINDS, Target, column_name, measure_runs, suggest
+from runner.comparison.sensitivity import add_lr_sensitivity
 from runner.errors import ConfigError
 
 PRIMARY = "final_val_acc1"
@@ -166,7 +170,7 @@ def describe_statuses(statuses: pd.Series) -> str:
 
 
 def compare(runs, records: pd.DataFrame | None = None, by: list[str] | None = None, pool=(),
-            metrics: list[str] | None = None, baseline=None, targets=()) -> Comparison:
+            metrics: list[str] | None = None, baseline=None, targets=(), sensitivity: str | bool = False) -> Comparison:
     """The comparison of the runs; see the module docstring."""
     runs = runs if isinstance(runs, pd.DataFrame) else results.load(runs)
     records = results.load_records(runs) if records is None else records
@@ -181,8 +185,11 @@ def compare(runs, records: pd.DataFrame | None = None, by: list[str] | None = No
     finished = measured[measured["status"] == results.FINISHED]
     summaries = stats.describe_groups(finished, "group", measures)
     chosen, pairs = baseline_pairs(grouping, measured, baseline)
-    return Comparison(measured, grouping, measures, tested, summaries, differences(finished, pairs, tested),
-                      chosen, targets, record_metrics, records)
+    result = Comparison(measured, grouping, measures, tested, summaries, differences(finished, pairs, tested),
+                        chosen, targets, record_metrics, records)
+    if sensitivity:
+        add_lr_sensitivity(result, sensitivity)
+    return result
 
 
 def with_measures(runs: pd.DataFrame, measures: pd.DataFrame) -> pd.DataFrame:

@@ -12,7 +12,7 @@ class CrossEntropy(Loss):
 
     def batch_loss(self, logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
         target = target if target.ndim == 1 else target.to(logits.dtype)
-        return F.cross_entropy(logits, target, label_smoothing=smoothing)
+        return F.cross_entropy(self.scores(logits), target, label_smoothing=smoothing)
 
     def divergence(self, log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
         return -(log_q.exp() * log_p).sum(-1)
