@@ -1,0 +1,94 @@
+"""Mixup and CutMix on a device batch, producing probability targets (timm's `Mixup` in its default batch mode).
+
+Definitions (Zhang et al. 2018, arXiv 1710.09412; Yun et al. 2019, arXiv 1905.04899; timm `data/mixup.py`):
+per batch, with probability `prob`, draw lam ~ Beta(a, a) (a = `mixup`, or `cutmix` for a CutMix batch; with
+both > 0 a batch is CutMix with probability `switch_prob`); the partner of image i is image N-1-i (the batch
+reversed, as timm's `x.flip(0)`), and
+    mixup:  x_i <- lam x_i + (1 - lam) x_{N-1-i}
+    cutmix: a box of side int(H sqrt(1 - lam)) x int(W sqrt(1 - lam)) centred at a uniform pixel, clipped to the
+            image (timm's `rand_bbox`), is pasted from the partner, and lam <- 1 - box area / (H W)
+            (timm's `correct_lam`: the weight of each image is the area it really keeps)
+    target: q_i = lam onehot(y_i) + (1 - lam) onehot(y_{N-1-i}), which sums to 1.
+A batch that is not mixed (probability 1 - prob) keeps lam = 1: its targets are the one-hot labels.
+
+Label smoothing is the loss's business (`loss.smoothing`): smoothing a mix of one-hot labels equals mixing the
+smoothed labels (timm's `mixup_target`), since both are linear.
+
+Replay: `plan(num_batches, generator)` draws every batch's (lam, kind, box) of an epoch from the epoch's
+generator on the host; `apply` reads the batch's row: no device sync, and a resumed run mixes exactly as before.
+Under DDP each rank mixes its own shard of the global batch, with that batch's lambda (as timm's ranks do).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from runner.errors import ConfigError
+
+
+@dataclass
+class MixPlan:
+    lam: np.ndarray      # (num_batches,) the images' own weight, after CutMix's area correction
+    cutmix: np.ndarray   # (num_batches,) bool
+    boxes: np.ndarray    # (num_batches, 4) top, bottom, left, right of the pasted box (CutMix batches)
+
+
+class Mixing:
+    def __init__(self, mixup: float = 0.0, cutmix: float = 0.0, prob: float = 1.0, switch_prob: float = 0.5):
+        if mixup < 0 or cutmix < 0:
+            raise ConfigError(f"dataset.mixup={mixup}, dataset.cutmix={cutmix}: Beta(a, a) parameters are >= 0 "
+                              f"(0 turns one off; timm's defaults are mixup 0.8, cutmix 1.0)")
+        if not (0 <= prob <= 1 and 0 <= switch_prob <= 1):
+            raise ConfigError(f"dataset.mix_prob={prob}, dataset.mix_switch_prob={switch_prob}: probabilities in [0, 1]")
+        self.mixup, self.cutmix, self.prob, self.switch_prob = mixup, cutmix, prob, switch_prob
+
+    @property
+    def enabled(self) -> bool:
+        return (self.mixup > 0 or self.cutmix > 0) and self.prob > 0
+
+    def plan(self, num_batches: int, gen: torch.Generator, height: int, width: int) -> MixPlan:
+        """Each batch's draws in timm's order: apply?, CutMix or mixup?, lam, then CutMix's box centre."""
+        rng = np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,), generator=gen)))
+        lam, cutmix, boxes = np.ones(num_batches), np.zeros(num_batches, bool), np.zeros((num_batches, 4), int)
+        for b in range(num_batches):
+            if rng.random() >= self.prob:
+                continue
+            cutmix[b] = self.cutmix > 0 and (self.mixup <= 0 or rng.random() < self.switch_prob)
+            alpha = self.cutmix if cutmix[b] else self.mixup
+            lam[b] = rng.beta(alpha, alpha)
+            if cutmix[b]:
+                boxes[b] = cutmix_box(lam[b], height, width, rng)
+                top, bottom, left, right = boxes[b]
+                lam[b] = 1.0 - (bottom - top) * (right - left) / (height * width)
+        return MixPlan(lam, cutmix, boxes)
+
+    def apply(self, images: torch.Tensor, labels: torch.Tensor, plan: MixPlan, batch: int,
+              num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's mixed images (float, normalised) and probability targets (N, K), float32."""
+        lam = float(plan.lam[batch])
+        if plan.cutmix[batch]:
+            top, bottom, left, right = (int(v) for v in plan.boxes[batch])
+            images = images.clone()
+            images[..., top:bottom, left:right] = images.flip(0)[..., top:bottom, left:right]
+        elif lam != 1.0:
+            images = images * lam + images.flip(0) * (1.0 - lam)
+        return images, mixed_targets(labels, num_classes, lam)
+
+
+def cutmix_box(lam: float, height: int, width: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """timm's `rand_bbox`: sides int(H sqrt(1 - lam)), int(W sqrt(1 - lam)), a uniform centre, clipped."""
+    ratio = np.sqrt(1.0 - lam)
+    cut_h, cut_w = int(height * ratio), int(width * ratio)
+    cy, cx = rng.integers(0, height), rng.integers(0, width)
+    top, bottom = np.clip(cy - cut_h // 2, 0, height), np.clip(cy + cut_h // 2, 0, height)
+    left, right = np.clip(cx - cut_w // 2, 0, width), np.clip(cx + cut_w // 2, 0, width)
+    return int(top), int(bottom), int(left), int(right)
+
+
+def mixed_targets(labels: torch.Tensor, num_classes: int, lam: float) -> torch.Tensor:
+    """lam onehot(y) + (1 - lam) onehot(y reversed), built with scatter (no host check of the labels)."""
+    targets = torch.zeros(len(labels), num_classes, device=labels.device)
+    targets.scatter_(1, labels[:, None], lam)
+    return targets.scatter_add_(1, labels.flip(0)[:, None], torch.full_like(targets[:, :1], 1.0 - lam))
