@@ -2,7 +2,8 @@
 
 Instead of SAF's per-sample memory of past outputs, an exponential moving average of the weights is the
 teacher: theta_ema <- decay * theta_ema + (1 - decay) * theta after every step (parameters and floating
-buffers such as BatchNorm statistics, like timm's ModelEmaV2), evaluated in eval mode, and after
+buffers such as BatchNorm statistics, like timm's ModelEmaV2; `runner/ema.py`, without its warm-up, as the
+reference), evaluated in eval mode, and after
 `start_epoch` (epoch > start_epoch, 0-based, as in the reference)
 
     L = loss(z, y) + lambda * tau^2 * mean_i KL(softmax(z_ema,i / tau) || softmax(z_i / tau))
@@ -12,12 +13,11 @@ with the student (`ema/val/...` records) and checkpointed.
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from runner.distill.base import Distiller, prefixed
 from runner.distill.saf import trajectory_loss
+from runner.ema import WeightEMA
 
 
 class MESA(Distiller):
@@ -26,18 +26,7 @@ class MESA(Distiller):
 
     def setup(self, trainer) -> None:
         super().setup(trainer)
-        self.model = trainer.model
-        self.ema = copy.deepcopy(trainer.model).eval().requires_grad_(False)
-        pairs = [(e, m) for e, m in zip(self.ema.state_dict().values(), self.model.state_dict().values())]
-        self.float_pairs = [(e, m) for e, m in pairs if e.is_floating_point()]
-        self.other_pairs = [(e, m) for e, m in pairs if not e.is_floating_point()]
-
-    @torch.no_grad()
-    def update_ema(self) -> None:
-        ema, model = zip(*self.float_pairs)
-        torch._foreach_lerp_(list(ema), list(model), 1.0 - self.decay)
-        for ema_value, model_value in self.other_pairs:
-            ema_value.copy_(model_value)
+        self.ema = WeightEMA(trainer.model, self.decay, key="distill")
 
     def loss(self, images, labels, indices, logits):
         loss = self.criterion(logits, labels)
@@ -48,10 +37,10 @@ class MESA(Distiller):
         return loss
 
     def after_step(self, step, scaler) -> None:
-        self.update_ema()
+        self.ema.step(step + 1)
 
     def evaluate(self) -> dict:
-        return prefixed(self.trainer.evaluate(self.ema), "ema")
+        return prefixed(self.trainer.evaluate(self.ema.module), "ema")
 
     def state_dict(self) -> dict:
         return {"ema": self.ema.state_dict()}
