@@ -16,6 +16,7 @@ from runner.checkpoint import Checkpointer
 from runner.errors import ConfigError
 from runner.logger import RunLogger, read_meta, write_meta
 from runner.nonfinite import Diverged
+from runner.optim.scaling import apply_lr_scaling
 from runner.preemption import Preempted, PreemptionWatch
 from runner.validate import validate
 
@@ -79,7 +80,7 @@ def run_job(cfg: DictConfig, run_dir: Path, name: str | None = None, group: str 
     launching = distributed.should_launch(cfg.trainer)  # the torchrun workers read the checkpoint themselves
     payload = checkpointer.load() if resume and not launching else None
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg = cfg if resolved else save_config(cfg, run_dir)
+    cfg = cfg if resolved else save_config(apply_lr_scaling(cfg), run_dir)
     if launching:
         return launch_workers(cfg, run_dir, name, group)
     name, group = run_name(run_dir, name, group)

@@ -19,8 +19,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 # keys of conf/optimizer that divrun consumes instead of passing to the optimizer: the no-decay split, the norm
-# layers' lr scale, and a wrapper's base (its name, overrides and their resolved config)
-BUILDER_KEYS = ("decay_bias_and_norm", "norm_lr_scale", "base", "base_overrides", "base_optimizer")
+# layers' lr scale, a wrapper's base (its name, overrides and their resolved config), and the lr's scaling with
+# the batch (runner/optim/scaling.py, applied when the run's config is saved)
+BUILDER_KEYS = ("decay_bias_and_norm", "norm_lr_scale", "base", "base_overrides", "base_optimizer", "lr_scaling",
+                "reference_batch", "reference_lr")
 NORM_LAYERS = (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.RMSNorm)
 
 
