@@ -39,11 +39,11 @@ def single_op_plan(policy: Policy, op: int, magnitude_bin: int, negative: bool, 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("name", ["randaugment", "trivialaugment"])
 def test_every_op_at_every_tested_magnitude_equals_torchvision_bit_for_bit(shape, name):
-    images = torch.randint(0, 256, (24, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    images = torch.randint(0, 256, (12, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     policy = Policy(name, num_ops=1)
     samples = np.arange(len(images))
     for op in range(1, len(OPS)):
-        for magnitude_bin in (0, 5, 9, 20, 30):
+        for magnitude_bin in (0, 9, 20, 30):
             for negative in (False, True) if OPS[op] in SIGNED else (False,):
                 plan, magnitude = single_op_plan(policy, op, magnitude_bin, negative, len(images), *shape[1:])
                 got = policy.apply(images, plan, samples, torch.from_numpy(samples))
@@ -52,7 +52,7 @@ def test_every_op_at_every_tested_magnitude_equals_torchvision_bit_for_bit(shape
 
 
 def test_float_images_follow_torchvisions_float_rules():
-    images = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     policy = Policy("randaugment", num_ops=1)
     samples = np.arange(len(images))
     for op in range(1, len(OPS)):
@@ -65,7 +65,7 @@ def test_float_images_follow_torchvisions_float_rules():
 def test_a_batch_applies_each_images_own_ops_in_order_like_torchvision_image_by_image():
     """Two ops per image, drawn per image: the batch result equals torchvision run on each image with its draws."""
     height = width = 32
-    images = torch.randint(0, 256, (64, 3, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    images = torch.randint(0, 256, (32, 3, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
     policy = Policy("randaugment", num_ops=2, magnitude=15)
     plan = policy.plan(200, epoch_generator(0, 4), height, width, torch.device("cpu"))
     samples = np.random.default_rng(0).choice(200, size=len(images), replace=False)  # this batch's sample ids
