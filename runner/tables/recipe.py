@@ -91,6 +91,7 @@ class Recipe:
     smoke: dict
     notes: str = ""
     gpu_hours: float | None = None
+    scaling: dict | None = None  # an lr x batch grid's fitted exponent per row (runner/tables/scaling.py)
 
     @property
     def primary(self) -> Metric:
@@ -227,6 +228,8 @@ def parse(path: Path, raw: dict) -> Recipe:
     recipe = Recipe(name=path.stem, path=path, title=raw["title"], citation=raw["citation"],
                     caption=raw.get("caption", ""), source=raw.get("source", ""), seeds=int(raw["seeds"]),
                     protocol=list(raw["protocol"]), metrics=metrics, cells=cells, smoke=raw["smoke"] or {},
-                    notes=raw.get("notes", ""), gpu_hours=raw.get("gpu_hours"))
+                    notes=raw.get("notes", ""), gpu_hours=raw.get("gpu_hours"), scaling=raw.get("scaling"))
+    if recipe.scaling is not None and not {"x", "y"} <= set(recipe.scaling):
+        fail("`scaling` needs `x` (the cells' key, e.g. trainer.batch_size) and `y` (the grid's, e.g. optimizer.lr)")
     recipe.stages()  # rejects dependency loops now, not halfway through a table
     return recipe
