@@ -20,16 +20,14 @@ COMMON = ["dataset=synthetic", "dataset.image_size=16", "model=small_cnn", "logg
 
 
 def compose(*overrides: str):
-    from hydra import compose as hydra_compose, initialize_config_module
-    import runner.cli  # noqa: F401 - registers the divrun resolvers
+    from runner.config import compose as compose_config
 
-    with initialize_config_module("runner.conf", version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides))
+    return compose_config(*overrides)
 
 
 def trainer_for(root: Path, name: str, overrides: list[str]):
     from runner.checkpoint import Checkpointer
-    from runner.job import save_config
+    from runner.run_folder import save_config
     from runner.logger import RunLogger
     from runner.train import Trainer
 

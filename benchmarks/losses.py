@@ -35,8 +35,7 @@ def paired_times(loss_fn, logits, target, repeats: int) -> tuple[float, float]:
 def run(quick: bool) -> list[dict]:
     from omegaconf import OmegaConf
 
-    import runner.cli  # noqa: F401 - registers the config resolvers
-    from hydra import compose, initialize_config_module
+    from runner.config import composer
     from runner.losses import build_loss
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -46,9 +45,9 @@ def run(quick: bool) -> list[dict]:
     repeats = 10 if quick else 50
     names = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "loss").glob("*.yaml"))
     rows = []
-    with initialize_config_module("runner.conf", version_base="1.3"):
+    with composer() as compose:
         for name in names:
-            cfg = compose("config", overrides=[f"loss={name}"]).loss
+            cfg = compose([f"loss={name}"]).loss
             if name == "sinkhorn":
                 cfg = OmegaConf.merge(cfg, {"form": "batch"})
             baseline, ms = paired_times(build_loss(cfg), logits, labels, repeats)

@@ -13,15 +13,12 @@ import torch
 
 
 def make_trainer(run_dir: Path, *overrides: str):
-    from hydra import compose, initialize_config_module
-
-    import runner.cli  # noqa: F401 - registers the divrun resolvers
     from runner.checkpoint import Checkpointer
+    from runner.config import compose
     from runner.logger import RunLogger
     from runner.train import Trainer
 
-    with initialize_config_module("runner.conf", version_base="1.3"):
-        cfg = compose("config", overrides=["trainer.batch_size=64", "logger.wandb.mode=disabled", *overrides])
+    cfg = compose("trainer.batch_size=64", "logger.wandb.mode=disabled", *overrides)
     return Trainer(cfg, run_dir, RunLogger(cfg, run_dir, "bench", None, enabled=False), Checkpointer(run_dir))
 
 

@@ -32,15 +32,13 @@ SHORT, LONG = 1, 5  # epochs
 
 
 def compose(model: str, image_size: int, epochs: int, train_size: int, device: str):
-    from hydra import compose as hydra_compose, initialize_config_module
-    import runner.cli  # noqa: F401 - registers the divrun resolvers
+    from runner.config import compose as compose_config
 
-    with initialize_config_module("runner.conf", version_base="1.3"):
-        return hydra_compose("config", overrides=[
-            f"model={model}", "dataset=synthetic", f"dataset.image_size={image_size}",
-            f"dataset.train_size={train_size}", "dataset.val_size=64", f"trainer.epochs={epochs}",
-            "trainer.batch_size=128", f"trainer.device={device}", "logger.progress=false",
-            "logger.wandb.mode=disabled", f"trainer.checkpoint_every={epochs}"])
+    return compose_config(
+        f"model={model}", "dataset=synthetic", f"dataset.image_size={image_size}",
+        f"dataset.train_size={train_size}", "dataset.val_size=64", f"trainer.epochs={epochs}",
+        "trainer.batch_size=128", f"trainer.device={device}", "logger.progress=false",
+        "logger.wandb.mode=disabled", f"trainer.checkpoint_every={epochs}")
 
 
 def time_divrun(cfg) -> float:

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from runner.errors import ConfigError
+from runner.run_folder import CHECKPOINTS, LAST_CHECKPOINT
 
-FOLDER, LAST = "checkpoints", "last.pt"
 STEP_FILE = re.compile(r"step_(\d+)\.pt")
 
 
@@ -105,17 +105,16 @@ class Checkpointer:
     readable one."""
 
     def __init__(self, run_dir: Path, keep: int = 2, enabled: bool = True):
-        self.folder = Path(run_dir) / FOLDER
+        self.folder = Path(run_dir) / CHECKPOINTS
         self.keep, self.enabled = max(1, int(keep)), enabled
 
     @property
     def last(self) -> Path:
-        return self.folder / LAST
+        return self.folder / LAST_CHECKPOINT
 
     def paths(self) -> list[Path]:
-        """Checkpoint files, newest first (a folder from before step files holds only last.pt)."""
-        steps = sorted(self.folder.glob("step_*.pt"), key=step_of, reverse=True)
-        return steps or ([self.last] if self.last.exists() else [])
+        """Checkpoint files, newest first."""
+        return sorted(self.folder.glob("step_*.pt"), key=step_of, reverse=True)
 
     def exists(self) -> bool:
         return bool(self.paths())
@@ -132,7 +131,7 @@ class Checkpointer:
         return path
 
     def _point_last_at(self, path: Path) -> None:
-        tmp = self.last.with_name(LAST + ".tmp")
+        tmp = self.last.with_name(LAST_CHECKPOINT + ".tmp")
         tmp.unlink(missing_ok=True)
         try:
             os.link(path, tmp)  # a second name for the same file: atomic to swap in, no extra space
@@ -159,7 +158,7 @@ class Checkpointer:
                 warnings.warn(f"{error}; using the previous checkpoint {path.name} (step {payload['step']}) and "
                               f"keeping the bad file as {bad.name}.corrupt", stacklevel=2)
                 bad.rename(bad.with_name(bad.name + ".corrupt"))
-            if tried and path != self.last:
+            if tried:
                 self._point_last_at(path)
             return payload
         if tried:

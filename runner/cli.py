@@ -3,19 +3,17 @@
 Before Hydra creates any folder, every job the command would run (each point of a sweep) is composed and
 validated, so bad input costs one line per problem and leaves nothing on disk.
 
-Exit codes: 0 finished, 1 a bug (traceback), 2 bad input (ConfigError), 3 diverged (trainer.on_nonfinite=stop),
-75 preempted by SIGTERM/SIGUSR1 after saving a checkpoint (requeue it), 130 interrupted (Ctrl-C).
+Exit codes (each status carries its own: runner.run_folder.Status): 0 finished, 1 a bug (traceback), 2 bad
+input (ConfigError), 3 diverged (trainer.on_nonfinite=stop), 75 preempted by SIGTERM/SIGUSR1 after saving a
+checkpoint (requeue it), 130 interrupted (Ctrl-C).
 In a sweep a failed, diverged or invalid job is recorded in its summary.json and the sweep goes on; a
 preemption or Ctrl-C stops the sweep.
 """
 from __future__ import annotations
 
 import difflib
-import os
 import re
-import secrets
 import sys
-from importlib import resources
 from pathlib import Path
 
 import hydra
@@ -24,61 +22,19 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
+from runner import config, run_folder
 from runner.errors import ConfigError, WorkersFailed
+from runner.run_folder import Status
 
-_UID = f"{os.getpid() % 100000:05d}{secrets.token_hex(2)}"
-# cached: Hydra copies a sweep's resolver cache into each job's config, so jobs run in other processes
-# (the gpus launcher, SLURM, a requeued SLURM job) land in the folder the sweep named
-OmegaConf.register_new_resolver("divrun_uid", lambda: _UID, replace=True, use_cache=True)
-
-DIVERGED_EXIT_CODE, INTERRUPTED_EXIT_CODE = 3, 130
-EXPLAINED_EXIT_CODES = (2, DIVERGED_EXIT_CODE, 75, INTERRUPTED_EXIT_CODE)  # a worker's report() printed why
 MULTIRUN_FLAGS = ("-m", "--multirun")
-
-
-def group_option(group: str, name: str) -> DictConfig:
-    """conf/<group>/<name>.yaml with its defaults list (same-group options and _self_) merged as Hydra does."""
-    folder = resources.files("runner.conf") / group
-    path = folder / f"{name}.yaml"
-    if not path.is_file():
-        options = sorted(f.name.removesuffix(".yaml") for f in folder.iterdir() if f.name.endswith(".yaml"))
-        raise ConfigError(f"{group}={name} does not exist; choose one of {', '.join(options)}")
-    node = OmegaConf.create(path.read_text())
-    defaults = list(node.pop("defaults", []))
-    merged = OmegaConf.create()
-    for entry in defaults if "_self_" in defaults else [*defaults, "_self_"]:
-        merged = OmegaConf.merge(merged, node if entry == "_self_" else group_option(group, entry))
-    return merged
-
-
-def optimizer_config(name: str, overrides: DictConfig | None = None) -> DictConfig:
-    """`${divrun_optimizer:NAME,OVERRIDES}`: a wrapper's base optimizer (`optimizer.base` of sam, asam,
-    lookahead) as a nested config with `optimizer.base_overrides` merged in, resolved when the run starts so
-    config.yaml records every value the run used."""
-    config = group_option("optimizer", name)
-    if "base" in config:
-        raise ConfigError(f"optimizer.base={name} is itself a wrapper; pick a plain optimizer (sgd, adamw, lion, ...)")
-    unknown = sorted(set(overrides or {}) - set(config))
-    if unknown:
-        raise ConfigError(f"optimizer.base_overrides: optimizer={name} has no key {', '.join(unknown)}; "
-                          f"its keys: {', '.join(k for k in config if not k.startswith('_'))}")
-    return OmegaConf.merge(config, overrides or {})
-
-
-def resolve_update_rule(optimizer: DictConfig) -> str:
-    """`${divrun_update_rule:${optimizer}}`: the optimizer whose update rule the run applies (a wrapper's base)."""
-    from runner.optim import update_rule as rule  # torch only when a config asks
-
-    return rule(optimizer)
-
-
-OmegaConf.register_new_resolver("divrun_optimizer", optimizer_config, replace=True)
-OmegaConf.register_new_resolver("divrun_update_rule", resolve_update_rule, replace=True)
+SWEEP_STOPPERS = (Status.PREEMPTED, Status.INTERRUPTED)  # a sweep goes on past failed and diverged jobs
+# a worker that exits with one of these printed its one-line reason already
+EXPLAINED_EXIT_CODES = {ConfigError.exit_code, *(s.exit_code for s in (Status.DIVERGED, *SWEEP_STOPPERS))}
 
 
 @hydra.main(version_base="1.3", config_path="pkg://runner.conf", config_name="config")
 def hydra_job(cfg: DictConfig):
-    from runner.job import SUMMARY_FILE, run_job, write_summary
+    from runner.job import run_job
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -88,9 +44,9 @@ def hydra_job(cfg: DictConfig):
     try:
         return run_job(cfg, run_dir, name=name, group=group)
     except BaseException as error:  # noqa: BLE001 - report() decides: exit, re-raise, or go on with the sweep
-        if multirun and not (run_dir / SUMMARY_FILE).exists():  # refused before it started: record why
-            write_summary(run_dir, {"name": name, "group": group, "status": "failed", "run_dir": str(run_dir),
-                                    "error": f"{type(error).__name__}: {error}"})
+        if multirun and run_folder.read_summary(run_dir) is None:  # refused before it started: record why
+            run_folder.write_summary(run_dir, {"name": name, "group": group, "status": Status.FAILED,
+                                               "run_dir": str(run_dir), "error": f"{type(error).__name__}: {error}"})
         report(error, multirun, name)
     return None
 
@@ -98,37 +54,33 @@ def hydra_job(cfg: DictConfig):
 def report(error: BaseException, multirun: bool = False, name: str | None = None) -> None:
     """Print why a job stopped, one line per problem, and exit with its code, except in a sweep, which goes
     on past a failed, diverged or invalid job (its summary.json has the details)."""
-    from runner.nonfinite import Diverged
-    from runner.preemption import REQUEUE_EXIT_CODE, Preempted
-
     if isinstance(error, SystemExit):
         raise error
     if isinstance(error, InterpolationResolutionError):  # a resolver's ConfigError (SAM's base), wrapped by OmegaConf
         error = ConfigError((str(error) or type(error).__name__).splitlines()[0])
-    codes = {ConfigError: 2, Diverged: DIVERGED_EXIT_CODE, Preempted: REQUEUE_EXIT_CODE,
-             KeyboardInterrupt: INTERRUPTED_EXIT_CODE}
-    code = next((c for kind, c in codes.items() if isinstance(error, kind)), None)
     if isinstance(error, WorkersFailed) and error.exitcode in EXPLAINED_EXIT_CODES:
-        if not multirun or error.exitcode in (REQUEUE_EXIT_CODE, INTERRUPTED_EXIT_CODE):
+        if not multirun or error.exitcode in (s.exit_code for s in SWEEP_STOPPERS):
             sys.exit(error.exitcode)  # the worker printed its one-line reason already
         return
-    if code is None and not multirun:
-        raise error  # a bug: the traceback is the useful output
+    status, code = run_folder.outcome(error)
+    bug = code == Status.FAILED.exit_code  # anything else (bad input, divergence, ...) is explained in a line
+    if bug and not multirun:
+        raise error  # the traceback is the useful output
     job = f"job {name}: " if multirun else ""
-    if code is None:
+    if bug:
         lines = [f"{job}failed: {type(error).__name__}: {error} (see its summary.json)"]
     else:
         prefix = "error: " if isinstance(error, ConfigError) else ""
         lines = [f"{job}{prefix}{line}" for line in (str(error) or type(error).__name__).splitlines()]
     print("\n".join(f"divrun: {line}" for line in lines), file=sys.stderr)
-    if code is not None and (not multirun or code in (REQUEUE_EXIT_CODE, INTERRUPTED_EXIT_CODE)):
+    if not bug and (not multirun or status in SWEEP_STOPPERS):
         sys.exit(code)
 
 
 def resume(run_dir: str, overrides: list[str]) -> None:
-    from runner.job import load_config, run_job
+    from runner.job import run_job
 
-    cfg = load_config(Path(run_dir))
+    cfg = run_folder.load_config(Path(run_dir))
     if overrides:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
     run_job(cfg, Path(run_dir), resolved=not overrides, resume=True)
@@ -155,7 +107,6 @@ def jobs_of(args: list[str]) -> list[list[str]] | None:
 
 def check_command(args: list[str]) -> None:
     """Compose and validate each job of the command; raise one ConfigError listing every problem."""
-    from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
 
     try:
@@ -167,10 +118,10 @@ def check_command(args: list[str]) -> None:
     from runner.validate import problems_of
 
     found: dict[str, list[str]] = {}
-    with initialize_config_module("runner.conf", version_base="1.3"):
+    with config.composer() as compose:
         for overrides in jobs:
             try:
-                problems = list(problems_of(compose("config", overrides=overrides)))
+                problems = list(problems_of(compose(overrides)))
             except HydraException as error:
                 problems = [composition_problem(error, overrides, compose)]
             for problem in problems:
@@ -199,8 +150,7 @@ def composition_problem(error: Exception, overrides: list[str], compose) -> str:
         key = match.group(1)
         parent_key, _, leaf = key.rpartition(".")
         others = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
-        parent = OmegaConf.select(compose("config", overrides=others), parent_key) if parent_key else \
-            compose("config", overrides=others)
+        parent = OmegaConf.select(compose(others), parent_key) if parent_key else compose(others)
         valid = sorted(str(k) for k in parent) if isinstance(parent, DictConfig) else []
         close = difflib.get_close_matches(leaf, valid, n=1)
         where = parent_key or "the config"

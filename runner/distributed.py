@@ -193,25 +193,20 @@ def is_main() -> bool:
 
 def refuse_unsupported(optimizer: torch.optim.Optimizer, sync_bn: bool, device: torch.device, distiller) -> None:
     """What cannot run on several processes says so in one line (rank 0 prints it, every rank exits 2)."""
+    from runner.optim import capabilities
+
     if world_size() == 1:
         return
     if distiller.single_process_reason:
         raise ConfigError(f"distill={type(distiller).__name__.lower()} runs on one process only: "
                           f"{distiller.single_process_reason}; set trainer.devices=1 trainer.nnodes=1")
-    if getattr(optimizer, "second_order", False):
+    if capabilities(optimizer).second_order:
         raise ConfigError(f"optimizer {type(optimizer).__name__} needs Hessian-vector products through "
                           f"backward(create_graph=True), which DDP's gradient all-reduce cuts; run it with "
                           f"trainer.devices=1 trainer.nnodes=1")
     if sync_bn and device.type != "cuda":
         raise ConfigError("trainer.sync_bn=true needs CUDA (torch's SyncBatchNorm has no CPU kernel); "
                           "set trainer.sync_bn=false on the CPU")
-
-
-def local_device(device: torch.device) -> torch.device:
-    """A worker's GPU is the one of its local rank (torchrun's LOCAL_RANK)."""
-    if device.type == "cuda" and device.index is None and in_worker():
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return device
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,13 @@
-"""The one exception type a user sees as a single line: what is wrong, which key, and the fix."""
+"""The exceptions a user sees as a single line: what is wrong, which key, and the fix.
+
+An exception that ends a run in a status other than "failed" names it with a `status` class attribute
+(runner.nonfinite.Diverged, runner.preemption.Preempted); `runner.run_folder.outcome` reads them.
+"""
 
 
 class ConfigError(ValueError):
     """Bad input that the user can fix; `divrun` prints it as one line and exits with status 2."""
+    exit_code = 2
 
 
 class WorkersFailed(RuntimeError):

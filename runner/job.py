@@ -1,65 +1,20 @@
 """One job = one run folder: save the resolved config, train (or continue), write summary.json."""
 from __future__ import annotations
 
-import importlib.resources
-import json
-import os
 import time
 import traceback
-import uuid
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from runner import distributed, env
+from runner import distributed, env, run_folder
 from runner.checkpoint import Checkpointer
 from runner.errors import ConfigError
-from runner.logger import RunLogger, read_meta, write_meta
-from runner.nonfinite import Diverged
+from runner.logger import RunLogger
 from runner.optim.scaling import apply_lr_scaling
-from runner.preemption import Preempted, PreemptionWatch
+from runner.preemption import PreemptionWatch
+from runner.run_folder import Status
 from runner.validate import validate
-
-CONFIG_FILE, SUMMARY_FILE = "config.yaml", "summary.json"
-PATH_KEYS = {"root", "path", "source", "teacher", "checkpoint"}
-
-
-def absolute_paths(node):
-    """Paths in the config are relative to the launch directory; store them absolute so a run folder works
-    from anywhere (resume, a teacher for distillation, a source for the refined schedule)."""
-    if isinstance(node, dict):
-        return {k: (os.path.abspath(v) if k in PATH_KEYS and isinstance(v, str) and _looks_local(k, v)
-                    else absolute_paths(v)) for k, v in node.items()}
-    if isinstance(node, list):
-        return [absolute_paths(v) for v in node]
-    return node
-
-
-def _looks_local(key: str, value: str) -> bool:
-    return key == "root" or os.path.exists(value)
-
-
-def save_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
-    resolved = OmegaConf.create(absolute_paths(OmegaConf.to_container(cfg, resolve=True)))
-    # atomic: the nodes of a multi-node run each write the same file, and workers read it
-    tmp = run_dir / f".{CONFIG_FILE}.{uuid.uuid4().hex}"
-    tmp.write_text(OmegaConf.to_yaml(resolved))
-    os.replace(tmp, run_dir / CONFIG_FILE)
-    return resolved
-
-
-def load_config(run_dir: Path) -> DictConfig:
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.exists():
-        raise ConfigError(f"{run_dir} is not a divrun run folder (no {CONFIG_FILE}); pass the folder a run printed")
-    # trainer and logger keys added to divrun after the run was made take their defaults
-    conf = importlib.resources.files("runner.conf")
-    defaults = {group: OmegaConf.load(conf / group / "default.yaml") for group in ("trainer", "logger")}
-    return OmegaConf.merge(defaults, OmegaConf.load(path))
-
-
-def write_summary(run_dir: Path, summary: dict) -> None:
-    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
 
 
 def run_job(cfg: DictConfig, run_dir: Path, name: str | None = None, group: str | None = None,
@@ -80,16 +35,16 @@ def run_job(cfg: DictConfig, run_dir: Path, name: str | None = None, group: str 
     launching = distributed.should_launch(cfg.trainer)  # the torchrun workers read the checkpoint themselves
     payload = checkpointer.load() if resume and not launching else None
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg = cfg if resolved else save_config(apply_lr_scaling(cfg), run_dir)
+    cfg = cfg if resolved else run_folder.save_config(apply_lr_scaling(cfg), run_dir)
     if launching:
         return launch_workers(cfg, run_dir, name, group)
     name, group = run_name(run_dir, name, group)
     if main:
-        write_meta(run_dir, name=name, group=group)
-    summary = {"name": name, "group": group, "status": "running", "run_dir": str(run_dir),
+        run_folder.write_meta(run_dir, name=name, group=group)
+    summary = {"name": name, "group": group, "status": Status.RUNNING, "run_dir": str(run_dir),
                **env.provenance(str(env.resolve_device(cfg.trainer.device)), distributed.world_size())}
     if main:
-        write_summary(run_dir, summary)
+        run_folder.write_summary(run_dir, summary)
     logger = RunLogger(cfg, run_dir, name, group, enabled=main,
                        resume_step=records_final_through(payload) if resume else None)
     started, trainer = time.time(), None
@@ -100,23 +55,23 @@ def run_job(cfg: DictConfig, run_dir: Path, name: str | None = None, group: str 
                 trainer.restore(payload)
                 logger.print(f"divrun: resuming {run_dir} at step {trainer.step} (epoch {trainer.epoch})")
             summary |= trainer.fit()
-        summary["status"] = "finished"
+        summary["status"] = Status.FINISHED
     except BaseException as error:
         summary |= (trainer.results() if trainer else {}) | outcome(error)
         raise
     finally:
-        summary["wall_time_s"] = round(time.time() - started + read_previous_wall_time(payload), 3)
+        summary["wall_time_s"] = round(time.time() - started + (payload["wall_time_s"] if payload else 0.0), 3)
         if main:
-            write_summary(run_dir, summary)
+            run_folder.write_summary(run_dir, summary)
         logger.close(summary)
-        if summary["status"] == "finished":
+        if summary["status"] == Status.FINISHED:
             logger.summary_table(summary)
     return summary
 
 
 def run_name(run_dir: Path, name: str | None, group: str | None) -> tuple[str, str | None]:
     """The name and group given, else those recorded in the folder (a resume)."""
-    meta = read_meta(run_dir)
+    meta = run_folder.read_meta(run_dir)
     return name or meta.get("name") or "default", group or meta.get("group")
 
 
@@ -125,23 +80,22 @@ def launch_workers(cfg: DictConfig, run_dir: Path, name: str | None, group: str 
     return the summary rank 0 wrote (other nodes of a multi-node run return an empty one)."""
     if distributed.is_first_node(cfg.trainer):
         name, group = run_name(run_dir, name, group)
-        write_meta(run_dir, name=name, group=group)
+        run_folder.write_meta(run_dir, name=name, group=group)
     distributed.launch(cfg.trainer, run_dir)
-    summary_file = run_dir / SUMMARY_FILE
-    return json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    return run_folder.read_summary(run_dir) or {}
 
 
 def outcome(error: BaseException) -> dict:
     """summary.json fields for a run that stopped early: its status and why."""
+    status, _ = run_folder.outcome(error)
     message = str(error) or type(error).__name__
-    if isinstance(error, Diverged):
-        return {"status": "diverged", "error": message, "diverged_at_step": error.step, "diverged_tensor": error.tensor}
-    if isinstance(error, Preempted):
-        return {"status": "preempted", "error": message}
-    if isinstance(error, KeyboardInterrupt):
-        return {"status": "interrupted", "error": "KeyboardInterrupt"}
-    return {"status": "failed", "error": f"{type(error).__name__}: {message}",
-            "traceback": traceback.format_exc(limit=20)}
+    if status is Status.DIVERGED:
+        return {"status": status, "error": message, "diverged_at_step": error.step, "diverged_tensor": error.tensor}
+    if status is Status.PREEMPTED:
+        return {"status": status, "error": message}
+    if status is Status.INTERRUPTED:
+        return {"status": status, "error": "KeyboardInterrupt"}
+    return {"status": status, "error": f"{type(error).__name__}: {message}", "traceback": traceback.format_exc(limit=20)}
 
 
 def records_final_through(payload: dict | None) -> int:
@@ -149,8 +103,4 @@ def records_final_through(payload: dict | None) -> int:
     steps a checkpoint holds unflushed statistics for are written by the resumed run, so they go too."""
     if not payload:
         return 0  # no checkpoint: the run starts over
-    return payload["step"] - len(payload.get("pending_stats", ()))
-
-
-def read_previous_wall_time(payload: dict | None) -> float:
-    return float(payload.get("wall_time_s", 0.0)) if payload else 0.0
+    return payload["step"] - len(payload["pending_stats"])

@@ -4,7 +4,6 @@ Only the process that owns the run folder logs (rank 0 under DDP); `RunLogger(en
 """
 from __future__ import annotations
 
-import json
 import netrc
 import os
 import warnings
@@ -15,23 +14,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-METRICS_FILE, GRAD_NORMS_FILE, META_FILE = "metrics.jsonl", "grad_norms.csv", "meta.json"
+from runner.run_folder import RecordFiles, Status, read_meta, write_meta
+
 console = Console(stderr=True)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def truncate_after(path: Path, step: int, step_of) -> None:
-    """Drop the records a resumed run will write again (those after its checkpoint's step)."""
-    if path.exists():
-        lines = path.read_text().splitlines(keepends=True)
-        header = lines[:1] if path.suffix == ".csv" else []
-        body = [line for line in lines[len(header):] if line.strip() and step_of(line) <= step]
-        path.write_text("".join(header + body))
 
 
 class RunLogger:
@@ -42,22 +27,14 @@ class RunLogger:
         self.wandb_run = None
         if not enabled:
             return
-        metrics, norms = self.run_dir / METRICS_FILE, self.run_dir / GRAD_NORMS_FILE
-        if resume_step is not None:
-            truncate_after(metrics, resume_step, lambda line: json.loads(line)["step"])
-            truncate_after(norms, resume_step, lambda line: int(line.split(",")[0]) + 1)  # row t is update t: kept when t < step
-        self.metrics_file = open(metrics, "a", buffering=1)
-        new_norms = not norms.exists()
-        self.norms_file = open(norms, "a", buffering=1)
-        if new_norms:
-            self.norms_file.write("step,l2,l1\n")
+        self.files = RecordFiles(self.run_dir, resume_step)
         self._start_wandb(name, group)
 
     # ---- records -------------------------------------------------------------------------------------
     def log(self, record: dict) -> None:
         if not self.enabled:
             return
-        self.metrics_file.write(json.dumps(record) + "\n")
+        self.files.write_record(record)
         if self.wandb_run is not None:
             try:
                 self.wandb_run.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
@@ -65,9 +42,9 @@ class RunLogger:
                 warnings.warn(f"wandb: logging failed ({error}); wandb is off for this run, metrics.jsonl is complete")
                 self.wandb_run = None
 
-    def log_grad_norms(self, first_step: int, rows: list[list[float]]) -> None:
+    def log_grad_norms(self, first_step: int, rows: list[tuple[float, float]]) -> None:
         if self.enabled:
-            self.norms_file.write("".join(f"{first_step + i},{l2:.6g},{l1:.6g}\n" for i, (l2, l1) in enumerate(rows)))
+            self.files.write_grad_norms(first_step, rows)
 
     def print(self, message: str) -> None:
         if self.enabled:
@@ -115,13 +92,12 @@ class RunLogger:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
-        self.metrics_file.close()
-        self.norms_file.close()
+        self.files.close()
         if self.wandb_run is not None:
             try:
                 if summary:
                     self.wandb_run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
-                self.wandb_run.finish(exit_code=0 if not summary or summary.get("status") == "finished" else 1)
+                self.wandb_run.finish(exit_code=0 if not summary or summary.get("status") == Status.FINISHED else 1)
             except Exception as error:  # noqa: BLE001 - a wandb failure must never cost the local results
                 warnings.warn(f"wandb: finish failed ({error}); local metrics are complete")
             if self.wandb_mode == "offline":
@@ -153,7 +129,7 @@ class RunLogger:
             project=settings.project, entity=settings.entity, name=name, group=settings.group or group,
             tags=list(settings.tags), dir=str(self.run_dir), mode=mode,
             config=OmegaConf.to_container(self.cfg, resolve=True), id=read_meta(self.run_dir).get("wandb_id"),
-            resume="allow", settings=wandb.Settings(init_timeout=settings.get("init_timeout", 60), silent=True))
+            resume="allow", settings=wandb.Settings(init_timeout=settings.init_timeout, silent=True))
         write_meta(self.run_dir, wandb_id=run.id)
         return run
 
@@ -177,13 +153,3 @@ def has_wandb_credentials() -> bool:
         return netrc.netrc().authenticators("api.wandb.ai") is not None
     except (FileNotFoundError, netrc.NetrcParseError):
         return False
-
-
-def read_meta(run_dir: Path) -> dict:
-    path = Path(run_dir) / META_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def write_meta(run_dir: Path, **values) -> None:
-    meta = read_meta(run_dir) | values
-    (Path(run_dir) / META_FILE).write_text(json.dumps(meta, indent=2))

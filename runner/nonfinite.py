@@ -23,11 +23,12 @@ import math
 
 import torch
 
-MODES = ("stop", "skip")
+from runner.run_folder import Status
 
 
 class Diverged(RuntimeError):
     """The loss or a gradient became NaN/Inf with trainer.on_nonfinite=stop."""
+    status = Status.DIVERGED
 
     def __init__(self, step: int, lr: float, tensor: str, last_checkpoint_step: int | None):
         kept = (f"checkpoints up to step {last_checkpoint_step} are kept" if last_checkpoint_step is not None
@@ -41,16 +42,14 @@ def is_finite_step(loss: float, grad_norm: float) -> bool:
     return math.isfinite(loss) and math.isfinite(grad_norm)
 
 
-def first_divergence(rows: list[list[float]], first_step: int, param_names: list[str],
-                     scaled: bool) -> tuple[int, str] | None:
-    """(step, tensor) of the first row whose loss, or (without a GradScaler) gradient, is not finite.
-
-    Rows are the stats buffer's (loss, correct, grad_l2, grad_l1, first non-finite parameter index)."""
-    for offset, (loss, _, grad_l2, _, bad_param) in enumerate(rows):
-        if not math.isfinite(loss):
+def first_divergence(rows: list, first_step: int, param_names: list[str], scaled: bool) -> tuple[int, str] | None:
+    """(step, tensor) of the first step record (`loss`, `grad_l2`, `nonfinite_param`: the train loop's
+    StepRecord) whose loss, or (without a GradScaler) gradient, is not finite."""
+    for offset, row in enumerate(rows):
+        if not math.isfinite(row.loss):
             return first_step + offset, "loss"
-        if not math.isfinite(grad_l2) and not scaled:
-            return first_step + offset, f"gradient of {param_names[int(bad_param)]}"
+        if not math.isfinite(row.grad_l2) and not scaled:
+            return first_step + offset, f"gradient of {param_names[int(row.nonfinite_param)]}"
     return None
 
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 import signal
 import threading
 
-# EX_TEMPFAIL from sysexits.h: "a temporary failure; the user is invited to retry".
-REQUEUE_EXIT_CODE = 75
+from runner.run_folder import Status
+
+REQUEUE_EXIT_CODE = Status.PREEMPTED.exit_code  # EX_TEMPFAIL (sysexits.h): "a temporary failure; retry"
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class Preempted(Exception):
     """Raised by the loop after the checkpoint that a preemption signal asked for has been written."""
+    status = Status.PREEMPTED
 
     def __init__(self, signal_name: str, step: int):
         super().__init__(f"{signal_name} received: saved a checkpoint at step {step} and stopped; "

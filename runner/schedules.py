@@ -7,7 +7,8 @@ after it, the decay shape f of the progress u = (t - W) / (T - W) in [0, 1) is f
     factor(t) = floor + (1 - floor) * f(u)
 so `floor` is the final lr as a fraction of the peak. `conf/schedule/*.yaml` names a subclass with
 `_partial_: true`; the trainer supplies `total_steps` and `steps_per_epoch`. Being a function of the step
-alone, a schedule resumes exactly from a checkpoint's step and can be written out whole (`save`).
+alone, a schedule resumes exactly from a checkpoint's step and is written out whole into the run folder
+(lr_schedule.csv and .png: runner/run_folder.py).
 """
 from __future__ import annotations
 
@@ -16,11 +17,9 @@ import math
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
 
+from runner import run_folder
 from runner.errors import ConfigError
-
-SCHEDULE_CSV, SCHEDULE_PNG = "lr_schedule.csv", "lr_schedule.png"
 
 
 class Schedule:
@@ -52,29 +51,6 @@ class Schedule:
 
     def factors(self) -> list[float]:
         return [self(t) for t in range(self.total_steps)]
-
-    def save(self, run_dir: Path, base_lr: float) -> None:
-        """Write every step's factor and group-0 lr (lr_schedule.csv) and a plot of it (lr_schedule.png)."""
-        factors = np.asarray(self.factors())
-        rows = "".join(f"{t},{f:.10g},{base_lr * f:.10g}\n" for t, f in enumerate(factors))
-        (Path(run_dir) / SCHEDULE_CSV).write_text("step,factor,lr\n" + rows)
-        plot_schedule(Path(run_dir) / SCHEDULE_PNG, base_lr * factors, self.steps_per_epoch, type(self).__name__)
-
-
-def plot_schedule(path: Path, lrs: np.ndarray, steps_per_epoch: int, title: str) -> None:
-    from matplotlib.figure import Figure  # the Agg canvas, without pyplot's global state: no display needed
-
-    fig = Figure(figsize=(6, 3.4), dpi=110)
-    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.15, top=0.78)  # fixed margins: tight_layout costs more
-    ax = fig.add_subplot()
-    ax.plot(np.arange(len(lrs)), lrs, linewidth=1.2)
-    ax.set(xlabel="optimizer step", ylabel="lr (param group 0)",
-           xlim=(0, max(1, len(lrs) - 1)), ylim=(0, 1.05 * max(lrs.max(), 1e-12)))
-    ax.set_title(f"{title}: {len(lrs)} steps", y=1.16)  # placed above the epoch axis: no layout pass to find it
-    ax.grid(alpha=0.3)
-    epochs = ax.secondary_xaxis("top", functions=(lambda s: s / steps_per_epoch, lambda e: e * steps_per_epoch))
-    epochs.set_xlabel("epoch")
-    fig.savefig(path, pil_kwargs={"compress_level": 1})  # zlib level 1: a few KB larger, several ms faster
 
 
 def resolve_steps(value: int | float, total_steps: int, key: str) -> int:
@@ -212,21 +188,28 @@ class Refined(Schedule):
                  source: str | None = None, smoothing: float = 0.1, norm: str = "auto",
                  run_optimizer: str | None = None, **common):
         super().__init__(total_steps, steps_per_epoch, **common)
-        from runner.optim import is_adam_family, update_rule
+        from runner.config import update_rule
+        from runner.optim import capabilities
 
         run_dir = require_source(source)
-        source_optimizer = update_rule(OmegaConf.load(run_dir / "config.yaml").optimizer)
+        source_config = run_folder.load_config(run_dir).optimizer
+        source_optimizer, source_adaptive = update_rule(source_config), capabilities(source_config).adaptive
         if norm == "auto":
-            if run_optimizer and is_adam_family(run_optimizer) != is_adam_family(source_optimizer):
+            run_adaptive = capabilities(run_optimizer).adaptive if run_optimizer else source_adaptive
+            if source_adaptive is None or run_adaptive is None:
+                unknown = source_optimizer if source_adaptive is None else run_optimizer
+                raise ConfigError(f"schedule.norm=auto: {unknown} does not declare whether it is adaptive (an "
+                                  f"`adaptive` class attribute); set schedule.norm=l1 (Adam-family) or l2 (SGD-like)")
+            if run_adaptive != source_adaptive:
                 raise ConfigError(f"schedule.source={source} trained with {source_optimizer}, this run with "
                                   f"{run_optimizer}: refine from a run of the same optimizer family, or set "
                                   f"schedule.norm=l1 (Adam-family) or l2 (SGD-like) to choose the weights yourself")
-            norm = "l1" if is_adam_family(source_optimizer) else "l2"
+            norm = "l1" if source_adaptive else "l2"
         if norm not in ("l1", "l2"):
             raise ConfigError(f"schedule.norm={norm}: choose auto, l1 (Adam-family) or l2 (SGD-like)")
         if not 0 <= (smoothing or 0) < 1:
             raise ConfigError(f"schedule.smoothing={smoothing}: the median window is a fraction of the run in [0, 1)")
-        norms = read_grad_norms(run_dir / "grad_norms.csv", norm, source)
+        norms = read_grad_norms(run_dir, norm, source)
         curve = refined_curve(median_smooth(norms, smoothing) if smoothing else norms, power=2 if norm == "l2" else 1)
         resampled = np.interp(np.linspace(0, 1, self.decay_steps), np.linspace(0, 1, len(curve)), curve)
         self.curve = resampled / resampled.max()
@@ -262,15 +245,15 @@ def require_source(source: str | None) -> Path:
     if not source:
         raise ConfigError("schedule=refined needs the folder of an earlier run: schedule.source=<run folder>")
     run_dir = Path(source)
-    for name in ("config.yaml", "grad_norms.csv"):
+    for name in (run_folder.CONFIG, run_folder.GRAD_NORMS):
         if not (run_dir / name).is_file():
             raise ConfigError(f"schedule.source={source} is not a divrun run folder with recorded gradient norms "
                               f"(no {name}); pass the folder an earlier `divrun` printed")
     return run_dir
 
 
-def read_grad_norms(path: Path, norm: str, source: str) -> np.ndarray:
-    table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+def read_grad_norms(run_dir: Path, norm: str, source: str) -> np.ndarray:
+    table = run_folder.read_grad_norms(run_dir)
     if table.shape[0] < 2:
         raise ConfigError(f"schedule.source={source} recorded {table.shape[0]} step(s); the refined schedule "
                           f"needs the gradient norms of a run of at least 2 steps")

@@ -10,22 +10,22 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from runner import distributed, env
+from runner import distributed, env, run_folder
 from runner.checkpoint import Checkpointer, set_rng_state
 from runner.data import build_loaders, cpu_count
-from runner.distill.base import Distiller
 from runner.errors import ConfigError
 from runner.logger import RunLogger
 from runner.losses import build_loss
 from runner.models import build_model
 from runner.nonfinite import Diverged, SkipNonFinite, first_divergence, first_nonfinite_index, is_finite_step
-from runner.optim import build_optimizer, is_adam_family, update_rule
+from runner.optim import build_optimizer, capabilities
 from runner.preemption import Preempted, PreemptionWatch
 from runner.tta import check_level, tta_logits
 
@@ -71,10 +71,20 @@ class CompiledOrEager:
             return self.eager(images)
 
 
+class StepRecord(NamedTuple):
+    """One step's statistics, as the step returns them (stacked, on the device) and as `drain` reads them back."""
+    loss: float
+    correct: float          # correct predictions in this rank's batch
+    grad_l2: float          # global L2 norm of the gradients, before clipping
+    grad_l1: float          # L1 norm (0 unless recorded: trainer.grad_norm_l1)
+    nonfinite_param: float  # index of the first parameter with a non-finite gradient (0 when none)
+
+
 class StepStats:
-    """Per-step loss, correct count, gradient norms and the first parameter with a non-finite gradient, kept on
-    the device until the logging interval."""
-    FIELDS = ("loss", "correct", "grad_l2", "grad_l1", "nonfinite_param")
+    """Per-step records kept on the device until the logging interval."""
+    FIELDS = StepRecord._fields
+    # over ranks: loss and norms averaged, correct counts summed; the non-finite parameter index is per rank
+    RANK_MEAN, RANK_SUM = ("loss", "grad_l2", "grad_l1"), ("correct",)
 
     def __init__(self, capacity: int, device: torch.device):
         self.buffer = torch.zeros(capacity, len(self.FIELDS), device=device)
@@ -86,17 +96,18 @@ class StepStats:
         self.buffer[self.count] = values
         self.count += 1
 
-    def drain(self) -> list[list[float]]:
-        """Rows over the global batch: loss and norms averaged over ranks, correct counts summed."""
+    def drain(self) -> list[StepRecord]:
+        """The records since the last drain, over the global batch."""
         rows = self.buffer[:self.count]
-        if distributed.world_size() > 1:  # the non-finite parameter index (column 4) is per rank: kept
-            reduced = rows[:, :4].contiguous()
-            distributed.all_reduce_sum(reduced)
-            rows[:, :4] = reduced
-            rows[:, [0, 2, 3]] /= distributed.world_size()
-        rows = rows.tolist()  # the one host sync per logging interval
+        if distributed.world_size() > 1:
+            reduced = [self.FIELDS.index(name) for name in self.RANK_MEAN + self.RANK_SUM]
+            summed = rows[:, reduced].contiguous()
+            distributed.all_reduce_sum(summed)
+            rows[:, reduced] = summed
+            rows[:, [self.FIELDS.index(name) for name in self.RANK_MEAN]] /= distributed.world_size()
+        records = [StepRecord(*row) for row in rows.tolist()]  # the one host sync per logging interval
         self.count = 0
-        return rows
+        return records
 
     def pending(self) -> torch.Tensor:
         """The rows not yet drained (a checkpoint carries them so the resumed run writes the same records)."""
@@ -152,18 +163,19 @@ class Trainer:
         self.lr_factors = self.schedule.factors()
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         if logger.enabled:
-            self.schedule.save(self.run_dir, self.base_lrs[0])  # lr_schedule.csv and .png
+            run_folder.write_lr_schedule(self.run_dir, self.lr_factors, self.base_lrs[0], self.steps_per_epoch,
+                                         type(self.schedule).__name__)
+        self.capabilities = capabilities(cfg.optimizer)
         auto_l1 = trainer.grad_norm_l1 == "auto"
-        self.grad_norm_l1 = is_adam_family(update_rule(cfg.optimizer)) if auto_l1 else bool(trainer.grad_norm_l1)
-        self.second_order = getattr(self.optimizer, "second_order", False)  # fp32 only: runner/validate.py
+        self.grad_norm_l1 = bool(self.capabilities.adaptive) if auto_l1 else bool(trainer.grad_norm_l1)
+        self.second_order = self.capabilities.second_order  # fp32 only: runner/validate.py
         self.guard = (SkipNonFinite(self.model, self.optimizer, self.params, self.rt.scaler is not None)
                       if trainer.on_nonfinite == "skip" else None)
         self.stats = StepStats(trainer.log_every, self.rt.device)
         self.step, self.epoch, self.best_acc1, self.last_eval = 0, 0, 0.0, {}
         self.train_loss, self.skipped_steps, self.saved_step = math.nan, 0, None
         self.wall_time_before, self.started, self.clock = 0.0, time.time(), time.perf_counter()
-        # run folders saved before the `distill` group existed have no distill key
-        self.distill = instantiate(cfg.distill) if cfg.get("distill") else Distiller()
+        self.distill = instantiate(cfg.distill)
         distributed.refuse_unsupported(self.optimizer, trainer.sync_bn, self.rt.device, self.distill)
         self.distill.setup(self)
 
@@ -193,7 +205,7 @@ class Trainer:
         l2, l1, nonfinite = grad_norms(self.params, self.grad_norm_l1)  # before the optimizer touches them
         if trainer.grad_clip:
             torch.nn.utils.clip_grads_with_norm_(self.params, trainer.grad_clip, l2, foreach=True)
-        closure = self.closure(images, labels, indices) if getattr(optimizer, "needs_closure", False) else None
+        closure = self.closure(images, labels, indices) if self.capabilities.needs_closure else None
         do_step = lambda: self.optimizer_step(closure)
         self.guard.step(loss.detach(), l2, do_step) if self.guard else do_step()
         optimizer.zero_grad(set_to_none=True)
@@ -317,23 +329,23 @@ class Trainer:
         """Write one record for the steps since the last flush (one host sync) and check them for NaN/Inf."""
         first, rows = self.stats.first_step, self.stats.drain()
         now = time.perf_counter()
-        finite = [r for r in rows if is_finite_step(r[0], r[2])]
+        finite = [r for r in rows if is_finite_step(r.loss, r.grad_l2)]
         self.skipped_steps += len(rows) - len(finite)
-        mean = lambda column: sum(r[column] for r in finite) / len(finite) if finite else math.nan
+        mean = lambda field: sum(getattr(r, field) for r in finite) / len(finite) if finite else math.nan
         global_batch = self.cfg.trainer.batch_size * self.world_size
-        record = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "train/loss": mean(0),
-                  "train/acc1": sum(r[1] for r in rows) / (len(rows) * global_batch),
-                  "train/lr": self.optimizer.param_groups[0]["lr"], "train/grad_norm": mean(2),
+        record = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "train/loss": mean("loss"),
+                  "train/acc1": sum(r.correct for r in rows) / (len(rows) * global_batch),
+                  "train/lr": self.optimizer.param_groups[0]["lr"], "train/grad_norm": mean("grad_l2"),
                   "train/img_per_s": len(rows) * global_batch / max(now - self.clock, 1e-9),
                   "train/skipped_steps": self.skipped_steps}
         self.logger.log(record)
-        self.logger.log_grad_norms(first, [[r[2], r[3]] for r in rows])
+        self.logger.log_grad_norms(first, [(r.grad_l2, r.grad_l1) for r in rows])
         self.logger.advance(0, info=f"loss {record['train/loss']:.4f}  acc {record['train/acc1']:.3f}  "
                                     f"lr {record['train/lr']:.3g}  {record['train/img_per_s']:.0f} img/s")
         self.train_loss, self.clock = record["train/loss"], now
         self.stop_if_diverged(rows, first)
 
-    def stop_if_diverged(self, rows: list[list[float]], first_step: int) -> None:
+    def stop_if_diverged(self, rows: list[StepRecord], first_step: int) -> None:
         if self.cfg.trainer.on_nonfinite != "stop":
             return
         found = first_divergence(rows, first_step, self.param_names, scaled=self.rt.scaler is not None)
@@ -373,7 +385,7 @@ class Trainer:
 
     def checkpoint(self) -> None:
         if self.cfg.trainer.on_nonfinite == "stop":  # never save a diverged model (one sync, as the save is one)
-            self.stop_if_diverged(self.stats.pending().tolist(), self.stats.first_step)
+            self.stop_if_diverged([StepRecord(*row) for row in self.stats.pending().tolist()], self.stats.first_step)
         self.checkpointer.save({
             **{name: obj.state_dict() for name, obj in self.stateful().items()},
             "step": self.step, "epoch": self.epoch, "best_acc1": self.best_acc1, "last_eval": self.last_eval,
@@ -384,16 +396,14 @@ class Trainer:
 
     def restore(self, payload: dict) -> None:
         for name, obj in self.stateful().items():
-            if name in payload:
-                try:
-                    obj.load_state_dict(payload[name])
-                except (RuntimeError, KeyError, ValueError) as error:
-                    raise ConfigError(f"the checkpoint's {name} state does not fit this config "
-                                      f"({str(error).splitlines()[0]}); resume with the run's own config") from error
+            try:
+                obj.load_state_dict(payload[name])
+            except (RuntimeError, KeyError, ValueError) as error:
+                raise ConfigError(f"the checkpoint's {name} state does not fit this config "
+                                  f"({str(error).splitlines()[0]}); resume with the run's own config") from error
         self.step, self.epoch = payload["step"], payload["epoch"]
-        self.best_acc1, self.last_eval = payload.get("best_acc1", 0.0), payload.get("last_eval", {})
-        self.train_loss, self.skipped_steps = payload.get("train_loss", math.nan), payload.get("skipped_steps", 0)
-        self.wall_time_before, self.saved_step = payload.get("wall_time_s", 0.0), self.step
-        if "pending_stats" in payload:
-            self.stats.restore(payload["pending_stats"], payload["pending_first_step"])
+        self.best_acc1, self.last_eval = payload["best_acc1"], payload["last_eval"]
+        self.train_loss, self.skipped_steps = payload["train_loss"], payload["skipped_steps"]
+        self.wall_time_before, self.saved_step = payload["wall_time_s"], self.step
+        self.stats.restore(payload["pending_stats"], payload["pending_first_step"])
         set_rng_state(payload["rng"])

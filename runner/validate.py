@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from runner.config import locate
 from runner.errors import ConfigError
 
 Rule = tuple[Callable[[Any], bool], str, Any]  # (is the value fine?, what is expected, an example value)
@@ -138,13 +139,6 @@ def _target_nodes(node, path: str = "") -> Iterable[tuple[str, DictConfig]]:
             yield from _target_nodes(item, f"{path}[{index}]")
 
 
-def locate(target_path: str):
-    """The object a `_target_` names, imported as hydra.utils.instantiate will (without its error logging)."""
-    from hydra._internal.utils import _locate
-
-    return _locate(target_path)
-
-
 def _check_target(cfg: DictConfig, path: str, node: DictConfig) -> Iterable[str]:
     try:
         target = locate(node._target_)
@@ -238,8 +232,10 @@ def _check_second_order(cfg: DictConfig) -> Iterable[str]:
     optimizer, trainer = cfg.get("optimizer"), cfg.get("trainer")
     if not (isinstance(optimizer, DictConfig) and "_target_" in optimizer and isinstance(trainer, DictConfig)):
         return
+    from runner.optim import capabilities
+
     try:
-        second_order = getattr(locate(optimizer._target_), "second_order", False)
+        second_order = capabilities(optimizer).second_order
     except Exception:  # noqa: BLE001 - reported by the import check
         return
     precision = resolved_precision(trainer)

@@ -13,7 +13,8 @@ from pathlib import Path
 from runner import distributed
 from runner.errors import ConfigError
 from runner.cli import report
-from runner.job import load_config, run_job
+from runner.job import run_job
+from runner.run_folder import load_config
 
 
 def main(run_dir: str) -> None:

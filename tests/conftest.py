@@ -37,11 +37,9 @@ def read_summary(run_dir: Path) -> dict:
 
 def compose(*overrides: str):
     """The composed config for these overrides, as `divrun` would build it (no run folder)."""
-    from hydra import compose as hydra_compose, initialize_config_module
-    import runner.cli  # noqa: F401 - registers the divrun resolvers
+    from runner.config import compose as compose_config
 
-    with initialize_config_module("runner.conf", version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides))
+    return compose_config(*overrides)
 
 
 def train(tmp_path: Path, *overrides: str) -> tuple[dict, Path]:

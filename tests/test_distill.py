@@ -17,9 +17,10 @@ from runner.distill.dhkd import aligned, binary_kl_to_half
 from runner.distill.kd import KD
 from runner.distill.nd import ND, norm_direction_loss
 from runner.errors import ConfigError
-from runner.job import load_config, run_job, save_config
+from runner.job import run_job
 from runner.logger import RunLogger
 from runner.losses import CrossEntropy
+from runner.run_folder import load_config, save_config
 from runner.train import Trainer
 
 SMALL = ("dataset.limit_train=256", "trainer.batch_size=64", "trainer.deterministic=true")

@@ -18,9 +18,9 @@ from runner import distributed
 from runner.checkpoint import Checkpointer
 from runner.data import FolderLoader, TensorLoader, TensorSplit
 from runner.errors import ConfigError
-from runner.job import load_config
 from runner.logger import RunLogger
 from runner.preemption import REQUEUE_EXIT_CODE
+from runner.run_folder import load_config
 from runner.train import Trainer
 
 QUICK = ("model=mlp", "trainer.epochs=1", "logger.progress=false", "trainer.device=cpu")

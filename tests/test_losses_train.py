@@ -26,10 +26,15 @@ def test_loss_trains_digits_with_its_defaults(tmp_path, name):
 
 
 def test_pearson_chi2_needs_clipping_with_the_default_recipe(tmp_path):
-    """Why chi2 defaults to Neyman: Pearson on one-hot labels (1/p_y - 1) collapses unclipped, trains clipped."""
+    """Why chi2 defaults to Neyman: Pearson on one-hot labels (1/p_y - 1) collapses unclipped (to chance, or
+    all the way to NaN gradients: which of the two depends on float summation order), trains clipped."""
     from runner.job import run_job
+    from runner.nonfinite import Diverged
 
     base = ["loss=chi2", "loss.form=pearson", "loss.smoothing=0", *AS_IS]
-    unclipped = run_job(compose(*base), tmp_path / "unclipped")
+    try:
+        unclipped = run_job(compose(*base), tmp_path / "unclipped")["final_val_acc1"]
+    except Diverged:
+        unclipped = 0.0  # the collapse reached non-finite gradients
     clipped = run_job(compose(*base, "trainer.grad_clip=2"), tmp_path / "clipped")
-    assert unclipped["final_val_acc1"] < 0.5 <= 0.9 <= clipped["final_val_acc1"]
+    assert unclipped < 0.5 <= 0.9 <= clipped["final_val_acc1"]

@@ -79,7 +79,7 @@ def test_wrappers_build_their_base_by_name(wrapper):
                   "optimizer.base_overrides={lr:3e-3,decay_bias_and_norm:true}").optimizer
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
     optimizer = build_optimizer(cfg, model, total_steps=10)
-    base = optimizer.base if wrapper == "sam" else optimizer.optimizer
+    base = optimizer.base
     assert type(base) is torch.optim.AdamW and optimizer.param_groups is base.param_groups
     assert [(g["lr"], g["weight_decay"], len(g["params"])) for g in base.param_groups] == [(3e-3, 0.05, 4)]
 

@@ -109,7 +109,7 @@ class Companion:
 
     def __init__(self, module: torch.nn.Module, trainer, overrides: DictConfig | dict | None = None):
         cfg = trainer.cfg
-        if getattr(trainer.optimizer, "needs_closure", False):
+        if trainer.capabilities.needs_closure:
             raise ConfigError(f"distill: optimizer={cfg.optimizer._target_.rsplit('.', 1)[-1]} re-evaluates the "
                               f"loss in a closure, which would step a second model twice; pick another optimizer")
         self.module = place(module, trainer)

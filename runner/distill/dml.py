@@ -73,4 +73,4 @@ class DML(Distiller):
 
     def load_state_dict(self, state: dict) -> None:
         self.peer.load_state_dict(state["teacher"])
-        self.last_metrics = state.get("last_metrics", {})
+        self.last_metrics = state["last_metrics"]

@@ -55,4 +55,4 @@ class KD(Distiller):
         return {"teacher_logged": self.teacher_logged}
 
     def load_state_dict(self, state: dict) -> None:
-        self.teacher_logged = state.get("teacher_logged", False)
+        self.teacher_logged = state["teacher_logged"]

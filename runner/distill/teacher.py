@@ -15,10 +15,10 @@ import torch
 from runner import checkpoint
 from runner.distill.base import place, prefixed
 from runner.errors import ConfigError
-from runner.job import load_config
 from runner.models import build_model, model_config
+from runner.run_folder import CHECKPOINTS, LAST_CHECKPOINT, load_config
 
-RUN_CHECKPOINT = Path("checkpoints") / checkpoint.LAST
+RUN_CHECKPOINT = Path(CHECKPOINTS) / LAST_CHECKPOINT
 
 
 class FrozenTeacher:

@@ -16,21 +16,14 @@ def build_model(cfg: DictConfig, in_channels: int, num_classes: int) -> torch.nn
 def model_config(choice: str, dataset: DictConfig, key: str = "model") -> DictConfig:
     """A second model's config by its `conf/model` option name, composed as `model=<name>` would be, with
     interpolations such as ${dataset.image_size} resolved against `dataset`."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import MissingConfigException
 
-    def compose_model():
-        try:
-            return compose("config", overrides=[f"model={choice}"]).model
-        except MissingConfigException as error:
-            raise ConfigError(f"{key}={choice}: no such model; pick one of `divrun --help`'s model options") from error
+    from runner.config import compose
 
-    if GlobalHydra.instance().is_initialized():
-        model = compose_model()
-    else:
-        with initialize_config_module("runner.conf", version_base="1.3"):
-            model = compose_model()
+    try:
+        model = compose(f"model={choice}").model
+    except MissingConfigException as error:
+        raise ConfigError(f"{key}={choice}: no such model; pick one of `divrun --help`'s model options") from error
     node = OmegaConf.create({"model": OmegaConf.to_container(model),
                              "dataset": OmegaConf.to_container(dataset, resolve=True)})
     return OmegaConf.create(OmegaConf.to_container(node.model, resolve=True))

@@ -1,12 +1,12 @@
 """Optimizer construction: the `conf/optimizer/*.yaml` `_target_` is a partial that receives param groups.
 
-Optimizers of the package live one per module (`runner/optim/lion.py`, ...). Two attributes tell the
-train loop how to drive one: `second_order = True` (backward with create_graph=True) and
-`needs_closure = True` (step(closure) re-evaluates the loss, e.g. SAM).
+Optimizers of the package live one per module (`runner/optim/lion.py`, ...), each declaring its
+capabilities (`adaptive`, `second_order`, `needs_closure`: runner/optim/capabilities.py), which
+`capabilities(...)` reads for the train loop and the config checks.
 
 A wrapper optimizer (SAM, Lookahead) names its base optimizer: `base` (a conf/optimizer option) and
 `base_overrides` (its keys to change) resolve into the base's full config, `base_optimizer`, through the
-`${divrun_optimizer:...}` resolver (runner/cli.py), so config.yaml records every value. The builder builds
+`${divrun_optimizer:...}` resolver (runner/config.py), so config.yaml records every value. The builder builds
 the base from that config (param groups, decay split and all), then passes the built optimizer to the
 wrapper's factory, with `total_steps` and `model` where the factory takes them.
 """
@@ -17,6 +17,10 @@ import inspect
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+
+from runner.optim.capabilities import Capabilities, capabilities
+
+__all__ = ["Capabilities", "build_optimizer", "capabilities", "param_groups"]
 
 # keys of conf/optimizer that divrun consumes instead of passing to the optimizer: the no-decay split, the norm
 # layers' lr scale, a wrapper's base (its name, overrides and their resolved config), and the lr's scaling with
@@ -73,16 +77,3 @@ def fast_path_defaults(factory, options: dict, groups: list[dict]) -> dict:
     if on_cuda and accepts_fused and options.get("fused") is None and not options.get("foreach"):
         return {"fused": True}
     return {}
-
-
-def update_rule(optimizer: DictConfig) -> str:
-    """The `_target_` whose update a run applies to each coordinate: a wrapper's (SAM, Lookahead) base's."""
-    return str((optimizer.base_optimizer if "base_optimizer" in optimizer else optimizer)._target_)
-
-
-def is_adam_family(target: str) -> bool:
-    """Whether an optimizer `_target_` is per-coordinate adaptive (second-moment normalised): Adam, AdamW,
-    NAdam, RAdam, AdamP, Ada* (Adagrad, AdaBelief, AdaHessian, ...), RMSprop, diffGrad, SPAM. The refined
-    schedule weights these by L1 gradient norms, and the trainer records L1 norms for them."""
-    name = target.rsplit(".", 1)[-1].lower()
-    return name.startswith(("ada", "rmsprop", "diffgrad")) or "adam" in name or "spam" in name

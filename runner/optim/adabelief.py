@@ -30,6 +30,7 @@ def rectification(beta2: float, step: int) -> float | None:
 
 
 class AdaBelief(Optimizer):
+    adaptive = True
     elementwise = True  # the per-tensor path may update slices (runner.optim.base)
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-16,

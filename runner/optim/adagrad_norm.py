@@ -20,6 +20,7 @@ from runner.optim.base import Bucket, Optimizer
 
 
 class AdaGradNorm(Optimizer):
+    adaptive = False  # one scalar step size for the whole model: not per-coordinate normalised
     def __init__(self, params, lr: float = 1.0, initial_accumulator_value: float = 1e-2, eps: float = 1e-10,
                  weight_decay: float = 0.0, foreach: bool | None = None):
         if initial_accumulator_value < 0 or eps < 0 or weight_decay < 0:

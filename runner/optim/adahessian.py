@@ -43,7 +43,7 @@ def hessian_diagonal(params: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 class AdaHessian(Optimizer):
-    second_order = True
+    adaptive, second_order = True, True
 
     def __init__(self, params, lr: float = 0.15, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-4,
                  weight_decay: float = 0.0, hessian_power: float = 1.0, foreach: bool | None = None):

@@ -97,6 +97,7 @@ def projected_step_tensor(group: dict, param, grad, update, decay: float, step_s
 
 # ---- AdamP -------------------------------------------------------------------------------------------
 class AdamP(Optimizer):
+    adaptive = True
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, delta: float = 0.1, wd_ratio: float = 0.1, nesterov: bool = False,
                  foreach: bool | None = None):

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 from runner.optim.bnb import bnb_optimizer
+from runner.optim.capabilities import declare
 
 
+@declare(adaptive=True)
 def adamw8bit(params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
               weight_decay: float = 1e-2, min_8bit_size: int = 4096):
     return bnb_optimizer("AdamW8bit", "adamw8bit", params, lr=lr, betas=tuple(betas), eps=eps,

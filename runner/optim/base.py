@@ -45,6 +45,7 @@ class Bucket:
 
 
 class Optimizer(torch.optim.Optimizer):
+    # capabilities (runner/optim/capabilities.py): every optimizer declares `adaptive` itself
     second_order = False  # the train loop runs backward(create_graph=True) when True
     needs_closure = False  # the train loop passes step() a closure that re-evaluates loss and gradients
     # True when update_tensor updates each entry from the same entry of the parameter, gradient and states

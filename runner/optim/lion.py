@@ -13,6 +13,7 @@ from runner.optim.base import Bucket, Optimizer, zeros_like
 
 
 class Lion(Optimizer):
+    adaptive = False  # sign-based, not second-moment normalised
     elementwise = True  # the per-tensor path may update slices (runner.optim.base)
 
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0,

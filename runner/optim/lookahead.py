@@ -18,7 +18,9 @@ from runner.errors import ConfigError
 
 
 class Lookahead:
-    """An optimizer wrapper: exposes the inner optimizer's `param_groups` (the trainer sets their lr)."""
+    """An optimizer wrapper: exposes the base optimizer's `param_groups` (the trainer sets their lr)."""
+    adaptive = None  # capabilities: the base's (runner/optim/capabilities.py)
+    second_order = needs_closure = False  # its own; the base's are added to them
 
     def __init__(self, optimizer: torch.optim.Optimizer, k: int = 5, alpha: float = 0.5, power: float = 0.0,
                  average_buffers: bool = False, total_steps: int | None = None, model: torch.nn.Module | None = None):
@@ -30,7 +32,7 @@ class Lookahead:
             raise ConfigError(f"optimizer.power={power}: use power >= 0 (0: constant alpha)")
         if power > 0 and not total_steps:
             raise ConfigError("optimizer.power > 0 needs the run length (total_steps); divrun's trainer passes it")
-        self.optimizer, self.k, self.alpha, self.power, self.total_steps = optimizer, k, alpha, power, total_steps
+        self.base, self.k, self.alpha, self.power, self.total_steps = optimizer, k, alpha, power, total_steps
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         if average_buffers:
             if model is None:
@@ -38,16 +40,14 @@ class Lookahead:
             self.params += [b for b in model.buffers() if b.is_floating_point()]
         self.slow = [p.detach().clone() for p in self.params]
         self.steps = 0
-        self.second_order = getattr(optimizer, "second_order", False)
-        self.needs_closure = getattr(optimizer, "needs_closure", False)
 
     @property
     def param_groups(self) -> list[dict]:
-        return self.optimizer.param_groups
+        return self.base.param_groups
 
     @property
     def state(self):
-        return self.optimizer.state
+        return self.base.state
 
     def alpha_at(self, step: int) -> float:
         if self.power == 0:
@@ -55,7 +55,7 @@ class Lookahead:
         return 1.0 - (1.0 - self.alpha) * (step / self.total_steps) ** self.power
 
     def step(self, closure=None):
-        loss = self.optimizer.step(closure) if closure is not None else self.optimizer.step()
+        loss = self.base.step(closure) if closure is not None else self.base.step()
         self.steps += 1
         with torch.no_grad():
             if self.steps % self.k == 0:
@@ -66,14 +66,14 @@ class Lookahead:
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
+        self.base.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "slow": [s.clone() for s in self.slow], "steps": self.steps}
+        return {"optimizer": self.base.state_dict(), "slow": [s.clone() for s in self.slow], "steps": self.steps}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.base.load_state_dict(state["optimizer"])
         torch._foreach_copy_(self.slow, [s.to(p.device) for s, p in zip(state["slow"], self.slow)])
         self.steps = state["steps"]
 

@@ -13,18 +13,22 @@ from __future__ import annotations
 import torch
 
 from runner.errors import ConfigError
+from runner.optim.capabilities import capabilities
 
 GRAD_NORM_EPS = 1e-12
 
 
 class SAM(torch.optim.Optimizer):
-    needs_closure = True  # the trainer passes step() a closure that recomputes loss and gradients
+    # capabilities (runner/optim/capabilities.py): per-coordinate normalisation is the base's (None; not
+    # ASAM's `adaptive` option); the trainer passes step() a closure that recomputes loss and gradients
+    adaptive, second_order, needs_closure = None, False, True
 
     def __init__(self, optimizer: torch.optim.Optimizer, rho: float = 0.05, adaptive: bool = False, eta: float = 0.0):
         if rho < 0 or eta < 0:
             raise ValueError(f"SAM: rho and eta must be >= 0 (got {rho}, {eta})")
         name = type(optimizer).__name__
-        if getattr(optimizer, "second_order", False) or getattr(optimizer, "needs_closure", False):
+        base = capabilities(optimizer)
+        if base.second_order or base.needs_closure:
             raise ConfigError(f"optimizer=sam cannot wrap {name} (second-order or closure-driven); "
                               "pick a first-order base")
         # the base's group dicts themselves, which gain rho, adaptive and eta

@@ -8,7 +8,7 @@
 Matrix Theory Approach to Neural Network Training", arXiv 2006.09092): the largest stable lr grows linearly with
 the batch for SGD and as its square root for adaptive methods (the batch Hessian's extremal eigenvalues shrink
 towards the empirical Hessian's as B grows), so it picks k = 1/2 for per-coordinate adaptive optimizers
-(Adam, AdaGrad, RMSprop, ... : `is_adam_family` of the update rule) and k = 1 otherwise. Their derivation holds
+(Adam, AdaGrad, RMSprop, ...: the optimizer's declared `adaptive` capability) and k = 1 otherwise. Their derivation holds
 for batches small against the data set; past the point where the batch Hessian's outliers meet the empirical
 Hessian's, the paper predicts the lr stops growing, which this rule does not model: check with a short sweep.
 
@@ -23,11 +23,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 RULES = ("none", "linear", "sqrt", "rmt")
 
 
-def exponent(rule: str, update_rule: str) -> float:
-    from runner.optim import is_adam_family
+def exponent(rule: str, optimizer: DictConfig) -> float:
+    from runner.optim.capabilities import capabilities
 
     if rule == "rmt":
-        return 0.5 if is_adam_family(update_rule) else 1.0
+        return 0.5 if capabilities(optimizer).adaptive else 1.0
     return {"none": 0.0, "linear": 1.0, "sqrt": 0.5}[rule]
 
 
@@ -44,8 +44,6 @@ def lr_node(optimizer: DictConfig) -> DictConfig:
 
 def apply_lr_scaling(cfg: DictConfig) -> DictConfig:
     """cfg with optimizer.lr (or its base's) scaled to the run's global batch; unchanged without a rule."""
-    from runner.optim import update_rule
-
     optimizer = cfg.optimizer
     rule = optimizer.get("lr_scaling", "none")
     if rule in (None, "none"):
@@ -58,7 +56,7 @@ def apply_lr_scaling(cfg: DictConfig) -> DictConfig:
         optimizer.reference_lr = reference_lr
     batch, reference = global_batch(cfg), int(optimizer.reference_batch)
     with open_dict(node):
-        node.lr = float(reference_lr * (batch / reference) ** exponent(rule, update_rule(optimizer)))
+        node.lr = float(reference_lr * (batch / reference) ** exponent(rule, optimizer))
     return cfg
 
 

@@ -15,6 +15,7 @@ from runner.optim.base import Bucket, Optimizer
 
 
 class SGDSaI(Optimizer):
+    adaptive = False  # one lr scale per tensor, frozen at step 1
     def __init__(self, params, lr: float = 1e-2, momentum: float = 0.9, eps: float = 1e-8, weight_decay: float = 1e-2,
                  foreach: bool | None = None):
         if not 0.0 <= momentum < 1.0:

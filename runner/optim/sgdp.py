@@ -15,6 +15,7 @@ from runner.optim.base import Bucket, Optimizer, zeros_like
 
 
 class SGDP(Optimizer):
+    adaptive = False
     def __init__(self, params, lr: float = 0.1, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, eps: float = 1e-8, delta: float = 0.1,
                  wd_ratio: float = 0.1, foreach: bool | None = None):

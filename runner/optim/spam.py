@@ -21,6 +21,7 @@ from runner.optim.base import Bucket, Optimizer, zeros_like
 
 
 class SPAM(Optimizer):
+    adaptive = True
     elementwise = True  # the per-tensor path may update slices (runner.optim.base)
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,

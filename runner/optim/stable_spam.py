@@ -26,6 +26,7 @@ from runner.optim.base import Bucket, Optimizer, slices, zeros_like
 
 
 class StableSPAM(Optimizer):
+    adaptive = True
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, gamma1: float = 0.7, gamma2: float = 0.9, gamma3: float = 0.999,
                  total_T: int | None = None, eta_min: float = 0.5, reset_interval: int = 1000, foreach: bool | None = None):

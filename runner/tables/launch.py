@@ -8,7 +8,6 @@ each pinned to one of `devices` (CUDA_VISIBLE_DEVICES) when given.
 """
 from __future__ import annotations
 
-import json
 import os
 import queue
 import subprocess
@@ -21,10 +20,11 @@ from pathlib import Path
 
 from rich.console import Console
 
+from runner.run_folder import Status, read_summary
 from runner.tables import overrides as ov
 from runner.tables.recipe import Run
 
-DONE = {"finished", "diverged"}
+DONE = {Status.FINISHED, Status.DIVERGED}
 LOG_FILE = "table.log"  # the subprocess's stdout and stderr, inside its run folder
 
 
@@ -41,14 +41,7 @@ def read_status(run_dir: Path) -> tuple[str, str]:
     if summary is None:
         log = run_dir / LOG_FILE
         return ("failed", last_error_line(log)) if log.exists() else ("not run", "")
-    return summary.get("status", "failed"), summary.get("error", "")
-
-
-def read_summary(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+    return summary.get("status", Status.FAILED), summary.get("error", "")
 
 
 def last_error_line(log: Path) -> str:
@@ -85,8 +78,8 @@ def launch(run: Run, device: str | None) -> Outcome:
         log.flush()
         subprocess.run(command(run), stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
     status, detail = read_status(run.run_dir)
-    if status == "running":  # killed before it could write its final status
-        status, detail = "failed", last_error_line(run.run_dir / LOG_FILE)
+    if status == Status.RUNNING:  # killed before it could write its final status
+        status, detail = Status.FAILED, last_error_line(run.run_dir / LOG_FILE)
     return Outcome(run, status, detail)
 
 

@@ -97,8 +97,6 @@ def missing_features(overrides: list[str]) -> list[str]:
 @lru_cache(maxsize=256)
 def composed(overrides: tuple[str, ...]):
     """The config divrun would compose for these overrides (no run folder, no resolution)."""
-    from hydra import compose, initialize_config_module
-    import runner.cli  # noqa: F401 - registers divrun's resolvers
+    from runner.config import compose
 
-    with initialize_config_module("runner.conf", version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return compose(*overrides)

@@ -6,14 +6,14 @@ runs shows why (failed, diverged, unavailable in this checkout, blocked, not run
 """
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.tables.launch import Outcome, read_summary
+from runner.run_folder import read_metrics, read_summary
+from runner.tables.launch import Outcome
 from runner.tables.recipe import Cell, Metric, PaperValue, Recipe, Run
 
 PROBLEMS = {"failed", "diverged", "unavailable", "blocked"}
@@ -48,18 +48,13 @@ class Line:
 def raw_value(run_dir: Path, metric: Metric) -> float | None:
     """The metric of one finished run: a summary.json key, or a metrics.jsonl key reduced over its records."""
     if "/" in metric.key:
-        values = [r[metric.key] for r in read_records(run_dir) if r.get(metric.key) is not None]
+        values = [r[metric.key] for r in read_metrics(run_dir) if r.get(metric.key) is not None]
         value = (values[-1] if metric.reduce == "last" else statistics.fmean(values)) if values else None
     else:
         value = (read_summary(run_dir) or {}).get(metric.key)
     if value is None or not isinstance(value, (int, float)) or math.isnan(value):
         return None
     return metric.offset + metric.scale * float(value)
-
-
-def read_records(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def estimate(values: list[float]) -> Estimate | None:
