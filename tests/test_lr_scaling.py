@@ -5,7 +5,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import compose, train
-from runner.job import load_config
+from runner.run_folder import load_config
 from runner.optim.scaling import apply_lr_scaling
 from runner.validate import problems_of
 
