@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from runner.errors import ConfigError
+from runner.mixing import Mixing
 
 OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast",
        "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize")
@@ -305,3 +306,34 @@ class Erasing:
         top, left, bottom, right = (boxes[:, i].view(-1, 1, 1) for i in range(4))
         inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
         return images.masked_fill_(inside.unsqueeze(1), self.value)
+
+
+# ---- the dataset's training augmentations beyond crop and flip ----------------------------------------------
+@dataclass
+class TrainAugment:
+    """`dataset.augment` (a policy), `dataset.random_erasing` and `dataset.mixup` / `dataset.cutmix`."""
+    policy: Policy | None = None
+    erasing: Erasing | None = None
+    mixing: Mixing | None = None
+
+    def torchvision(self) -> tuple[list, list]:
+        """The same policy and erasing as torchvision v2 transforms, for datasets read through a DataLoader:
+        (before the float conversion, after normalisation)."""
+        from torchvision.transforms import v2
+
+        before = []
+        if self.policy and self.policy.name == "randaugment":
+            before.append(v2.RandAugment(self.policy.num_ops, self.policy.magnitude, self.policy.bins))
+        elif self.policy:
+            before.append(v2.TrivialAugmentWide(self.policy.bins))
+        after = [v2.RandomErasing(self.erasing.p, self.erasing.scale, self.erasing.ratio, self.erasing.value)] \
+            if self.erasing else []
+        return before, after
+
+
+def train_augment(augment: str = "none", augment_ops: int = 2, augment_magnitude: int = 9,
+                  random_erasing: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0) -> TrainAugment:
+    """The dataset keys as the loaders' augmentations (each None when off)."""
+    mixing = Mixing(mixup, cutmix)
+    return TrainAugment(None if augment == "none" else Policy(augment, augment_ops, augment_magnitude),
+                        Erasing(random_erasing) if random_erasing else None, mixing if mixing.enabled else None)

@@ -19,7 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from runner.augment import TrainAugment, train_augment
 from runner.errors import ConfigError
+from runner.mixing import batch_rng
 from runner.validate import batch_fits, checked_by
 
 CIFAR_MEAN = {10: (0.4914, 0.4822, 0.4465), 100: (0.5071, 0.4865, 0.4409)}
@@ -81,6 +83,7 @@ class Splits:
     std: tuple[float, ...] = ()
     augment: Augment = field(default_factory=Augment)
     label_noise: float = 0.0  # fraction of training labels corrupted by `dataset.label_noise`
+    train_augment: TrainAugment = field(default_factory=TrainAugment)  # policy, erasing, mixing (runner/augment.py)
 
     @property
     def in_memory(self) -> bool:
@@ -107,7 +110,9 @@ def _check_digits(cfg) -> list[str]:
 @checked_by(_check_digits)
 def digits(val_fraction: float = 0.2, split_seed: int = 0, image_size: int = 8,
            limit_train: int | None = None, limit_val: int | None = None,
-          label_noise: dict | None = None) -> Splits:
+          label_noise: dict | None = None,
+          augment: str = "none", augment_ops: int = 2, augment_magnitude: int = 9,
+          random_erasing: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0) -> Splits:
     """scikit-learn's bundled 8x8 digits (1,797 images), split once, stratified, with a fixed seed."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -121,7 +126,7 @@ def digits(val_fraction: float = 0.2, split_seed: int = 0, image_size: int = 8,
                                           stratify=bunch.target, random_state=split_seed)
     splits = Splits("digits", TensorSplit(images[train_idx], labels[train_idx]),
                     TensorSplit(images[val_idx], labels[val_idx]), num_classes=10, in_channels=1,
-                    image_size=8, mean=(0.5,), std=(0.5,))
+                    image_size=8, mean=(0.5,), std=(0.5,), train_augment=train_augment(augment, augment_ops, augment_magnitude, random_erasing, mixup, cutmix))
     return add_label_noise(limit(splits, limit_train, limit_val), label_noise)
 
 
@@ -134,7 +139,9 @@ def _check_synthetic(cfg) -> list[str]:
 def synthetic(num_classes: int = 10, image_size: int = 32, in_channels: int = 3, train_size: int = 2048,
               val_size: int = 512, noise: float = 0.5, data_seed: int = 0,
               limit_train: int | None = None, limit_val: int | None = None,
-          label_noise: dict | None = None) -> Splits:
+          label_noise: dict | None = None,
+          augment: str = "none", augment_ops: int = 2, augment_magnitude: int = 9,
+          random_erasing: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0) -> Splits:
     """Learnable generated images: a smooth random prototype per class plus per-sample noise."""
     gen = torch.Generator().manual_seed(data_seed)
     coarse = torch.rand(num_classes, in_channels, 4, 4, generator=gen)
@@ -147,7 +154,8 @@ def synthetic(num_classes: int = 10, image_size: int = 32, in_channels: int = 3,
         return TensorSplit((pixels.clamp(0, 1) * 255).round().to(torch.uint8), labels)
 
     splits = Splits("synthetic", draw(train_size), draw(val_size), num_classes, in_channels, image_size,
-                    mean=(0.5,) * in_channels, std=(0.25,) * in_channels, augment=Augment(0, False))
+                    mean=(0.5,) * in_channels, std=(0.25,) * in_channels, augment=Augment(0, False),
+                    train_augment=train_augment(augment, augment_ops, augment_magnitude, random_erasing, mixup, cutmix))
     return add_label_noise(limit(splits, limit_train, limit_val), label_noise)
 
 
@@ -173,7 +181,9 @@ def _check_cifar(cfg) -> list[str]:
 def cifar(num_classes: int = 10, root: str = "data", download: bool = False, crop_padding: int = 4,
           flip: bool | str = True, pad_mode: str = "zeros", image_size: int = 32,
           limit_train: int | None = None, limit_val: int | None = None,
-          label_noise: dict | None = None) -> Splits:
+          label_noise: dict | None = None,
+          augment: str = "none", augment_ops: int = 2, augment_magnitude: int = 9,
+          random_erasing: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0) -> Splits:
     """CIFAR-10/100 read straight from the python pickle batches under `root` (as the fast loaders do).
 
     With `download: true` torchvision's download code fetches and unpacks the archive first.
@@ -191,7 +201,7 @@ def cifar(num_classes: int = 10, root: str = "data", download: bool = False, cro
     label_key = "labels" if num_classes == 10 else "fine_labels"
     train, val = (_read_cifar_batches(base, files, label_key) for files in names)
     splits = Splits(f"cifar{num_classes}", train, val, num_classes, 3, 32, CIFAR_MEAN[num_classes],
-                    CIFAR_STD[num_classes], Augment(crop_padding, flip, pad_mode))
+                    CIFAR_STD[num_classes], Augment(crop_padding, flip, pad_mode), train_augment=train_augment(augment, augment_ops, augment_magnitude, random_erasing, mixup, cutmix))
     return add_label_noise(limit(splits, limit_train, limit_val), label_noise)
 
 
@@ -216,7 +226,9 @@ def _missing_image_folders(root: str, train_dir: str, val_dir: str) -> list[str]
 def imagefolder(root: str, train_dir: str = "train", val_dir: str = "val", image_size: int = 224,
                 resize_size: int | None = None, name: str = "imagefolder",
                 limit_train: int | None = None, limit_val: int | None = None,
-                label_noise: dict | None = None) -> Splits:
+                label_noise: dict | None = None,
+          augment: str = "none", augment_ops: int = 2, augment_magnitude: int = 9,
+          random_erasing: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0) -> Splits:
     """Any class-per-folder train/val tree with ImageNet-style transforms.
 
     Images are decoded by torchvision.io straight to uint8 tensors and transformed as tensors (transforms
@@ -229,19 +241,24 @@ def imagefolder(root: str, train_dir: str = "train", val_dir: str = "val", image
         raise ConfigError(problems[0])
     base = Path(root).expanduser()
     to_float = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    train_tf = v2.Compose([v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip(), *to_float])
+    augmentation = train_augment(augment, augment_ops, augment_magnitude, random_erasing, mixup, cutmix)
+    policy, erasing = augmentation.torchvision()
+    train_tf = v2.Compose([v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip(), *policy,
+                           *to_float, *erasing])
     val_tf = v2.Compose([v2.Resize(resize_size or int(image_size * 256 / 224), antialias=True),
                          v2.CenterCrop(image_size), *to_float])
     train = datasets.ImageFolder(str(base / train_dir), transform=train_tf, loader=decode_rgb)
     val = datasets.ImageFolder(str(base / val_dir), transform=val_tf, loader=decode_rgb)
-    splits = Splits(name, train, val, len(train.classes), 3, image_size)
+    splits = Splits(name, train, val, len(train.classes), 3, image_size, train_augment=augmentation)
     return add_label_noise(limit(splits, limit_train, limit_val), label_noise)
 
 
 def hf(path: str, image_column: str = "image", label_column: str = "label", train_split: str = "train",
        val_split: str = "test", image_size: int = 32, in_channels: int = 3, name: str | None = None,
        limit_train: int | None = None, limit_val: int | None = None,
-          label_noise: dict | None = None) -> Splits:
+          label_noise: dict | None = None,
+          augment: str = "none", augment_ops: int = 2, augment_magnitude: int = 9,
+          random_erasing: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0) -> Splits:
     """Any Hugging Face `datasets` name (downloaded by `datasets`) or local path (`save_to_disk` or files)."""
     import datasets as hf_datasets
     from torchvision import transforms as T
@@ -260,11 +277,15 @@ def hf(path: str, image_column: str = "image", label_column: str = "label", trai
     num_classes = getattr(features[label_column], "num_classes", None) or \
         int(max(loaded[train_split][label_column])) + 1
     mode = "L" if in_channels == 1 else "RGB"
-    to_tensor = T.Compose([T.Resize((image_size, image_size), antialias=True), T.ToTensor(),
-                           T.Normalize((0.5,) * in_channels, (0.5,) * in_channels)])
-    train = HFImages(loaded[train_split], image_column, label_column, mode, to_tensor)
+    to_float = [T.ToTensor(), T.Normalize((0.5,) * in_channels, (0.5,) * in_channels)]
+    to_tensor = T.Compose([T.Resize((image_size, image_size), antialias=True), *to_float])
+    augmentation = train_augment(augment, augment_ops, augment_magnitude, random_erasing, mixup, cutmix)
+    policy, erasing = augmentation.torchvision()  # v2 transforms take PIL images as v1's do
+    train_tf = T.Compose([T.Resize((image_size, image_size), antialias=True), *policy, *to_float, *erasing])
+    train = HFImages(loaded[train_split], image_column, label_column, mode, train_tf)
     val = HFImages(loaded[val_split], image_column, label_column, mode, to_tensor)
-    splits = Splits(name or Path(path).name, train, val, num_classes, in_channels, image_size)
+    splits = Splits(name or Path(path).name, train, val, num_classes, in_channels, image_size,
+                    train_augment=augmentation)
     return add_label_noise(limit(splits, limit_train, limit_val), label_noise)
 
 
@@ -405,16 +426,52 @@ def batches_per_epoch(num_samples: int, batch_size: int, rank: int, world_size: 
     return -(-len(shard(torch.arange(num_samples), batch_size, rank, world_size, False)) // batch_size)
 
 
+def batch_slices(order: torch.Tensor, order_host: np.ndarray, loader, start: int):
+    """(position, this rank's device index, its host sample ids) of each batch from sample `start` of the epoch.
+    Training (drop_last) deals global batches of batch_size x world_size out in rank order, so the ranks' batches
+    of one step together are one process's global batch; validation walks this rank's contiguous shard."""
+    size = loader.batch_size
+    step = size * loader.world_size if loader.drop_last else size
+    position, end = start, len(order)
+    while position + (step if loader.drop_last else 1) <= end:
+        first = position + (loader.rank * size if loader.drop_last else 0)
+        yield position, order[first:first + size], order_host[first:first + size]
+        position += step
+
+
+def mix(loader, images: torch.Tensor, labels: torch.Tensor, epoch: int, position: int):
+    """Mixup/CutMix of a training batch (the batch's draw comes from its position in the epoch), else as is."""
+    mixing = loader.extra.mixing
+    if mixing is None:
+        return images, labels
+    draw = mixing.draw(batch_rng(loader.seed, epoch, position), *images.shape[-2:])
+    return mixing.apply(images, labels, draw, loader.num_classes)
+
+
+@dataclass
+class EpochPlan:
+    """An epoch's draws for every sample (indexed by sample id; `order` by position), on the device."""
+    order: torch.Tensor
+    order_host: np.ndarray
+    offsets: torch.Tensor | None
+    flips: torch.Tensor | None
+    policy: object = None              # runner.augment.PolicyPlan
+    boxes: torch.Tensor | None = None  # random erasing's
+
+
 class TensorLoader:
-    """Device-resident batches: the whole split lives on `device` as uint8; crop, flip and normalisation
-    are done per batch with a few tensor ops. `epoch(e, start_batch)` replays any epoch from any batch."""
+    """Device-resident batches: the whole split lives on `device` as uint8; crop, flip, the augmentation policy,
+    normalisation, random erasing and mixing are done per batch with a few tensor ops.
+    `epoch(e, start_batch)` (or `start_sample`) replays any epoch from any batch."""
 
     def __init__(self, split: TensorSplit, batch_size: int, device: torch.device, mean, std,
                  augment: Augment | None = None, shuffle: bool = False, drop_last: bool = False, seed: int = 0,
-                 channels_last: bool = False, rank: int = 0, world_size: int = 1):
+                 channels_last: bool = False, rank: int = 0, world_size: int = 1,
+                 train_augment: TrainAugment | None = None, num_classes: int = 0):
         self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
         self.rank, self.world_size = rank, world_size
         self.augment = augment or Augment()
+        self.extra, self.num_classes = train_augment or TrainAugment(), num_classes
         self.device = device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         pad = self.augment.crop_padding
@@ -434,28 +491,41 @@ class TensorLoader:
     def __len__(self) -> int:
         return batches_per_epoch(self.num_samples, self.batch_size, self.rank, self.world_size, self.drop_last)
 
-    def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        order, offsets, flips = self.epoch_plan(epoch)
-        for b in range(start_batch, len(self)):
-            index = order[b * self.batch_size:(b + 1) * self.batch_size]
-            images = self._crop_and_flip(index, offsets, flips)
+    def epoch(self, epoch: int = 0, start_batch: int = 0,
+              start_sample: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        plan = self.epoch_plan(epoch)
+        start = start_batch * self.batch_size * self.world_size if start_sample is None else start_sample
+        for position, index, samples in batch_slices(plan.order, plan.order_host, self, start):
+            images = self._crop_and_flip(index, plan.offsets, plan.flips)
+            if self.extra.policy:
+                images = self.extra.policy.apply(images, plan.policy, samples, index)
             images = images.float().sub_(self.mean).mul_(self.inv_std)
-            yield images.contiguous(memory_format=self.memory_format), self.labels[index], index
+            if self.extra.erasing:
+                images = self.extra.erasing.apply(images, plan.boxes[index])
+            images, targets = mix(self, images, self.labels[index], epoch, position)
+            yield images.contiguous(memory_format=self.memory_format), targets, index
 
     def __iter__(self):
         return self.epoch(0)
 
-    def epoch_plan(self, epoch: int):
-        """Order, crop offsets and flips for every sample of the epoch, drawn at once on the host (cheap)."""
+    def epoch_plan(self, epoch: int) -> EpochPlan:
+        """Order, crop offsets, flips, policy draws and erasing boxes for every sample of the epoch, drawn at
+        once on the host (cheap); training orders stay whole (global batches are dealt out per batch)."""
         gen = epoch_generator(self.seed, epoch)
         n = self.num_samples
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-        order = shard(order, self.batch_size, self.rank, self.world_size, self.drop_last)
+        if not self.drop_last:
+            order = shard(order, self.batch_size, self.rank, self.world_size, False)
         pad = self.augment.crop_padding
         offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=gen) if pad else None
         flips = self.flips(epoch, gen)
         move = lambda t: None if t is None else t.to(self.device, non_blocking=True)
-        return move(order), move(offsets), move(flips)
+        plan = EpochPlan(move(order), order.numpy(), move(offsets), move(flips))
+        if self.extra.policy:  # drawn after the crop and flip draws: runs without a policy replay as before
+            plan.policy = self.extra.policy.plan(n, gen, self.height, self.width, self.device)
+        if self.extra.erasing:
+            plan.boxes = self.extra.erasing.plan(n, gen, self.height, self.width, self.device)
+        return plan
 
     def flips(self, epoch: int, gen: torch.Generator) -> torch.Tensor | None:
         if self.augment.flip == "random":
@@ -509,29 +579,36 @@ class FolderLoader:
 
     def __init__(self, dataset: Dataset, batch_size: int, device: torch.device, shuffle: bool = False,
                  drop_last: bool = False, seed: int = 0, num_workers: int = 4, channels_last: bool = False,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, train_augment: TrainAugment | None = None, num_classes: int = 0):
         self.dataset, self.batch_size, self.device = IndexedDataset(dataset), batch_size, device
         self.rank, self.world_size = rank, world_size
+        self.extra, self.num_classes = train_augment or TrainAugment(), num_classes  # policy, erasing: transforms
         self.shuffle, self.drop_last, self.seed, self.num_workers = shuffle, drop_last, seed, num_workers
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __len__(self) -> int:
         return batches_per_epoch(len(self.dataset), self.batch_size, self.rank, self.world_size, self.drop_last)
 
-    def epoch(self, epoch: int = 0, start_batch: int = 0):
+    def epoch(self, epoch: int = 0, start_batch: int = 0, start_sample: int | None = None):
         gen = epoch_generator(self.seed, epoch)
         n = len(self.dataset)
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-        order = shard(order, self.batch_size, self.rank, self.world_size, self.drop_last)
-        order = order[start_batch * self.batch_size:].tolist()
+        if not self.drop_last:
+            order = shard(order, self.batch_size, self.rank, self.world_size, False)
+        start = start_batch * self.batch_size * self.world_size if start_sample is None else start_sample
+        batches = list(batch_slices(order, order.numpy(), self, start))
+        positions = [position for position, _, _ in batches]
+        order = [int(i) for _, index, _ in batches for i in index]
         workers = self.num_workers
         loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=order, drop_last=self.drop_last,
                             num_workers=workers, pin_memory=self.device.type == "cuda",
                             persistent_workers=False, prefetch_factor=4 if workers else None,
                             generator=gen)
-        for images, labels, index in loader:
-            images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-            yield images, labels.to(self.device, non_blocking=True), index.to(self.device, non_blocking=True)
+        for position, (images, labels, index) in zip(positions, loader):
+            images = images.to(self.device, non_blocking=True)
+            images, targets = mix(self, images, labels.to(self.device, non_blocking=True), epoch, position)
+            yield (images.contiguous(memory_format=self.memory_format), targets,
+                   index.to(self.device, non_blocking=True))
 
     def sample(self, count: int) -> torch.Tensor:
         """About `count` images of the first epoch, as the model sees them (data-dependent init)."""
@@ -549,19 +626,21 @@ class FolderLoader:
 def build_loaders(splits: Splits, batch_size: int, eval_batch_size: int, device: torch.device, seed: int,
                   num_workers: int, channels_last: bool = False, rank: int = 0, world_size: int = 1):
     """Train loader (shuffled, augmented, full batches) and validation loader (in order, every sample), each
-    yielding this rank's shard; `batch_size` is per device."""
+    yielding this rank's shard; `batch_size` is a step's samples per device (trainer.batch_size x accumulate)."""
     if batch_size * world_size > len(splits.train):
-        raise ConfigError(f"trainer.batch_size={batch_size} x {world_size} processes exceeds the "
-                          f"{len(splits.train)} training samples; lower trainer.batch_size")
+        raise ConfigError(f"a step's batch of {batch_size} per device x {world_size} processes exceeds the "
+                          f"{len(splits.train)} training samples; lower trainer.batch_size or trainer.accumulate")
+    extra = dict(train_augment=splits.train_augment, num_classes=splits.num_classes)
     if splits.in_memory:
         common = dict(device=device, mean=splits.mean, std=splits.std, seed=seed, channels_last=channels_last,
                       rank=rank, world_size=world_size)
-        train = TensorLoader(splits.train, batch_size, augment=splits.augment, shuffle=True, drop_last=True, **common)
+        train = TensorLoader(splits.train, batch_size, augment=splits.augment, shuffle=True, drop_last=True,
+                             **common, **extra)
         val = TensorLoader(splits.val, eval_batch_size, **common)
     else:
         common = dict(device=device, seed=seed, num_workers=num_workers, channels_last=channels_last,
                       rank=rank, world_size=world_size)
-        train = FolderLoader(splits.train, batch_size, shuffle=True, drop_last=True, **common)
+        train = FolderLoader(splits.train, batch_size, shuffle=True, drop_last=True, **common, **extra)
         val = FolderLoader(splits.val, eval_batch_size, **common)
     return train, val
 

@@ -14,8 +14,9 @@ A batch that is not mixed (probability 1 - prob) keeps lam = 1: its targets are 
 Label smoothing is the loss's business (`loss.smoothing`): smoothing a mix of one-hot labels equals mixing the
 smoothed labels (timm's `mixup_target`), since both are linear.
 
-Replay: `plan(num_batches, generator)` draws every batch's (lam, kind, box) of an epoch from the epoch's
-generator on the host; `apply` reads the batch's row: no device sync, and a resumed run mixes exactly as before.
+Replay: a batch's (lam, kind, box) are drawn on the host from a generator seeded by (seed, epoch, the batch's
+first sample position in the epoch): no device sync, and a resumed run (or a batch size that changed) mixes each
+batch exactly as before.
 Under DDP each rank mixes its own shard of the global batch, with that batch's lambda (as timm's ranks do).
 """
 from __future__ import annotations
@@ -29,10 +30,15 @@ from runner.errors import ConfigError
 
 
 @dataclass
-class MixPlan:
-    lam: np.ndarray      # (num_batches,) the images' own weight, after CutMix's area correction
-    cutmix: np.ndarray   # (num_batches,) bool
-    boxes: np.ndarray    # (num_batches, 4) top, bottom, left, right of the pasted box (CutMix batches)
+class MixDraw:
+    lam: float           # the images' own weight, after CutMix's area correction
+    cutmix: bool
+    box: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, bottom, left, right of the pasted box
+
+
+def batch_rng(seed: int, epoch: int, position: int) -> np.random.Generator:
+    """The draws of the batch that starts at `position` (samples into the epoch): a function of where it is."""
+    return np.random.default_rng([seed, epoch, position])
 
 
 class Mixing:
@@ -41,40 +47,35 @@ class Mixing:
             raise ConfigError(f"dataset.mixup={mixup}, dataset.cutmix={cutmix}: Beta(a, a) parameters are >= 0 "
                               f"(0 turns one off; timm's defaults are mixup 0.8, cutmix 1.0)")
         if not (0 <= prob <= 1 and 0 <= switch_prob <= 1):
-            raise ConfigError(f"dataset.mix_prob={prob}, dataset.mix_switch_prob={switch_prob}: probabilities in [0, 1]")
+            raise ConfigError(f"mixing probabilities prob={prob}, switch_prob={switch_prob}: in [0, 1]")
         self.mixup, self.cutmix, self.prob, self.switch_prob = mixup, cutmix, prob, switch_prob
 
     @property
     def enabled(self) -> bool:
         return (self.mixup > 0 or self.cutmix > 0) and self.prob > 0
 
-    def plan(self, num_batches: int, gen: torch.Generator, height: int, width: int) -> MixPlan:
-        """Each batch's draws in timm's order: apply?, CutMix or mixup?, lam, then CutMix's box centre."""
-        rng = np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,), generator=gen)))
-        lam, cutmix, boxes = np.ones(num_batches), np.zeros(num_batches, bool), np.zeros((num_batches, 4), int)
-        for b in range(num_batches):
-            if rng.random() >= self.prob:
-                continue
-            cutmix[b] = self.cutmix > 0 and (self.mixup <= 0 or rng.random() < self.switch_prob)
-            alpha = self.cutmix if cutmix[b] else self.mixup
-            lam[b] = rng.beta(alpha, alpha)
-            if cutmix[b]:
-                boxes[b] = cutmix_box(lam[b], height, width, rng)
-                top, bottom, left, right = boxes[b]
-                lam[b] = 1.0 - (bottom - top) * (right - left) / (height * width)
-        return MixPlan(lam, cutmix, boxes)
+    def draw(self, rng: np.random.Generator, height: int, width: int) -> MixDraw:
+        """One batch's draws in timm's order: apply?, CutMix or mixup?, lam, then CutMix's box centre."""
+        if rng.random() >= self.prob:
+            return MixDraw(1.0, False)
+        cutmix = self.cutmix > 0 and (self.mixup <= 0 or rng.random() < self.switch_prob)
+        alpha = self.cutmix if cutmix else self.mixup
+        lam = float(rng.beta(alpha, alpha))
+        if not cutmix:
+            return MixDraw(lam, False)
+        top, bottom, left, right = cutmix_box(lam, height, width, rng)
+        return MixDraw(1.0 - (bottom - top) * (right - left) / (height * width), True, (top, bottom, left, right))
 
-    def apply(self, images: torch.Tensor, labels: torch.Tensor, plan: MixPlan, batch: int,
+    def apply(self, images: torch.Tensor, labels: torch.Tensor, draw: MixDraw,
               num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's mixed images (float, normalised) and probability targets (N, K), float32."""
-        lam = float(plan.lam[batch])
-        if plan.cutmix[batch]:
-            top, bottom, left, right = (int(v) for v in plan.boxes[batch])
+        if draw.cutmix:
+            top, bottom, left, right = draw.box
             images = images.clone()
             images[..., top:bottom, left:right] = images.flip(0)[..., top:bottom, left:right]
-        elif lam != 1.0:
-            images = images * lam + images.flip(0) * (1.0 - lam)
-        return images, mixed_targets(labels, num_classes, lam)
+        elif draw.lam != 1.0:
+            images = images * draw.lam + images.flip(0) * (1.0 - draw.lam)
+        return images, mixed_targets(labels, num_classes, draw.lam)
 
 
 def cutmix_box(lam: float, height: int, width: int, rng: np.random.Generator) -> tuple[int, int, int, int]:

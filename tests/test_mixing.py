@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from runner.data import epoch_generator
 from runner.errors import ConfigError
-from runner.mixing import Mixing, cutmix_box
+from runner.mixing import Mixing, batch_rng, cutmix_box
 
 K = 10
 
@@ -17,16 +16,18 @@ def batch(n: int = 32, seed: int = 0):
     return torch.randn(n, 3, 16, 16, generator=gen), torch.randint(0, K, (n,), generator=gen)
 
 
+def draws(mixing: Mixing, count: int, seed: int = 0):
+    return [mixing.draw(batch_rng(seed, 0, 64 * b), 16, 16) for b in range(count)]
+
+
 def test_mixup_images_and_targets_are_the_convex_combination_with_the_reversed_batch():
     images, labels = batch()
     mixing = Mixing(mixup=0.8)
-    plan = mixing.plan(50, epoch_generator(0, 3), 16, 16)
-    assert not plan.cutmix.any() and (plan.lam < 1).all()
-    for b in range(3):
-        lam = plan.lam[b]
-        mixed, targets = mixing.apply(images, labels, plan, b, K)
-        torch.testing.assert_close(mixed, lam * images + (1 - lam) * images.flip(0))
-        want = lam * torch.eye(K)[labels] + (1 - lam) * torch.eye(K)[labels.flip(0)]
+    for draw in draws(mixing, 3):
+        assert not draw.cutmix and draw.lam < 1
+        mixed, targets = mixing.apply(images, labels, draw, K)
+        torch.testing.assert_close(mixed, draw.lam * images + (1 - draw.lam) * images.flip(0))
+        want = draw.lam * torch.eye(K)[labels] + (1 - draw.lam) * torch.eye(K)[labels.flip(0)]
         torch.testing.assert_close(targets, want)
         torch.testing.assert_close(targets.sum(1), torch.ones(len(labels)))
 
@@ -34,17 +35,16 @@ def test_mixup_images_and_targets_are_the_convex_combination_with_the_reversed_b
 def test_cutmix_lambda_is_the_fraction_of_pixels_each_image_keeps():
     images, labels = batch()
     mixing = Mixing(cutmix=1.0)
-    plan = mixing.plan(200, epoch_generator(1, 0), 16, 16)
-    assert plan.cutmix.all()
-    for b in range(200):
-        mixed, targets = mixing.apply(images, labels, plan, b, K)
+    for b, draw in enumerate(draws(mixing, 200, seed=1)):
+        assert draw.cutmix
+        mixed, targets = mixing.apply(images, labels, draw, K)
         from_partner = (mixed != images).all(1)  # continuous images: a pasted pixel differs in every channel
         assert torch.equal(mixed[:, :, from_partner[0]], images.flip(0)[:, :, from_partner[0]])
         kept = 1.0 - from_partner[0].float().mean().item()
-        assert plan.lam[b] == pytest.approx(kept, abs=1e-12), f"batch {b}: lam {plan.lam[b]}, pixels kept {kept}"
+        assert draw.lam == pytest.approx(kept, abs=1e-12), f"batch {b}: lam {draw.lam}, pixels kept {kept}"
         own = targets[torch.arange(len(labels)), labels]
         same_label = labels == labels.flip(0)
-        torch.testing.assert_close(own[~same_label], torch.full_like(own[~same_label], plan.lam[b]))
+        torch.testing.assert_close(own[~same_label], torch.full_like(own[~same_label], draw.lam))
         torch.testing.assert_close(targets.sum(1), torch.ones(len(labels)))
 
 
@@ -59,21 +59,20 @@ def test_timms_box_clips_to_the_image_and_keeps_its_side_inside():
 
 def test_lambda_is_beta_distributed_and_both_on_switches_half_the_batches():
     alpha, n = 0.8, 20_000
-    plan = Mixing(mixup=alpha, cutmix=1.0).plan(n, epoch_generator(2, 0), 32, 32)
-    assert abs(plan.cutmix.mean() - 0.5) < 0.02
-    lam = plan.lam[~plan.cutmix]
+    drawn = draws(Mixing(mixup=alpha, cutmix=1.0), n, seed=2)
+    assert abs(np.mean([d.cutmix for d in drawn]) - 0.5) < 0.02
+    lam = np.array([d.lam for d in drawn if not d.cutmix])
     variance = 1 / (4 * (2 * alpha + 1))  # Beta(a, a): mean 1/2, variance 1 / (4 (2a + 1))
     assert abs(lam.mean() - 0.5) < 0.01 and abs(lam.var() - variance) < 0.01
-    unmixed = Mixing(mixup=alpha, prob=0.25).plan(n, epoch_generator(2, 0), 32, 32)
-    assert abs((unmixed.lam == 1).mean() - 0.75) < 0.02
+    unmixed = draws(Mixing(mixup=alpha, prob=0.25), n, seed=2)
+    assert abs(np.mean([d.lam == 1 for d in unmixed]) - 0.75) < 0.02
 
 
-def test_the_plan_replays_from_seed_and_epoch():
-    one = Mixing(mixup=0.2, cutmix=1.0).plan(100, epoch_generator(5, 7), 32, 32)
-    two = Mixing(mixup=0.2, cutmix=1.0).plan(100, epoch_generator(5, 7), 32, 32)
-    other = Mixing(mixup=0.2, cutmix=1.0).plan(100, epoch_generator(5, 8), 32, 32)
-    assert np.array_equal(one.lam, two.lam) and np.array_equal(one.boxes, two.boxes)
-    assert not np.array_equal(one.lam, other.lam)
+def test_a_batchs_draw_replays_from_seed_epoch_and_position():
+    mixing = Mixing(mixup=0.2, cutmix=1.0)
+    one, two = mixing.draw(batch_rng(5, 7, 128), 32, 32), mixing.draw(batch_rng(5, 7, 128), 32, 32)
+    assert one == two
+    assert len({mixing.draw(batch_rng(5, 7, p), 32, 32).lam for p in range(0, 1280, 128)}) == 10
 
 
 def test_negative_alphas_are_refused():
