@@ -25,17 +25,38 @@ stays on the device until then, so a step never waits for the host), not at the 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
+from omegaconf import DictConfig
 
 from runner.errors import ConfigError
 
 TESTS = ("norm", "ip", "ip+orth")
 
 
+@dataclass
+class BatchState:
+    """The batch as the loop runs it: global samples per step, samples per device, micro-batches per device."""
+    global_batch: int
+    per_device: int
+    micro_batches: int
+
+    def state_dict(self) -> dict:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict) -> None:
+        vars(self).update(state)
+
+
 class FixedBatch:
-    """`batch=fixed`: `trainer.batch_size` per device for the whole run."""
+    """`batch=fixed`: trainer.batch_size x trainer.accumulate samples per device per step, the whole run."""
     adaptive = False
+
+    def start(self, trainer: DictConfig, world_size: int, train_size: int) -> BatchState:
+        accumulate = int(trainer.get("accumulate", 1))
+        per_device = trainer.batch_size * accumulate
+        return BatchState(per_device * world_size, per_device, accumulate)
 
 
 class AdaptiveBatch:
@@ -53,6 +74,49 @@ class AdaptiveBatch:
                               f"{test_every} (>= 1), batch.max={max}, batch.micro={micro} (>= 1 or null)")
         self.test, self.eta, self.theta, self.nu = test, eta, theta, nu
         self.max, self.micro, self.groups, self.test_every = max, micro, groups, test_every
+        self.cap, self.micro_cap = max, micro
+
+    @classmethod
+    def validate_config(cls, cfg: DictConfig) -> list[str]:
+        """What a run indexed by samples cannot have: a step budget, schedules counted in steps."""
+        problems = []
+        if cfg.trainer.get("max_steps"):
+            problems.append(f"trainer.max_steps={cfg.trainer.max_steps} with batch=adaptive: a growing batch "
+                            f"changes the steps a budget takes; set trainer.epochs (the budget in samples)")
+        schedule = cfg.get("schedule") or {}
+        if str(schedule.get("_target_", "")).endswith("Refined"):
+            problems.append("schedule=refined with batch=adaptive: it replays another run's per-step gradient "
+                            "norms, which a growing batch cannot follow; pick another schedule")
+        for key in ("warmup", "decay", "step_size"):
+            value = schedule.get(key)
+            steps = isinstance(value, int) and not isinstance(value, bool) and value > 0
+            if steps and key != "step_size":  # step_size and milestones count epochs: fine in samples
+                problems.append(f"schedule.{key}={value} counts optimizer steps, which a growing batch changes; "
+                                f"with batch=adaptive give a fraction of the run (e.g. schedule.{key}=0.05)")
+        return problems
+
+    def start(self, trainer: DictConfig, world_size: int, train_size: int) -> BatchState:
+        self.micro_cap = self.micro or int(trainer.batch_size)
+        self.cap = min(self.max, train_size)  # a step's batch comes from one epoch
+        first = trainer.batch_size * world_size * int(trainer.get("accumulate", 1))
+        return self.realised(first, world_size)
+
+    def realised(self, global_batch: int, world_size: int) -> BatchState:
+        steps, per_device = accumulation_for(global_batch, world_size, self.micro_cap)
+        per_device = min(per_device, self.cap // world_size)  # rounding up never takes more than an epoch holds
+        return BatchState(per_device * world_size, per_device, steps)
+
+    def grown(self, state: BatchState, proposal: int, world_size: int) -> BatchState:
+        """The batch after a test proposed `proposal` (never smaller, at most `max`)."""
+        target = min(int(proposal), self.cap)
+        return self.realised(target, world_size) if target > state.global_batch else state
+
+    def test_due(self, step: int, state: BatchState) -> bool:
+        return step % self.test_every == 0 and state.global_batch < self.cap
+
+    def test_parts(self, state: BatchState, world_size: int) -> int:
+        """Micro-batches per device on a test step: the accumulation's, or more to reach `groups` in all."""
+        return min(state.per_device, max(state.micro_batches, math.ceil(self.groups / world_size)))
 
     @property
     def needs_inner_products(self) -> bool:

@@ -209,6 +209,19 @@ def refuse_unsupported(optimizer: torch.optim.Optimizer, sync_bn: bool, device: 
                           "set trainer.sync_bn=false on the CPU")
 
 
+def average_gradients(params: list[torch.Tensor]) -> None:
+    """Average the parameters' gradients over the ranks in one all-reduce (what DDP does on a synced backward;
+    for steps whose backward passes all ran inside no_sync)."""
+    if world_size() == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch._utils._flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    flat /= world_size()
+    for grad, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+        grad.copy_(synced)
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over ranks in place (a no-op on one process)."""
     if world_size() > 1:
