@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
+
 import torch
 import torch.nn.functional as F
 
@@ -45,3 +47,28 @@ def test_all_but_the_last_micro_batch_run_without_ddp_sync():
     entered.clear()
     run_micro_batches(micro, loss_of, lambda l: None, no_sync, sync="manual")
     assert len(entered) == 3
+
+
+def test_a_run_accumulating_4_micro_batches_ends_with_the_large_batch_runs_weights(tmp_path):
+    """divrun trainer.batch_size=32 trainer.accumulate=4 vs trainer.batch_size=128 (mlp: no BatchNorm, whose
+    statistics would come from each micro-batch): the same data order, updates and weights up to float order."""
+    from conftest import train
+
+    common = ("model=mlp", "trainer.deterministic=true", "trainer.log_every=5")
+    (tmp_path / "large").mkdir(), (tmp_path / "micro").mkdir()
+    large, large_dir = train(tmp_path / "large", *common, "trainer.batch_size=128")
+    micro, micro_dir = train(tmp_path / "micro", *common, "trainer.batch_size=32", "trainer.accumulate=4")
+    assert large["steps"] == micro["steps"] == 2 * (1437 // 128)
+    weights = [torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"] for run in (large_dir, micro_dir)]
+    for key in weights[0]:
+        torch.testing.assert_close(weights[1][key], weights[0][key], rtol=1e-5, atol=1e-6, msg=key)
+    assert micro["final_train_loss"] == pytest.approx(large["final_train_loss"], rel=1e-5)
+    assert micro["final_val_acc1"] == large["final_val_acc1"]
+
+
+def test_accumulate_below_one_is_a_one_line_error():
+    from conftest import compose
+    from runner.validate import problems_of
+
+    assert list(problems_of(compose("trainer.device=cpu", "trainer.accumulate=0"))) == [
+        "trainer.accumulate=0: expected a positive integer (micro-batches per step); pass e.g. trainer.accumulate=4"]

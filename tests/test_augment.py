@@ -128,3 +128,35 @@ def test_bad_policy_settings_are_one_line_errors():
 
 def test_geometric_ops_are_one_contiguous_block_of_ids():
     assert [OPS[i] for i in GEOMETRIC] == ["ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"]
+
+
+def test_the_device_loader_augments_normalises_erases_and_mixes_and_replays_any_batch():
+    from runner.augment import train_augment
+    from runner.data import Augment, TensorLoader, TensorSplit
+
+    gen = torch.Generator().manual_seed(4)
+    split = TensorSplit(torch.randint(0, 256, (96, 3, 16, 16), dtype=torch.uint8, generator=gen), torch.arange(96) % 10)
+    extra = train_augment("randaugment", 2, 9, random_erasing=0.5, mixup=0.8, cutmix=1.0)
+    make = lambda extra: TensorLoader(split, 16, torch.device("cpu"), (0.5,) * 3, (0.25,) * 3,  # noqa: E731
+                                      augment=Augment(2, True), shuffle=True, drop_last=True, seed=1,
+                                      train_augment=extra, num_classes=10)
+    loader, plain = make(extra), make(None)
+    full = list(loader.epoch(3))
+    assert len(full) == 6 and all(t.shape == (16, 10) for _, t, _ in full)
+    for (images, targets, index), (base, labels, same) in zip(full, plain.epoch(3)):
+        assert torch.equal(index, same) and not torch.equal(images, base)  # same order and crops, more augmentation
+        torch.testing.assert_close(targets.sum(1), torch.ones(16))
+        assert ((targets.argmax(1) == labels) | (targets.argmax(1) == labels.flip(0))).all()
+    for start in (0, 2, 5):  # a resumed epoch's batches are the uninterrupted epoch's
+        for (a, ta, ia), (b, tb, ib) in zip(full[start:], loader.epoch(3, start_batch=start)):
+            assert torch.equal(a, b) and torch.equal(ta, tb) and torch.equal(ia, ib)
+    plan = loader.epoch_plan(3)
+    samples = plan.order_host[:16]
+    crops = loader._crop_and_flip(plan.order[:16], plan.offsets, plan.flips)
+    policy = loader.extra.policy.apply(crops, plan.policy, samples, plan.order[:16])
+    normalised = (policy.float() - 0.5 * 255) / (0.25 * 255)
+    erased = loader.extra.erasing.apply(normalised, plan.boxes[plan.order[:16]])
+    from runner.mixing import batch_rng
+    draw = loader.extra.mixing.draw(batch_rng(1, 3, 0), 16, 16)
+    mixed, _ = loader.extra.mixing.apply(erased, split.labels[plan.order[:16]], draw, 10)
+    torch.testing.assert_close(full[0][0], mixed)  # crop/flip, policy, normalise, erase, mix: in that order

@@ -146,3 +146,39 @@ def test_bad_settings_are_one_line_errors():
         AdaptiveBatch(test="foo")
     with pytest.raises(ConfigError, match="two groups"):
         AdaptiveBatch(groups=1)
+
+
+# ---- batch=adaptive in a run ---------------------------------------------------------------------------------
+def test_an_adaptive_run_grows_its_batch_at_logging_boundaries_and_follows_its_schedule_by_samples(tmp_path):
+    import json
+
+    from conftest import train
+
+    summary, run_dir = train(tmp_path, "batch=adaptive", "batch.test=norm", "batch.eta=0.1", "batch.max=4096",
+                             "trainer.batch_size=32", "trainer.log_every=2", "trainer.epochs=2")
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in records if "train/batch_size" in r]
+    batches = [r["train/batch_size"] for r in trained]
+    assert batches == sorted(batches) and batches[0] == 32 and batches[-1] > 32, batches
+    assert summary["samples"] >= 2 * 1437 and summary["final_batch_size"] == batches[-1] <= 1437
+    total = 2 * 1437
+    for r in trained:  # the last update's lr: cosine at the samples seen before it, not at its step
+        before = r["train/samples"] - r["train/batch_size"]
+        assert r["train/lr"] == pytest.approx(0.1 * (1 + math.cos(math.pi * before / total)) / 2, rel=1e-9)
+    assert (run_dir / "lr_schedule.csv").read_text().startswith("samples,factor,lr\n0,1,0.1\n")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["trainer.max_steps=100"], "trainer.max_steps=100 with batch=adaptive: a growing batch changes the steps a "
+                                "budget takes; set trainer.epochs (the budget in samples)"),
+    (["schedule.warmup=500"], "schedule.warmup=500 counts optimizer steps, which a growing batch changes; with "
+                              "batch=adaptive give a fraction of the run (e.g. schedule.warmup=0.05)"),
+    (["schedule=refined", "schedule.source=/nowhere"], "schedule=refined with batch=adaptive: it replays another "
+                                                       "run's per-step gradient norms, which a growing batch cannot "
+                                                       "follow; pick another schedule"),
+])
+def test_what_an_adaptive_batch_cannot_follow_is_a_one_line_error(overrides, message):
+    from conftest import compose
+    from runner.validate import problems_of
+
+    assert message in list(problems_of(compose("trainer.device=cpu", "batch=adaptive", *overrides)))

@@ -74,3 +74,17 @@ def test_state_dict_round_trip_continues_the_same_average():
 def test_bad_decays_are_refused_with_the_key():
     with pytest.raises(ConfigError, match=r"trainer.ema.decay=1.0"):
         WeightEMA(torch.nn.Linear(2, 2), 1.0)
+
+
+def test_a_run_with_trainer_ema_logs_and_checkpoints_the_average_beside_the_model(tmp_path):
+    import json
+
+    from conftest import train
+
+    summary, run_dir = train(tmp_path, "trainer.ema.decay=0.9", "trainer.epochs=2")
+    evals = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "val/acc1" in r]
+    assert len(evals) == 2 and all({"ema/val/acc1", "ema/val/loss", "ema/val/ece"} <= set(r) for r in evals)
+    assert summary["final_ema_val_acc1"] == evals[-1]["ema/val/acc1"]
+    payload = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert payload["ema"]["updates"] == summary["steps"]
+    assert not all(torch.equal(payload["ema"]["model"][k], payload["model"][k]) for k in payload["model"])
