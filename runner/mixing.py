@@ -78,6 +78,22 @@ class Mixing:
         return images, mixed_targets(labels, num_classes, draw.lam)
 
 
+def check(cfg) -> list[str]:
+    """Mixed targets are probabilities: a distillation method that needs class indices cannot take them."""
+    from runner.config import locate
+
+    dataset, distill = cfg.get("dataset") or {}, cfg.get("distill")
+    if not (dataset.get("mixup") or dataset.get("cutmix")) or not distill:
+        return []
+    try:
+        reason = getattr(locate(distill._target_), "class_labels_reason", None)
+    except Exception:  # noqa: BLE001 - an unimportable target is reported by its own check
+        return []
+    name = str(distill._target_).rsplit(".", 1)[-1]
+    return [f"dataset.mixup/cutmix with distill={name.lower()}: {reason}, and mixed targets are probabilities; "
+            f"set dataset.mixup=0 dataset.cutmix=0"] if reason else []
+
+
 def cutmix_box(lam: float, height: int, width: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
     """timm's `rand_bbox`: sides int(H sqrt(1 - lam)), int(W sqrt(1 - lam)), a uniform centre, clipped."""
     ratio = np.sqrt(1.0 - lam)

@@ -107,9 +107,11 @@ def problems_of(cfg: DictConfig) -> Iterable[str]:
     for path, node in _target_nodes(cfg):
         yield from _check_target(cfg, path, node)
     yield from _check_second_order(cfg)
-    from runner.optim import scaling  # torch-free at import
+    from runner import mixing
+    from runner.optim import scaling
 
     yield from scaling.check(cfg)
+    yield from mixing.check(cfg)
 
 
 def _show(value) -> str:

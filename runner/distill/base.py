@@ -27,6 +27,8 @@ class Distiller:
     # what keeps a method off several processes: a trainable second module outside DDP, or a per-sample
     # memory (each rank sees other samples every epoch); None: runs under DDP
     single_process_reason: str | None = None
+    # why a method needs class indices as targets (not mixup/cutmix's probability targets); None: it takes either
+    class_labels_reason: str | None = None
     """`distill=none`: train on the labels with the configured loss."""
 
     def setup(self, trainer) -> None:

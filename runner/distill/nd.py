@@ -59,6 +59,7 @@ def class_centers(teacher, loader, num_classes: int, autocast) -> torch.Tensor:
 
 class ND(KD):
     single_process_reason = "it trains a projector that DDP does not synchronise"
+    class_labels_reason = "its norm-direction term picks each sample's class centre by its label"
 
     def __init__(self, teacher: str | None = None, teacher_model=None, ce_weight: float = 1.0,
                  kd_weight: float = 1.0, nd_weight: float = 2.0, temperature: float = 4.0, warmup_epochs: int = 20):
