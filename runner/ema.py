@@ -19,6 +19,16 @@ import torch
 from runner.errors import ConfigError
 
 
+def check(cfg) -> list[str]:
+    """distill=mesa evaluates its own EMA teacher as ema/val/*: a second average would write the same records."""
+    ema = (cfg.get("trainer") or {}).get("ema") or {}
+    distill = cfg.get("distill") or {}
+    if ema.get("decay") and str(distill.get("_target_", "")).endswith("MESA"):
+        return [f"trainer.ema.decay={ema.decay} with distill=mesa: MESA's teacher is already an EMA of the weights, "
+                f"evaluated as ema/val/* (its decay is distill.decay); drop trainer.ema.decay"]
+    return []
+
+
 class WeightEMA:
     def __init__(self, model: torch.nn.Module, decay: float, warmup: bool = False, warmup_gamma: float = 1.0,
                  warmup_power: float = 2 / 3, every: int = 1, key: str = "trainer.ema"):

@@ -68,6 +68,8 @@ RULES: dict[str, Rule] = {
     "trainer.ema.decay": (_optional(lambda v: _number(v) and 0 < v < 1), "a number in (0, 1) or null", 0.9999),
     "trainer.ema.warmup": _BOOL,
     "trainer.ema.every": (_positive_int, "a positive integer (steps)", 1),
+    "trainer.ema.warmup_gamma": (lambda v: _number(v) and v > 0, "a positive number", 1.0),
+    "trainer.ema.warmup_power": (lambda v: _number(v) and v > 0, "a positive number", 0.6667),
     "trainer.eval_batch_size": (_positive_int, "a positive integer", 512),
     "trainer.eval_every": (_positive_int, "a positive integer", 1),
     "trainer.log_every": (_positive_int, "a positive integer", 10),
@@ -107,11 +109,12 @@ def problems_of(cfg: DictConfig) -> Iterable[str]:
     for path, node in _target_nodes(cfg):
         yield from _check_target(cfg, path, node)
     yield from _check_second_order(cfg)
-    from runner import mixing
+    from runner import ema, mixing
     from runner.optim import scaling
 
     yield from scaling.check(cfg)
     yield from mixing.check(cfg)
+    yield from ema.check(cfg)
 
 
 def _show(value) -> str:

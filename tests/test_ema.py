@@ -88,3 +88,12 @@ def test_a_run_with_trainer_ema_logs_and_checkpoints_the_average_beside_the_mode
     payload = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert payload["ema"]["updates"] == summary["steps"]
     assert not all(torch.equal(payload["ema"]["model"][k], payload["model"][k]) for k in payload["model"])
+
+
+def test_a_second_ema_beside_mesas_teacher_is_a_one_line_error():
+    from conftest import compose
+    from runner.validate import problems_of
+
+    assert list(problems_of(compose("trainer.device=cpu", "distill=mesa", "trainer.ema.decay=0.999"))) == [
+        "trainer.ema.decay=0.999 with distill=mesa: MESA's teacher is already an EMA of the weights, evaluated as "
+        "ema/val/* (its decay is distill.decay); drop trainer.ema.decay"]
