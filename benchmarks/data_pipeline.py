@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from runner.data import CIFAR_MEAN, CIFAR_STD, Augment, TensorLoader, TensorSplit, cpu_count
+from runner.data.datasets import CIFAR_MEAN, CIFAR_STD
+from runner.data.loaders import TensorLoader, cpu_count
+from runner.data.splits import Augment, TensorSplit
 
 
 class PILImages(Dataset):

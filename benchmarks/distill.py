@@ -1,7 +1,7 @@
 """Cost of a distillation method per training step, as a ratio to `distill=none` in the same run.
 
 Each method trains the same student (synthetic 16x16 images, `small_cnn`, batch 128) through
-`Trainer.train_step`; the teacher of the offline methods is another `small_cnn` (a run folder written
+the run's `Step` (runner/step.py); the teacher of the offline methods is another `small_cnn` (a run folder written
 here), the online methods train one like it. The methods take turns over several rounds and each keeps its
 best round. `ratio` = the method's time per step over `none`'s: 1.0 is free; a frozen teacher adds a
 forward pass (about a third of a step), a trained one a whole step.
@@ -25,31 +25,26 @@ def compose(*overrides: str):
     return compose_config(*overrides)
 
 
-def trainer_for(root: Path, name: str, overrides: list[str]):
-    from runner.checkpoint import Checkpointer
-    from runner.run_folder import save_config
-    from runner.logger import RunLogger
-    from runner.train import Trainer
+def run_for(overrides: list[str]):
+    from runner.build import build_run
+    from runner.run_folder import resolved_config
 
-    run_dir = root / name
-    run_dir.mkdir(parents=True)
-    cfg = save_config(compose(*COMMON, *overrides), run_dir)
-    return Trainer(cfg, run_dir, RunLogger(cfg, run_dir, name, None, enabled=False), Checkpointer(run_dir))
+    return build_run(resolved_config(compose(*COMMON, *overrides)))
 
 
-def step_timer(trainer):
+def step_timer(run):
     """A function timing `steps` training steps on pre-drawn batches (after three warm-up steps)."""
-    batches = list(trainer.train_loader.epoch(0))
-    sync = torch.cuda.synchronize if trainer.rt.device.type == "cuda" else (lambda: None)
-    for images, labels, indices in batches[:3]:
-        trainer.train_step(images, labels, indices)
+    batches = list(run.train_loader.epoch(0))
+    sync = torch.cuda.synchronize if run.runtime.device.type == "cuda" else (lambda: None)
+    for step, (images, labels, indices) in enumerate(batches[:3]):
+        run.step(images, labels, indices, step)
 
     def seconds_per_step(steps: int) -> float:
         sync()
         start = time.perf_counter()
         for step in range(steps):
             images, labels, indices = batches[step % len(batches)]
-            trainer.train_step(images, labels, indices)
+            run.step(images, labels, indices, step)
         sync()
         return (time.perf_counter() - start) / steps
     return seconds_per_step
@@ -70,9 +65,9 @@ def run(quick: bool) -> list[dict]:
                 overrides.append(f"distill.teacher={teacher_dir}")
             if method in ("dml", "bdkd"):
                 overrides.append("distill.teacher_model=small_cnn")
-            trainer = trainer_for(root, method, overrides)
-            trainer.epoch = 6  # past saf's and mesa's start epoch (5): their trajectory losses are active
-            timers[method], devices[method] = step_timer(trainer), str(trainer.rt.device)
+            run = run_for(overrides)
+            run.progress.epoch = 6  # past saf's and mesa's start epoch (5): their trajectory losses are active
+            timers[method], devices[method] = step_timer(run), str(run.runtime.device)
         # rounds over all methods, best round per method: a change of machine load hits every method alike
         best = dict.fromkeys(timers, float("inf"))
         for _ in range(rounds):

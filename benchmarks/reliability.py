@@ -15,11 +15,10 @@ import torch
 def make_trainer(run_dir: Path, *overrides: str):
     from runner.checkpoint import Checkpointer
     from runner.config import compose
-    from runner.logger import RunLogger
     from runner.train import Trainer
 
-    cfg = compose("trainer.batch_size=64", "logger.wandb.mode=disabled", *overrides)
-    return Trainer(cfg, run_dir, RunLogger(cfg, run_dir, "bench", None, enabled=False), Checkpointer(run_dir))
+    return Trainer.from_config(compose("trainer.batch_size=64", "logger.wandb.mode=disabled", *overrides),
+                               Checkpointer(run_dir))
 
 
 def clock(device: str) -> float:
@@ -32,12 +31,13 @@ def clock(device: str) -> float:
 
 
 def seconds_per_step(trainer, steps: int, sync_each_step: bool = False) -> float:
-    batches = list(trainer.train_loader.epoch(0))
-    device = trainer.rt.device.type
+    run = trainer.run
+    batches = list(run.train_loader.epoch(0))
+    device = run.runtime.device.type
     start = clock(device)
     for index in range(steps):
         images, labels, indices = batches[index % len(batches)]
-        row = trainer.train_step(images, labels, indices)
+        row = run.step(images, labels, indices, index % run.total_steps)
         if sync_each_step:
             bool(torch.isfinite(row[0]))
     return (clock(device) - start) / steps

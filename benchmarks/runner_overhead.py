@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from runner.data import build_loaders, synthetic
+from runner.data.datasets import synthetic
+from runner.data.loaders import build_loaders
 from runner.job import run_job
 from runner.models import build_model
 from runner.optim import build_optimizer

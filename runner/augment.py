@@ -37,8 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from runner.errors import ConfigError
-from runner.mixing import Mixing
+from runner.errors import require
+from runner.mixing import Mixing, mixing_problems
 
 OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast",
        "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize")
@@ -70,17 +70,29 @@ class PolicyPlan:
     thetas: torch.Tensor
 
 
+def policy_problems(name: str, num_ops: int, magnitude: int, bins: int = 31) -> list[str]:
+    if name not in ("randaugment", "trivialaugment"):
+        return [f"dataset.augment={name}: choose none, randaugment or trivialaugment"]
+    problems = [] if 0 <= magnitude < bins else [
+        f"dataset.augment_magnitude={magnitude}: a bin in [0, {bins}); RandAugment's default is 9 of 31"]
+    return problems + ([] if num_ops >= 1 else [
+        f"dataset.augment_ops={num_ops}: apply at least 1 op per image (RandAugment: 2)"])
+
+
+def train_augment_problems(augment: str = "none", augment_ops: int = 2, augment_magnitude: int = 9,
+                           random_erasing: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0, **_) -> list[str]:
+    """The dataset's augmentation keys (every dataset factory's check includes these)."""
+    problems = [] if augment == "none" else policy_problems(augment, augment_ops, augment_magnitude)
+    if not 0 <= random_erasing <= 1:
+        problems.append(f"dataset.random_erasing={random_erasing}: the probability of erasing an image, in [0, 1]")
+    return problems + mixing_problems(mixup, cutmix)
+
+
 class Policy:
     """RandAugment or TrivialAugment Wide over uint8 (or float in [0, 1]) batches (N, C, H, W)."""
 
     def __init__(self, name: str, num_ops: int = 2, magnitude: int = 9, num_magnitude_bins: int = 31):
-        if name not in ("randaugment", "trivialaugment"):
-            raise ConfigError(f"dataset.augment={name}: choose none, randaugment or trivialaugment")
-        if not 0 <= magnitude < num_magnitude_bins:
-            raise ConfigError(f"dataset.augment_magnitude={magnitude}: a bin in [0, {num_magnitude_bins}); "
-                              f"RandAugment's default is 9 of 31")
-        if num_ops < 1:
-            raise ConfigError(f"dataset.augment_ops={num_ops}: apply at least 1 op per image (RandAugment: 2)")
+        require(policy_problems(name, num_ops, magnitude, num_magnitude_bins))
         self.name, self.magnitude, self.bins = name, magnitude, num_magnitude_bins
         self.num_ops = num_ops if name == "randaugment" else 1
 
@@ -276,8 +288,6 @@ class Erasing:
     ATTEMPTS = 10
 
     def __init__(self, p: float, scale: tuple = (0.02, 0.33), ratio: tuple = (0.3, 3.3), value: float = 0.0):
-        if not 0 <= p <= 1:
-            raise ConfigError(f"dataset.random_erasing={p}: the probability of erasing an image, in [0, 1]")
         self.p, self.scale, self.ratio, self.value = p, scale, ratio, value
 
     def plan(self, n: int, gen: torch.Generator, height: int, width: int, device: torch.device) -> torch.Tensor:
@@ -334,6 +344,7 @@ class TrainAugment:
 def train_augment(augment: str = "none", augment_ops: int = 2, augment_magnitude: int = 9,
                   random_erasing: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0) -> TrainAugment:
     """The dataset keys as the loaders' augmentations (each None when off)."""
+    require(train_augment_problems(augment, augment_ops, augment_magnitude, random_erasing, mixup, cutmix))
     mixing = Mixing(mixup, cutmix)
     return TrainAugment(None if augment == "none" else Policy(augment, augment_ops, augment_magnitude),
                         Erasing(random_erasing) if random_erasing else None, mixing if mixing.enabled else None)

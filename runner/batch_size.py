@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
 
-from runner.errors import ConfigError
+from runner.errors import require
 
 TESTS = ("norm", "ip", "ip+orth")
 
@@ -65,16 +65,21 @@ class AdaptiveBatch:
 
     def __init__(self, test: str = "norm", eta: float = 0.1, theta: float = 0.1, nu: float = 0.1,
                  max: int = 4096, micro: int | None = None, groups: int = 8, test_every: int = 1):
-        if test not in TESTS:
-            raise ConfigError(f"batch.test={test}: choose norm, ip (inner product) or ip+orth (augmented)")
-        if min(eta, theta, nu) <= 0:
-            raise ConfigError(f"batch.eta={eta}, batch.theta={theta}, batch.nu={nu}: the tests' tolerances are > 0")
-        if groups < 2 or test_every < 1 or max < 1 or (micro is not None and micro < 1):
-            raise ConfigError(f"batch.groups={groups} (>= 2: a variance needs two groups), batch.test_every="
-                              f"{test_every} (>= 1), batch.max={max}, batch.micro={micro} (>= 1 or null)")
+        require(self.check_options(test, eta, theta, nu, max, micro, groups, test_every))
         self.test, self.eta, self.theta, self.nu = test, eta, theta, nu
         self.max, self.micro, self.groups, self.test_every = max, micro, groups, test_every
         self.cap, self.micro_cap = max, micro
+
+    @staticmethod
+    def check_options(test="norm", eta=0.1, theta=0.1, nu=0.1, max=4096, micro=None, groups=8, test_every=1,
+                      **_) -> list[str]:
+        problems = [] if test in TESTS else [f"batch.test={test}: choose norm, ip (inner product) or ip+orth (augmented)"]
+        if min(eta, theta, nu) <= 0:
+            problems.append(f"batch.eta={eta}, batch.theta={theta}, batch.nu={nu}: the tests' tolerances are > 0")
+        if groups < 2 or test_every < 1 or max < 1 or (micro is not None and micro < 1):
+            problems.append(f"batch.groups={groups} (>= 2: a variance needs two groups), batch.test_every="
+                            f"{test_every} (>= 1), batch.max={max}, batch.micro={micro} (>= 1 or null)")
+        return problems
 
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> list[str]:

@@ -52,10 +52,11 @@ def fsync_folder(folder: Path) -> None:
         os.close(handle)
 
 
-def load(path: Path) -> dict:
-    """torch.load with weights_only=True: tensors and plain containers only, no code from the file runs."""
+def load(path: Path, mmap: bool = False) -> dict:
+    """torch.load with weights_only=True: tensors and plain containers only, no code from the file runs.
+    `mmap`: map the file instead of reading it (tensors are read when touched)."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:  # weights_only met a global it will not import: code, refused
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UnreadableCheckpoint(f"checkpoint {path} refused: it asks to run code when loaded ({first_line}); "

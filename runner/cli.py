@@ -20,7 +20,6 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import InterpolationResolutionError
 
 from runner import config, run_folder
 from runner.errors import ConfigError, WorkersFailed
@@ -56,8 +55,6 @@ def report(error: BaseException, multirun: bool = False, name: str | None = None
     on past a failed, diverged or invalid job (its summary.json has the details)."""
     if isinstance(error, SystemExit):
         raise error
-    if isinstance(error, InterpolationResolutionError):  # a resolver's ConfigError (SAM's base), wrapped by OmegaConf
-        error = ConfigError((str(error) or type(error).__name__).splitlines()[0])
     if isinstance(error, WorkersFailed) and error.exitcode in EXPLAINED_EXIT_CODES:
         if not multirun or error.exitcode in (s.exit_code for s in SWEEP_STOPPERS):
             sys.exit(error.exitcode)  # the worker printed its one-line reason already
@@ -118,10 +115,12 @@ def check_command(args: list[str]) -> None:
     from runner.validate import problems_of
 
     found: dict[str, list[str]] = {}
+    single_run = not any(a in MULTIRUN_FLAGS for a in args)
     with config.composer() as compose:
         for overrides in jobs:
             try:
-                problems = list(problems_of(compose(overrides)))
+                cfg = compose(overrides)
+                problems = list(problems_of(cfg)) or (run_dir_problems(cfg, overrides) if single_run else [])
             except HydraException as error:
                 problems = [composition_problem(error, overrides, compose)]
             for problem in problems:
@@ -147,16 +146,46 @@ def composition_problem(error: Exception, overrides: list[str], compose) -> str:
         return f"{group}={option}: no such option; choose one of {', '.join(sorted(error.options))}"
     match = re.search(r"Could not override '([^']+)'", str(error))
     if match:
-        key = match.group(1)
-        parent_key, _, leaf = key.rpartition(".")
-        others = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
-        parent = OmegaConf.select(compose(others), parent_key) if parent_key else compose(others)
-        valid = sorted(str(k) for k in parent) if isinstance(parent, DictConfig) else []
-        close = difflib.get_close_matches(leaf, valid, n=1)
-        where = parent_key or "the config"
-        hint = f"did you mean {parent_key + '.' if parent_key else ''}{close[0]}? " if close else ""
-        return f"{key}: no such key in {where}; {hint}valid keys: {', '.join(valid)} (+{key}=... adds a new key)"
+        return unknown_key_problem(match.group(1), overrides, compose)
     return f"{_first_line(error)}"
+
+
+def unknown_key_problem(key: str, overrides: list[str], compose) -> str:
+    """`key=...` overrides a key the config lacks: name its first missing part, the keys beside it and the
+    closest of them (composed without the overrides of `key` and of keys under it)."""
+    from hydra.errors import HydraException
+
+    key_of = lambda override: override.split("=", 1)[0].lstrip("+~")  # noqa: E731
+    others = [o for o in overrides if key_of(o) != key and not key_of(o).startswith(key + ".")]
+    try:
+        parent = compose(others)
+    except HydraException as error:  # another override fails too: report that one
+        return composition_problem(error, others, compose)
+    parts, depth = key.split("."), 0
+    while depth < len(parts) - 1 and isinstance(parent.get(parts[depth]), DictConfig):
+        parent, depth = parent[parts[depth]], depth + 1
+    missing, parent_key, leaf = ".".join(parts[:depth + 1]), ".".join(parts[:depth]), parts[depth]
+    if leaf in parent:
+        return f"{key}: {missing} holds a value, not keys; set {missing}=<value>"
+    valid = sorted(str(k) for k in parent)
+    close = difflib.get_close_matches(leaf, valid, n=1)
+    hint = f"did you mean {parent_key + '.' if parent_key else ''}{close[0]}? " if close else ""
+    return (f"{missing}: no such key in {parent_key or 'the config'}; {hint}valid keys: {', '.join(valid)} "
+            f"(+{missing}=... adds a new key)")
+
+
+def run_dir_problems(cfg: DictConfig, overrides: list[str]) -> list[str]:
+    """A fixed hydra.run.dir that holds a run is continued (trainer.resume=auto), never written over: refused
+    here, before Hydra writes its own files into it."""
+    from hydra import compose
+    from hydra.core.utils import setup_globals
+
+    from runner.job import overwrite_problems
+
+    setup_globals()  # Hydra's ${now:...}, which the default run dir holds
+    hydra_cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    run_dir = OmegaConf.select(hydra_cfg, "hydra.run.dir", throw_on_resolution_failure=False)
+    return overwrite_problems(Path(run_dir), cfg.trainer.resume == "auto") if run_dir else []
 
 
 def _first_line(error: Exception) -> str:

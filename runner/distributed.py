@@ -44,12 +44,7 @@ def processes_per_node(trainer: DictConfig) -> int:
     if trainer.devices == "auto":
         count = torch.cuda.device_count() if cuda else 1
     else:
-        try:
-            count = int(trainer.devices)
-        except (TypeError, ValueError):
-            count = 0
-        if count < 1:
-            raise ConfigError(f"trainer.devices={trainer.devices}: use auto or a positive number of devices")
+        count = int(trainer.devices)  # auto or a positive integer: runner/validate.py
         if cuda and count > torch.cuda.device_count():
             raise ConfigError(f"trainer.devices={count}: only {torch.cuda.device_count()} GPUs are visible; "
                               f"lower trainer.devices or use trainer.devices=auto")
@@ -60,10 +55,7 @@ def processes_per_node(trainer: DictConfig) -> int:
 
 
 def requested_world_size(trainer: DictConfig) -> int:
-    nnodes = int(trainer.nnodes)
-    if nnodes < 1:
-        raise ConfigError(f"trainer.nnodes={nnodes}: must be at least 1")
-    return nnodes * processes_per_node(trainer)
+    return int(trainer.nnodes) * processes_per_node(trainer)
 
 
 def should_launch(trainer: DictConfig) -> bool:
@@ -126,7 +118,7 @@ def launch(trainer: DictConfig, run_dir: Path) -> None:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    from runner.data import cpu_count
+    from runner.data.loaders import cpu_count
 
     cores = int(os.environ.get("OMP_NUM_THREADS") or cpu_count())  # a gpus-launcher slot sets its share
     stopped_by = None
@@ -189,24 +181,6 @@ def world_size() -> int:
 
 def is_main() -> bool:
     return rank() == 0
-
-
-def refuse_unsupported(optimizer: torch.optim.Optimizer, sync_bn: bool, device: torch.device, distiller) -> None:
-    """What cannot run on several processes says so in one line (rank 0 prints it, every rank exits 2)."""
-    from runner.optim import capabilities
-
-    if world_size() == 1:
-        return
-    if distiller.single_process_reason:
-        raise ConfigError(f"distill={type(distiller).__name__.lower()} runs on one process only: "
-                          f"{distiller.single_process_reason}; set trainer.devices=1 trainer.nnodes=1")
-    if capabilities(optimizer).second_order:
-        raise ConfigError(f"optimizer {type(optimizer).__name__} needs Hessian-vector products through "
-                          f"backward(create_graph=True), which DDP's gradient all-reduce cuts; run it with "
-                          f"trainer.devices=1 trainer.nnodes=1")
-    if sync_bn and device.type != "cuda":
-        raise ConfigError("trainer.sync_bn=true needs CUDA (torch's SyncBatchNorm has no CPU kernel); "
-                          "set trainer.sync_bn=false on the CPU")
 
 
 def average_gradients(params: list[torch.Tensor]) -> None:

@@ -16,7 +16,11 @@ import copy
 
 import torch
 
-from runner.errors import ConfigError
+from runner.errors import require
+
+
+def decay_problems(decay: float, key: str) -> list[str]:
+    return [] if 0 < decay < 1 else [f"{key}={decay}: the decay per update lies in (0, 1), e.g. 0.9999"]
 
 
 def check(cfg) -> list[str]:
@@ -31,12 +35,8 @@ def check(cfg) -> list[str]:
 
 class WeightEMA:
     def __init__(self, model: torch.nn.Module, decay: float, warmup: bool = False, warmup_gamma: float = 1.0,
-                 warmup_power: float = 2 / 3, every: int = 1, key: str = "trainer.ema"):
-        if not 0 < decay < 1:
-            raise ConfigError(f"{key}.decay={decay}: the decay per update lies in (0, 1), e.g. 0.9999")
-        if warmup_gamma <= 0 or warmup_power <= 0 or every < 1:
-            raise ConfigError(f"{key}: warmup_gamma={warmup_gamma} and warmup_power={warmup_power} must be > 0 "
-                              f"and every={every} >= 1")
+                 warmup_power: float = 2 / 3, every: int = 1):
+        require(decay_problems(decay, "trainer.ema.decay"))
         self.decay, self.warmup, self.gamma, self.power, self.every = decay, warmup, warmup_gamma, warmup_power, every
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         pairs = list(zip(self.module.state_dict().values(), model.state_dict().values()))

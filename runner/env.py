@@ -1,4 +1,4 @@
-"""The process's surroundings: device choice, seeding, determinism and provenance for summary.json."""
+"""The process's surroundings: device and precision choice, seeding, determinism and provenance for summary.json."""
 from __future__ import annotations
 
 import os
@@ -24,6 +24,13 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
         return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return device
+
+
+def resolved_precision(precision: str, device: torch.device) -> str:
+    """trainer.precision with `auto` resolved: bf16 on CUDA, fp32 elsewhere."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" else "fp32"
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

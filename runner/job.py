@@ -9,8 +9,8 @@ from omegaconf import DictConfig
 
 from runner import distributed, env, run_folder
 from runner.checkpoint import Checkpointer
-from runner.errors import ConfigError
-from runner.logger import RunLogger
+from runner.errors import ConfigError, require
+from runner.logger import RunLogger, console
 from runner.optim.scaling import apply_lr_scaling
 from runner.preemption import PreemptionWatch
 from runner.run_folder import Status
@@ -21,7 +21,8 @@ def run_job(cfg: DictConfig, run_dir: Path, name: str | None = None, group: str 
             resolved: bool = False, resume: bool | None = None) -> dict:
     """Train `cfg` in `run_dir`. With `resume` (default: trainer.resume=auto) continue from the folder's newest
     readable checkpoint (from step 0 if it has none); without it a folder that holds checkpoints is refused.
-    Nothing is written before the config has been validated and the checkpoint read."""
+    Nothing is written before the config has been validated, the checkpoint read and the run built and
+    restored: bad input found on the way (a ConfigError) leaves the folder as it was."""
     from runner.train import Trainer  # torch-heavy; keep `divrun --help` fast
 
     validate(cfg)
@@ -29,44 +30,88 @@ def run_job(cfg: DictConfig, run_dir: Path, name: str | None = None, group: str 
     main = distributed.is_main()  # under torchrun, rank 0 alone writes the folder
     checkpointer = Checkpointer(run_dir, keep=cfg.trainer.keep_checkpoints, enabled=main)
     resume = cfg.trainer.resume == "auto" if resume is None else resume
-    if not resume and checkpointer.exists():
-        raise ConfigError(f"{run_dir} already holds a run's checkpoints; continue it with trainer.resume=auto "
-                          f"(or divrun resume={run_dir}) or choose a new hydra.run.dir")
-    launching = distributed.should_launch(cfg.trainer)  # the torchrun workers read the checkpoint themselves
-    payload = checkpointer.load() if resume and not launching else None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg = cfg if resolved else run_folder.save_config(apply_lr_scaling(cfg), run_dir)
-    if launching:
-        return launch_workers(cfg, run_dir, name, group)
+    require(overwrite_problems(run_dir, resume))
+    if distributed.should_launch(cfg.trainer):  # the torchrun workers build the run and read the checkpoint
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return launch_workers(cfg if resolved else run_folder.save_config(apply_lr_scaling(cfg), run_dir), run_dir,
+                              name, group)
+    payload = checkpointer.load() if resume else None
+    cfg = cfg if resolved else run_folder.resolved_config(apply_lr_scaling(cfg))
     name, group = run_name(run_dir, name, group)
-    if main:
-        run_folder.write_meta(run_dir, name=name, group=group)
     summary = {"name": name, "group": group, "status": Status.RUNNING, "run_dir": str(run_dir),
                **env.provenance(str(env.resolve_device(cfg.trainer.device)), distributed.world_size())}
-    if main:
-        run_folder.write_summary(run_dir, summary)
-    logger = RunLogger(cfg, run_dir, name, group, enabled=main,
-                       resume_step=records_final_through(payload) if resume else None)
-    started, trainer = time.time(), None
-    try:
-        with PreemptionWatch() as preemption:
-            trainer = Trainer(cfg, run_dir, logger, checkpointer, preemption)
+    folder = RunFolderWriter(cfg, run_dir, summary, main, resolved, payload)
+    with PreemptionWatch() as preemption:
+        try:
+            trainer = Trainer.from_config(cfg, checkpointer, preemption, console.print if main else print_nothing)
             if payload:
                 trainer.restore(payload)
-                logger.print(f"divrun: resuming {run_dir} at step {trainer.step} (epoch {trainer.epoch})")
-            summary |= trainer.fit()
-        summary["status"] = Status.FINISHED
-    except BaseException as error:
-        summary |= (trainer.results() if trainer else {}) | outcome(error)
-        raise
-    finally:
-        summary["wall_time_s"] = round(time.time() - started + (payload["wall_time_s"] if payload else 0.0), 3)
-        if main:
-            run_folder.write_summary(run_dir, summary)
-        logger.close(summary)
-        if summary["status"] == Status.FINISHED:
-            logger.summary_table(summary)
+        except ConfigError:
+            raise  # bad input: nothing written
+        except BaseException as error:  # a bug while building: the folder records it, with the traceback
+            folder.start()
+            folder.finish(outcome(error))
+            raise
+        folder.start(trainer.run)
+        logger = RunLogger(cfg, run_dir, name, group, enabled=main,
+                           resume_step=records_final_through(payload) if resume else None)
+        try:
+            if payload:
+                logger.print(f"divrun: resuming {run_dir} at step {trainer.progress.step} (epoch {trainer.progress.epoch})")
+            summary |= trainer.fit(logger)
+            summary["status"] = Status.FINISHED
+        except BaseException as error:
+            summary |= trainer.results() | outcome(error)
+            raise
+        finally:
+            folder.finish(logger=logger)
     return summary
+
+
+def print_nothing(message: str) -> None:
+    """Ranks other than 0 stay quiet."""
+
+
+class RunFolderWriter:
+    """What run_job writes, in order: the folder's opening files once the run is built, summary.json at the end."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, summary: dict, main: bool, resolved: bool,
+                 payload: dict | None):
+        self.cfg, self.run_dir, self.summary, self.main, self.resolved = cfg, run_dir, summary, main, resolved
+        self.previous_wall_time, self.started = payload["wall_time_s"] if payload else 0.0, time.time()
+
+    def start(self, run=None) -> None:
+        """config.yaml, meta.json, summary.json (running) and the lr schedule of a built `run`."""
+        if not self.main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not self.resolved:
+            run_folder.save_config(self.cfg, self.run_dir)
+        run_folder.write_meta(self.run_dir, name=self.summary["name"], group=self.summary["group"])
+        run_folder.write_summary(self.run_dir, self.summary)
+        if run is not None:
+            factors, positions, unit, per_epoch = run.schedule_points()
+            run_folder.write_lr_schedule(self.run_dir, factors, run.driver.base_lrs[0], per_epoch,
+                                         type(run.schedule).__name__, positions, unit)
+
+    def finish(self, outcome_fields: dict | None = None, logger: RunLogger | None = None) -> None:
+        summary = self.summary
+        summary |= outcome_fields or {}
+        summary["wall_time_s"] = round(time.time() - self.started + self.previous_wall_time, 3)
+        if self.main:
+            run_folder.write_summary(self.run_dir, summary)
+        if logger is not None:
+            logger.close(summary)
+            if summary["status"] == Status.FINISHED:
+                logger.summary_table(summary)
+
+
+def overwrite_problems(run_dir: Path, resume: bool) -> list[str]:
+    """A folder holding a run's checkpoints is continued, never started over."""
+    if resume or not Checkpointer(run_dir).exists():
+        return []
+    return [f"{run_dir} already holds a run's checkpoints; continue it with trainer.resume=auto "
+            f"(or divrun resume={run_dir}) or choose a new hydra.run.dir"]
 
 
 def run_name(run_dir: Path, name: str | None, group: str | None) -> tuple[str, str | None]:

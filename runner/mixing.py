@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from runner.errors import ConfigError
+from runner.errors import require
 
 
 @dataclass
@@ -41,13 +41,17 @@ def batch_rng(seed: int, epoch: int, position: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, position])
 
 
+def mixing_problems(mixup: float, cutmix: float) -> list[str]:
+    return [] if mixup >= 0 and cutmix >= 0 else [
+        f"dataset.mixup={mixup}, dataset.cutmix={cutmix}: Beta(a, a) parameters are >= 0 (0 turns one off; timm's "
+        f"defaults are mixup 0.8, cutmix 1.0)"]
+
+
 class Mixing:
+    """timm's batch mode: `prob` of a batch being mixed, `switch_prob` of CutMix when both are on."""
+
     def __init__(self, mixup: float = 0.0, cutmix: float = 0.0, prob: float = 1.0, switch_prob: float = 0.5):
-        if mixup < 0 or cutmix < 0:
-            raise ConfigError(f"dataset.mixup={mixup}, dataset.cutmix={cutmix}: Beta(a, a) parameters are >= 0 "
-                              f"(0 turns one off; timm's defaults are mixup 0.8, cutmix 1.0)")
-        if not (0 <= prob <= 1 and 0 <= switch_prob <= 1):
-            raise ConfigError(f"mixing probabilities prob={prob}, switch_prob={switch_prob}: in [0, 1]")
+        require(mixing_problems(mixup, cutmix))
         self.mixup, self.cutmix, self.prob, self.switch_prob = mixup, cutmix, prob, switch_prob
 
     @property

@@ -10,9 +10,11 @@ queue the next step's kernels while the current ones run):
 - stop needs no per-step work at all: the loss and gradient norm of every step already sit in the stats buffer
   that the loop reads back every `log_every` steps; they are checked there, and before every checkpoint so
   that no checkpoint holds a diverged model. The run goes on for up to `log_every` steps past the bad one.
-- skip decides on the device. Fused torch optimizers take the flag as `found_inf` (GradScaler's mechanism) and
-  skip inside their kernel; for every other optimizer the update is undone by torch.where(ok, new, old)
-  against a copy taken before the step (one copy of the weights and optimizer state per step). State kept on
+- skip decides on the device, for the student and every companion module alike (one flag: the loss and every
+  optimizer's gradient norm are finite). Fused torch optimizers take the flag as `found_inf` (GradScaler's
+  mechanism) and skip inside their kernel; for every other optimizer the update is undone by
+  torch.where(ok, new, old) against a copy taken before the step (one copy of the weights and optimizer
+  state per step). State kept on
   the host (a Python step counter, Adam's CPU `step` tensor when training on CUDA) cannot be selected without
   a sync and still advances on a skipped step. With an fp16 GradScaler the scaler already skips steps with
   non-finite gradients (that is how it finds its scale), so only the loss decides divergence there.
@@ -60,27 +62,28 @@ def first_nonfinite_index(norms: torch.Tensor) -> torch.Tensor:
 
 
 class SkipNonFinite:
-    """on_nonfinite=skip: call `snapshot()` before the forward pass and `step(loss, grad_norm, do_step)` in place
-    of the optimizer step; a step with a non-finite loss or gradient norm then changes nothing."""
+    """on_nonfinite=skip for a step of several optimizer drivers (the student's and its companions', each with
+    `module`, `optimizer`, `params` and `fused`: runner/step.py): call `snapshot()` before the forward pass and
+    `step(ok, do_step)` in place of the optimizer steps; a step with `ok` False then changes nothing."""
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
-                 scaled: bool):
-        self.model, self.optimizer, self.params, self.scaled = model, optimizer, params, scaled
-        # fused torch optimizers skip on a found_inf flag inside their kernel (GradScaler passes it the same way)
-        self.fused = getattr(optimizer, "_step_supports_amp_scaling", False)
+    def __init__(self, drivers: list, scaled: bool):
+        self.drivers, self.scaled = drivers, scaled
         self.tensors: list[torch.Tensor] = []
         self.backup: list[torch.Tensor] = []
         self.started = False
 
     def protected(self) -> list[torch.Tensor]:
-        """What a step changes and a skip restores: the buffers (the forward pass updates BatchNorm statistics),
-        and unless the optimizer or the scaler skips by itself, the parameters and the optimizer state."""
-        tensors = [b for b in self.model.buffers() if b.is_floating_point() or b.dtype == torch.int64]
-        if not (self.fused or self.scaled):
-            device = self.params[0].device
-            state = [v for s in self.optimizer.state.values() for v in s.values()
-                     if isinstance(v, torch.Tensor) and v.device == device]
-            tensors += self.params + state
+        """What a step changes and a skip restores: every trained module's buffers (the forward pass updates
+        BatchNorm statistics), and unless its optimizer or the scaler skips by itself, its parameters and
+        optimizer state."""
+        tensors = []
+        for driver in self.drivers:
+            tensors += [b for b in driver.module.buffers() if b.is_floating_point() or b.dtype == torch.int64]
+            if not (driver.fused or self.scaled):
+                device = driver.params[0].device
+                state = [v for s in driver.optimizer.state.values() for v in s.values()
+                         if isinstance(v, torch.Tensor) and v.device == device]
+                tensors += driver.params + state
         return tensors
 
     @torch.no_grad()
@@ -93,8 +96,7 @@ class SkipNonFinite:
         self.tensors = tensors
 
     @torch.no_grad()
-    def step(self, loss: torch.Tensor, grad_norm: torch.Tensor, do_step) -> None:
-        ok = torch.isfinite(loss) & torch.isfinite(grad_norm)
+    def step(self, ok: torch.Tensor, do_step) -> None:
         if self.scaled:  # GradScaler skips non-finite gradients itself (and must see every step to rescale)
             do_step()
         elif not self.started:
@@ -102,14 +104,15 @@ class SkipNonFinite:
             # this one step on the host (one sync per run).
             if bool(ok):
                 do_step()
-        elif self.fused:
-            self.optimizer.found_inf = (~ok).float()
+        else:
+            fused = [driver.optimizer for driver in self.drivers if driver.fused]
+            for optimizer in fused:
+                optimizer.found_inf = (~ok).float()
             try:
                 do_step()
             finally:
-                del self.optimizer.found_inf
-        else:
-            do_step()
+                for optimizer in fused:
+                    del optimizer.found_inf
         self.started = True
         self._restore(ok)
 

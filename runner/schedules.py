@@ -53,6 +53,11 @@ class Schedule:
         return [self(t) for t in range(self.total_steps)]
 
 
+def total_steps(trainer, steps_per_epoch: int) -> int:
+    """The run's length T in optimizer steps: trainer.max_steps, else trainer.epochs epochs."""
+    return int(trainer.max_steps or trainer.epochs * steps_per_epoch)
+
+
 def resolve_steps(value: int | float, total_steps: int, key: str) -> int:
     """A step count (int below total_steps) or a fraction of the run (float in [0, 1))."""
     if isinstance(value, float) and 0 <= value < 1:

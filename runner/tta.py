@@ -9,15 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from runner.errors import ConfigError
-
-LEVELS = (0, 1, 2)
-
-
-def check_level(level: int) -> int:
-    if level not in LEVELS:
-        raise ConfigError(f"trainer.tta={level}: choose 0 (none), 1 (mirror) or 2 (mirror + 1-pixel translations)")
-    return int(level)
+LEVELS = (0, 1, 2)  # trainer.tta (checked by runner/validate.py)
 
 
 def views(images: torch.Tensor, level: int) -> list[tuple[float, torch.Tensor]]:

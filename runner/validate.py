@@ -1,16 +1,25 @@
-"""Config validation before any work: every problem of a composed config, one line each naming the key and the
-fix, raised together as one ConfigError before a run folder exists (`divrun` checks every job of a command,
-sweeps included, before Hydra creates a folder; `run_job` checks again for in-process callers).
+"""The pre-flight: every problem of a composed config, one line each naming the key and the fix, raised
+together as one ConfigError before anything is written. `divrun` runs it on every job of a command (each
+point of a sweep) before Hydra creates a folder; `run_job` runs it again for in-process callers.
 
-Where the checks come from:
-1. RULES: the keys of groups without a `_target_` (trainer, logger) and the run-level keys.
+Each rule lives in one place, and this pass runs all of them:
+1. RULES below: the keys of groups without a `_target_` (trainer, logger) and the run-level keys.
 2. Every `_target_` in the config: it must import, each key must fit the type annotation of the parameter it
-   fills (`optimizer.lr=fast` is caught here, not deep inside torch), and `optimizer.lr` must be positive.
-3. Components: a `_target_` object (class or factory function) may define `validate_config(cfg) -> list[str]`
-   returning problem lines for the whole composed config; that is where a component's own rules live (a
-   dataset root that must exist, a loss that needs smoothed targets, a teacher folder that needs a
-   checkpoint). Attach one to a factory function with `@checked_by(check)`. An optimizer that declares
-   `second_order = True` (Hessian-vector products) is refused under a reduced precision.
+   fills (`optimizer.lr=fast` is caught here, not deep inside torch), `optimizer.lr` must be positive, and
+   the target's own checks run: a factory decorated `@checked_by(check)` (runner/errors.py) has its options
+   checked by `check` (the factory calls the same function on its arguments: datasets), and a class or
+   factory may define `validate_config(cfg) -> list[str]` for rules that read the whole config (a
+   distiller's teacher, its loss temperature, the optimizer it can share the step with).
+3. Every interpolation resolves (a wrapper's base optimizer: runner/config.py).
+4. The light components are built once on placeholders, so the checks in their constructors run here: the
+   model on the meta device, the loss, the optimizer on one parameter, the schedule for the run's length
+   (from the dataset's size: `describe` of runner/data/datasets.py), the distiller's options.
+5. Run-level rules across components: the batch against the training set and the processes, the device,
+   the processes' layout, precision and the optimizer's capabilities (runner/optim/capabilities.py), and
+   what cannot run on several processes.
+Later steps build on the values the earlier ones checked, so they run only when those found nothing.
+What only the data itself can tell (a Hugging Face hub dataset's splits, a checkpoint that does not fit the
+config on resume) is found when the run is built, which is still before anything is written.
 """
 from __future__ import annotations
 
@@ -18,13 +27,15 @@ import inspect
 import math
 import types
 import typing
+import warnings
 from typing import Any, Callable, Iterable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from runner.config import locate
 from runner.errors import ConfigError
+from runner.tta import LEVELS
 
 Rule = tuple[Callable[[Any], bool], str, Any]  # (is the value fine?, what is expected, an example value)
 
@@ -67,9 +78,9 @@ RULES: dict[str, Rule] = {
     "trainer.accumulate": (_positive_int, "a positive integer (micro-batches per step)", 4),
     "trainer.ema.decay": (_optional(lambda v: _number(v) and 0 < v < 1), "a number in (0, 1) or null", 0.9999),
     "trainer.ema.warmup": _BOOL,
-    "trainer.ema.every": (_positive_int, "a positive integer (steps)", 1),
     "trainer.ema.warmup_gamma": (lambda v: _number(v) and v > 0, "a positive number", 1.0),
     "trainer.ema.warmup_power": (lambda v: _number(v) and v > 0, "a positive number", 0.6667),
+    "trainer.ema.every": (_positive_int, "a positive integer (steps)", 1),
     "trainer.eval_batch_size": (_positive_int, "a positive integer", 512),
     "trainer.eval_every": (_positive_int, "a positive integer", 1),
     "trainer.log_every": (_positive_int, "a positive integer", 10),
@@ -82,7 +93,7 @@ RULES: dict[str, Rule] = {
     "trainer.compile": _BOOL,
     "trainer.grad_clip": (_optional(lambda v: _number(v) and v > 0), "a positive number or null", 1.0),
     "trainer.grad_norm_l1": _one_of("auto", True, False),
-    "trainer.tta": _one_of(0, 1, 2),
+    "trainer.tta": _one_of(*LEVELS),
     "trainer.devices": (lambda v: v == "auto" or _positive_int(v), "auto or a positive integer", "auto"),
     "trainer.nnodes": (_positive_int, "a positive integer", 1),
     "trainer.sync_bn": _BOOL,
@@ -98,23 +109,34 @@ RULES: dict[str, Rule] = {
 
 def validate(cfg: DictConfig) -> None:
     """Raise one ConfigError listing every problem of `cfg` (one line each), or return quietly."""
-    problems = list(dict.fromkeys(problems_of(cfg)))  # in order, each once
-    if problems:
-        raise ConfigError("\n".join(problems))
+    from runner.errors import require
+
+    require(problems_of(cfg))
 
 
 def problems_of(cfg: DictConfig) -> Iterable[str]:
+    for stage in (_value_problems, _interpolation_problems, component_problems):
+        problems = list(stage(cfg))
+        yield from problems
+        if problems:
+            return
+
+
+def _value_problems(cfg: DictConfig) -> Iterable[str]:
     for key, rule in RULES.items():
         yield from _check_rule(cfg, key, rule)
     for path, node in _target_nodes(cfg):
         yield from _check_target(cfg, path, node)
-    yield from _check_second_order(cfg)
-    from runner import ema, mixing
-    from runner.optim import scaling
 
-    yield from scaling.check(cfg)
-    yield from mixing.check(cfg)
-    yield from ema.check(cfg)
+
+def _interpolation_problems(cfg: DictConfig) -> Iterable[str]:
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as error:  # a resolver's own ConfigError (the base optimizer) if any
+        cause = error
+        while cause is not None and not isinstance(cause, ConfigError):
+            cause = cause.__cause__ or cause.__context__
+        yield (str(cause or error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _show(value) -> str:
@@ -162,14 +184,36 @@ def _check_target(cfg: DictConfig, path: str, node: DictConfig) -> Iterable[str]
         return
     if path == "optimizer" and "lr" in node and _number(node.lr) and node.lr <= 0:
         yield f"optimizer.lr={_show(node.lr)}: the learning rate must be > 0; pass e.g. optimizer.lr=0.1"
-    hook = getattr(target, "validate_config", None)
-    if callable(hook):
-        try:
-            yield from hook(cfg) or []
-        except ConfigError as error:
-            yield from str(error).splitlines()
-        except MissingMandatoryValue:  # a required key left at ???: reported above
-            pass
+    yield from _hook_problems(lambda: target.check_options(**bound_options(target, node)),
+                              getattr(target, "check_options", None))
+    yield from _hook_problems(lambda: target.validate_config(cfg), getattr(target, "validate_config", None))
+
+
+def _hook_problems(call: Callable[[], Iterable[str] | None], hook) -> Iterable[str]:
+    if not callable(hook):
+        return
+    try:
+        yield from call() or []
+    except ConfigError as error:
+        yield from str(error).splitlines()
+    except (MissingMandatoryValue, InterpolationResolutionError):  # reported by the type and resolution checks
+        pass
+
+
+def options(node: DictConfig) -> dict:
+    """A `_target_` node's keyword arguments (its keys less Hydra's `_target_`, `_partial_`, ...), resolved."""
+    return {key: value for key, value in OmegaConf.to_container(node, resolve=True).items()
+            if not str(key).startswith("_")}
+
+
+def bound_options(function, node: DictConfig) -> dict:
+    """The arguments `function` gets from `node`, with its defaults filled in for the keys the node lacks."""
+    signature = inspect.signature(function)
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+    given = {k: v for k, v in options(node).items() if takes_any or k in signature.parameters}
+    bound = signature.bind_partial(**given)
+    bound.apply_defaults()
+    return dict(bound.arguments)
 
 
 def _check_arguments(path: str, node: DictConfig, target) -> Iterable[str]:
@@ -235,49 +279,140 @@ def _describe(annotation) -> str:
     return names.get(origin or annotation, "a value")
 
 
-def _check_second_order(cfg: DictConfig) -> Iterable[str]:
-    """Second-order optimizers backpropagate through the gradient (Hessian-vector products), which reduced
-    precision makes too noisy to use; they need trainer.precision=fp32."""
-    optimizer, trainer = cfg.get("optimizer"), cfg.get("trainer")
-    if not (isinstance(optimizer, DictConfig) and "_target_" in optimizer and isinstance(trainer, DictConfig)):
+# ---- 4 and 5: the run's parts built on placeholders, and the rules across them ---------------------------
+def component_problems(cfg: DictConfig) -> Iterable[str]:
+    """Steps 4 and 5 for a config whose values and interpolations are fine."""
+    from runner import distributed, env
+
+    trainer = cfg.trainer
+    device = yield from _caught(lambda: env.resolve_device(trainer.device))
+    world_size = yield from _caught(lambda: distributed.requested_world_size(trainer))
+    if world_size is not None and int(trainer.nnodes) > 1:
+        yield from _caught(lambda: distributed.torchrun_args(trainer, "."))  # this node's rank and node 0's address
+    shape = yield from _caught(lambda: data_shape(cfg))
+    if shape is None or world_size is None:
         return
+    yield from _batch_problems(cfg, shape, world_size)
+    yield from _built_problems(cfg, shape, world_size, device)
+    yield from _capability_problems(cfg, device, world_size)
+    yield from _process_problems(cfg, device, world_size)
+    yield from _recipe_problems(cfg)
+
+
+def _recipe_problems(cfg: DictConfig) -> Iterable[str]:
+    """The batch-size and training-recipe rules across groups: lr scaling, mixed targets, a second EMA."""
+    from runner import ema, mixing
+    from runner.optim import scaling
+
+    yield from scaling.check(cfg)
+    yield from mixing.check(cfg)
+    yield from ema.check(cfg)
+
+
+def _caught(work: Callable[[], Any]):
+    """Run `work`; its ConfigError becomes problem lines (yielded) and the value None (returned)."""
+    try:
+        return work()
+    except ConfigError as error:
+        yield from str(error).splitlines()
+    return None
+
+
+def data_shape(cfg: DictConfig):
+    """What the dataset's config says about its data without loading it (a `DataShape`)."""
+    from runner.data.splits import DataShape
+
+    factory = locate(cfg.dataset._target_)
+    describe = getattr(factory, "describe", None)
+    return describe(**bound_options(factory, cfg.dataset)) if describe else DataShape()
+
+
+def _batch_problems(cfg: DictConfig, shape, world_size: int) -> Iterable[str]:
+    from runner.data.sharding import batch_problems
+
+    if shape.train_size is not None:
+        yield from batch_problems(cfg.trainer.batch_size, world_size, shape.train_size, shape.name,
+                                  cfg.trainer.get("accumulate", 1))
+
+
+def run_length(cfg: DictConfig, shape, world_size: int) -> tuple[int, int] | None:
+    """(total steps, steps per epoch) of the run, when the dataset's size is known without loading it."""
+    from runner.data.sharding import batches_per_epoch
+    from runner.schedules import total_steps
+
+    if shape.train_size is None:
+        return None
+    per_device = cfg.trainer.batch_size * cfg.trainer.get("accumulate", 1)
+    steps_per_epoch = batches_per_epoch(shape.train_size, per_device, 0, world_size, drop_last=True)
+    return (total_steps(cfg.trainer, steps_per_epoch), steps_per_epoch) if steps_per_epoch else None
+
+
+def _built_problems(cfg: DictConfig, shape, world_size: int, device) -> Iterable[str]:
+    """Build the model (meta device), loss, optimizer (one placeholder parameter), schedule and distiller once,
+    so the checks in their constructors run before anything is written."""
+    import torch
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from runner.models import build_model
+    from runner.optim import build_optimizer
+
+    length = run_length(cfg, shape, world_size)
+    # without the dataset's size, a run of max_steps (or of many steps) checks what does not depend on it
+    total, steps_per_epoch = length or (int(cfg.trainer.max_steps or 10**6), 1)
+    placeholder = torch.nn.Linear(1, 1, device=device if device is not None and device.type == "cuda" else "cpu")
+    builds = {
+        "model": lambda: build_model(cfg.model, shape.in_channels, shape.num_classes or 2, device="meta"),
+        "loss": lambda: instantiate(cfg.loss),
+        "optimizer": lambda: build_optimizer(cfg.optimizer, placeholder, total),
+        "schedule": lambda: instantiate(cfg.schedule)(total_steps=total, steps_per_epoch=steps_per_epoch),
+        "distill": lambda: instantiate(cfg.distill),
+        "batch": lambda: instantiate(cfg.batch) if cfg.get("batch") else None,
+    }
+    for group, build in builds.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                build()
+        except Exception as error:  # noqa: BLE001 - anything but bad input is the run's to report (a traceback)
+            while isinstance(error, InstantiationException) and error.__cause__ is not None:
+                error = error.__cause__  # instantiate wraps what the constructor raised
+            if isinstance(error, ConfigError):
+                yield from str(error).splitlines()
+            elif isinstance(error, ValueError) and group == "optimizer":  # torch's convention for bad settings
+                name = cfg.optimizer._target_.rsplit(".", 1)[-1]
+                yield f"optimizer={name}: {str(error).splitlines()[0].removeprefix(f'{name}: ')}"
+
+
+def _capability_problems(cfg: DictConfig, device, world_size: int) -> Iterable[str]:
+    from runner import env
     from runner.optim import capabilities
 
-    try:
-        second_order = capabilities(optimizer).second_order
-    except Exception:  # noqa: BLE001 - reported by the import check
-        return
-    precision = resolved_precision(trainer)
-    if second_order is True and precision != "fp32":
-        name = optimizer._target_.rsplit(".", 1)[-1]
+    declared = capabilities(cfg.optimizer)
+    name = cfg.optimizer._target_.rsplit(".", 1)[-1]
+    trainer = cfg.trainer
+    if declared.adaptive is None and trainer.grad_norm_l1 == "auto":
+        yield (f"trainer.grad_norm_l1=auto: optimizer={name} does not declare whether it is adaptive (an `adaptive` "
+               f"class attribute: runner/optim/capabilities.py); add it, or pass trainer.grad_norm_l1=true/false")
+    precision = env.resolved_precision(trainer.precision, device) if device is not None else None
+    if declared.second_order and precision not in (None, "fp32"):
+        # Hessian-vector products backpropagate through the gradient, which reduced precision makes too noisy
         yield (f"optimizer={name} is second-order (Hessian-vector products) and needs fp32, but "
                f"trainer.precision={trainer.precision} means {precision} here; pass trainer.precision=fp32")
+    if declared.second_order and world_size > 1:
+        yield (f"optimizer={name} needs Hessian-vector products through backward(create_graph=True), which "
+               f"DDP's gradient all-reduce cuts; run it with trainer.devices=1 trainer.nnodes=1")
 
 
-def resolved_precision(trainer: DictConfig) -> str:
-    """trainer.precision with `auto` resolved as the train loop does: bf16 on CUDA, fp32 elsewhere."""
-    if trainer.get("precision") != "auto":
-        return str(trainer.get("precision"))
-    device = str(trainer.get("device", "auto"))
-    if device == "auto":
-        import torch
-
-        return "bf16" if torch.cuda.is_available() else "fp32"
-    return "bf16" if device.startswith("cuda") else "fp32"
-
-
-def checked_by(check: Callable[[DictConfig], Iterable[str]]):
-    """Attach `check` as the `validate_config` hook of a factory function (classes define the method)."""
-    def attach(factory):
-        factory.validate_config = check
-        return factory
-    return attach
-
-
-def batch_fits(cfg: DictConfig, train_size: int, dataset: str) -> list[str]:
-    """trainer.batch_size against the training set size (a dataset hook knows the size without loading)."""
-    batch_size = OmegaConf.select(cfg, "trainer.batch_size")
-    if _positive_int(batch_size) and batch_size > train_size:
-        return [f"trainer.batch_size={batch_size} exceeds the {train_size} training samples of {dataset}; "
-                f"pass trainer.batch_size={train_size} or less"]
-    return []
+def _process_problems(cfg: DictConfig, device, world_size: int) -> Iterable[str]:
+    """What cannot run on several processes says so (the workers never start)."""
+    if world_size == 1:
+        return
+    distiller = locate(cfg.distill._target_)
+    reason = getattr(distiller, "single_process_reason", None)
+    if reason:
+        yield (f"distill={distiller.__name__.lower()} runs on one process only: {reason}; set trainer.devices=1 "
+               f"trainer.nnodes=1")
+    if cfg.trainer.sync_bn and device is not None and device.type != "cuda":
+        yield ("trainer.sync_bn=true needs CUDA (torch's SyncBatchNorm has no CPU kernel); set trainer.sync_bn=false "
+               "on the CPU")

@@ -67,3 +67,18 @@ class Distill:
             return [f"distill.teacher={cfg.distill.teacher}: no checkpoint in that folder; pass the run folder of "
                     f"a finished run (it holds checkpoints/last.pt)"]
         return []
+
+
+class UndeclaredSGD(torch.optim.Optimizer):
+    """A third-party optimizer that declares no capabilities (`adaptive` unknown): plain SGD."""
+
+    def __init__(self, params, lr: float = 0.1, momentum: float = 0.0, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False, fused=None, foreach=None):
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(p.grad, alpha=-group["lr"])

@@ -8,7 +8,9 @@ import torch.nn.functional as F
 import yaml
 
 from conftest import REPO, compose, divrun, read_summary, run_folders
-from runner.data import Augment, TensorLoader, TensorSplit, synthetic
+from runner.data.datasets import synthetic
+from runner.data.loaders import TensorLoader
+from runner.data.splits import Augment, TensorSplit
 from runner.errors import ConfigError
 from runner.models.airbench import AirBench94, patch_whitening
 from runner.optim import build_optimizer

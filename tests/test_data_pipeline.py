@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from runner.data import Augment, FolderLoader, TensorLoader, TensorSplit
+from runner.data.loaders import FolderLoader, TensorLoader
+from runner.data.splits import Augment, TensorSplit
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 

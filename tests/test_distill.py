@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ import torch.nn.functional as F
 
 from conftest import QUICK, compose, divrun, read_summary, run_folders, train
 from runner.checkpoint import Checkpointer
+from runner.context import Progress
 from runner.distill.base import tempered_divergence
 from runner.distill.bdkd import BDKD
 from runner.distill.dhkd import aligned, binary_kl_to_half
@@ -20,8 +23,9 @@ from runner.errors import ConfigError
 from runner.job import run_job
 from runner.logger import RunLogger
 from runner.losses import CrossEntropy
-from runner.run_folder import load_config, save_config
+from runner.run_folder import load_config, resolved_config
 from runner.train import Trainer
+from runner.validate import validate
 
 SMALL = ("dataset.limit_train=256", "trainer.batch_size=64", "trainer.deterministic=true")
 
@@ -36,8 +40,13 @@ class KL(torch.nn.Module):
 def make_trainer(tmp_path, *overrides, name: str = "run") -> Trainer:
     run_dir = tmp_path / name
     run_dir.mkdir(parents=True)
-    cfg = save_config(compose(*QUICK, *SMALL, *overrides), run_dir)
-    return Trainer(cfg, run_dir, RunLogger(cfg, run_dir, name, None, enabled=False), Checkpointer(run_dir))
+    cfg = compose(*QUICK, *SMALL, *overrides)
+    validate(cfg)  # as run_job does: the config's problems before anything is built
+    return Trainer.from_config(resolved_config(cfg), Checkpointer(run_dir))
+
+
+def fit(trainer: Trainer) -> dict:
+    return trainer.fit(RunLogger(trainer.cfg, Path("unused"), "test", None, enabled=False))
 
 
 def softmax_by_hand(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -66,7 +75,7 @@ class ToyTeacher:
 def test_kd_loss_equals_the_formula_by_hand():
     torch.manual_seed(0)
     kd = KD(alpha=0.3, temperature=2.0)
-    kd.criterion, kd.teacher, kd.trainer = KL(), ToyTeacher(), type("T", (), {"epoch": 0})()
+    kd.criterion, kd.teacher, kd.context = KL(), ToyTeacher(), SimpleNamespace(progress=Progress(epoch=0))
     images, labels = torch.randn(3, 5), torch.tensor([0, 3, 1])
     student_logits = torch.randn(3, 4)
     loss = kd.loss(images, labels, torch.arange(3), student_logits)
@@ -104,9 +113,9 @@ def test_ce_as_divergence_gives_kl_gradients():
 
 def test_kd_teacher_is_frozen_and_its_accuracy_is_logged(tmp_path, teacher_run):
     trainer = make_trainer(tmp_path, "distill=kd", f"distill.teacher={teacher_run}", "model.width=8")
-    teacher = trainer.distill.teacher.model
+    teacher = trainer.run.method.teacher.model
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    summary = trainer.fit()
+    summary = fit(trainer)
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     assert all(p.grad is None for p in teacher.parameters())
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # BatchNorm statistics too
@@ -148,10 +157,10 @@ def test_bdkd_student_loss_weighs_forward_and_reverse_kl_by_entropy():
 @pytest.mark.parametrize("method", ["dml", "bdkd"])
 def test_online_methods_update_both_models(tmp_path, method):
     trainer = make_trainer(tmp_path, f"distill={method}", "distill.teacher_model=mlp", "trainer.epochs=1")
-    models = {"student": trainer.model, "teacher": trainer.distill.teacher}
+    models = {"student": trainer.model, "teacher": trainer.run.method.teacher}
     assert type(models["teacher"]).__name__ == "MLP"
     before = {name: [p.detach().clone() for p in m.parameters()] for name, m in models.items()}
-    trainer.fit()
+    fit(trainer)
     for name, model in models.items():
         changed = [not torch.equal(old, new) for old, new in zip(before[name], model.parameters())]
         assert all(changed), f"{name}: {changed}"
@@ -159,23 +168,23 @@ def test_online_methods_update_both_models(tmp_path, method):
 
 def test_online_teacher_has_its_own_optimizer_and_schedule(tmp_path):
     trainer = make_trainer(tmp_path, "distill=dml", "distill.teacher_lr=0.05", "trainer.epochs=1")
-    peer = trainer.distill.peer
-    assert peer.optimizer is not trainer.optimizer
+    peer = trainer.run.method.peer
+    assert peer.optimizer is not trainer.run.optimizer
     assert [g["lr"] for g in peer.optimizer.param_groups] == [0.05, 0.05]
-    assert peer.lr_factors == trainer.lr_factors
+    assert peer.lr_factors == trainer.run.lr_factors
 
 
 # ---- self-distillation ----------------------------------------------------------------------------------
 def test_pskd_targets_mix_labels_with_last_epochs_predictions(tmp_path):
     trainer = make_trainer(tmp_path, "distill=pskd", "trainer.epochs=4")
-    pskd = trainer.distill
+    pskd = trainer.run.method
     torch.manual_seed(5)
     indices, labels = torch.tensor([3, 7, 11]), torch.tensor([1, 4, 9])
     first = torch.randn(3, 10)
     pskd.loss(None, labels, indices, first)  # epoch 0: samples not seen yet -> one-hot targets
     pskd.after_step(0, None)
 
-    trainer.epoch = 2
+    trainer.progress.epoch = 2
     logits = torch.randn(5, 10)
     batch_indices, batch_labels = torch.tensor([3, 7, 11, 20, 21]), torch.tensor([1, 4, 9, 0, 2])
     loss = pskd.loss(None, batch_labels, batch_indices, logits)
@@ -190,11 +199,11 @@ def test_pskd_targets_mix_labels_with_last_epochs_predictions(tmp_path):
 def test_saf_memory_returns_the_outputs_from_e_epochs_earlier(tmp_path):
     trainer = make_trainer(tmp_path, "distill=saf", "distill.epochs_back=2", "distill.start_epoch=2",
                            "trainer.epochs=6")
-    saf = trainer.distill
+    saf = trainer.run.method
     indices, labels = torch.tensor([0, 5, 9]), torch.tensor([2, 2, 7])
     recorded = {}
     for epoch in range(6):
-        trainer.epoch = epoch
+        trainer.progress.epoch = epoch
         recorded[epoch] = torch.randn(3, 10)
         loss = saf.loss(None, labels, indices, recorded[epoch])
         saf.after_step(epoch, None)
@@ -210,7 +219,7 @@ def test_saf_memory_returns_the_outputs_from_e_epochs_earlier(tmp_path):
 
 def test_mesa_teacher_is_the_ema_of_the_weights(tmp_path):
     trainer = make_trainer(tmp_path, "distill=mesa", "distill.decay=0.9")
-    mesa, model = trainer.distill, trainer.model
+    mesa, model = trainer.run.method, trainer.model
     before = [p.detach().clone() for p in mesa.ema.module.parameters()]
     with torch.no_grad():
         for p in model.parameters():
@@ -239,7 +248,7 @@ def test_kdpp_objective_weighs_ce_kd_and_nd_independently():
     nd = ND(ce_weight=1.0, kd_weight=3.5, nd_weight=2.0, temperature=4.0, warmup_epochs=20)
     to_features, to_logits = torch.randn(5, 6), torch.randn(6, 4)
     nd.teacher = type("Teacher", (), {"features_and_logits": lambda self, x: (x @ to_features, x @ to_features @ to_logits)})()
-    nd.criterion, nd.trainer, nd.projector = KL(), type("T", (), {"epoch": 5})(), None
+    nd.criterion, nd.context, nd.projector = KL(), SimpleNamespace(progress=Progress(epoch=5)), None
     nd.centers, nd.tap = torch.randn(4, 6), type("Tap", (), {"features": torch.randn(3, 6)})()
     images, labels, student_logits = torch.randn(3, 5), torch.tensor([0, 3, 1]), torch.randn(3, 4)
     loss = nd.loss(images, labels, torch.arange(3), student_logits)
@@ -288,9 +297,9 @@ def test_dhkd_gradient_alignment_projects_a_conflicting_kd_gradient(conflict):
 def test_feature_methods_train_their_extra_module(tmp_path, teacher_run, method, extra):
     trainer = make_trainer(tmp_path, f"distill={method}", f"distill.teacher={teacher_run}", "model=mlp",
                            "trainer.epochs=1")
-    module = getattr(trainer.distill, extra).module
+    module = getattr(trainer.run.method, extra).module
     before = [p.detach().clone() for p in module.parameters()]
-    trainer.fit()
+    fit(trainer)
     assert all(not torch.equal(old, new) for old, new in zip(before, module.parameters()))
 
 
@@ -304,7 +313,7 @@ def test_resume_of_a_distilled_run_matches_the_uninterrupted_run(tmp_path, monke
 
     def stop_after_first_epoch(self, *args):
         save_checkpoint(self, *args)
-        if self.epoch == 1:
+        if self.progress.epoch == 1:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(Trainer, "checkpoint", stop_after_first_epoch)

@@ -13,15 +13,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import divrun, read_summary, run_folders
+from conftest import compose, divrun, read_summary, run_folders
 from runner import distributed
-from runner.checkpoint import Checkpointer
-from runner.data import FolderLoader, TensorLoader, TensorSplit
+from runner.data.loaders import FolderLoader, TensorLoader
+from runner.data.splits import TensorSplit
 from runner.errors import ConfigError
-from runner.logger import RunLogger
 from runner.preemption import REQUEUE_EXIT_CODE
 from runner.run_folder import load_config
-from runner.train import Trainer
+from runner.build import build_run
+from runner.validate import problems_of
 
 QUICK = ("model=mlp", "trainer.epochs=1", "logger.progress=false", "trainer.device=cpu")
 RUN_FILES = {"lr_schedule.csv", "lr_schedule.png", "config.yaml", "meta.json", "summary.json", "metrics.jsonl", "grad_norms.csv", "checkpoints", ".hydra",
@@ -100,9 +100,9 @@ def test_two_gloo_processes_train_like_one_process_with_the_global_batch(tmp_pat
 
     # the distributed evaluation equals a one-process evaluation of the same weights
     cfg = load_config(two)
-    trainer = Trainer(cfg, two, RunLogger(cfg, two, "check", None, enabled=False), Checkpointer(two, enabled=False))
-    trainer.model.load_state_dict(weights[1])
-    single = trainer.evaluate()
+    run = build_run(cfg)
+    run.model.load_state_dict(weights[1])
+    single = run.evaluate()
     logged = [r for r in records(two) if "val/acc1" in r][-1]
     assert logged["val/acc1"] == single["val/acc1"]
     assert logged["val/acc1"] * 359 == pytest.approx(round(logged["val/acc1"] * 359))  # counts over 359 samples
@@ -165,9 +165,9 @@ def test_devices_count_processes_on_the_cpu():
     assert distributed.processes_per_node(trainer_cfg()) == 1
     assert distributed.processes_per_node(trainer_cfg(devices=3)) == 3
     assert distributed.requested_world_size(trainer_cfg(devices=2, nnodes=2)) == 4
-    for bad in (0, "many"):
-        with pytest.raises(ConfigError, match="trainer.devices"):
-            distributed.processes_per_node(trainer_cfg(devices=bad))
+    for bad in (0, "many"):  # refused by the pre-flight, before any process starts
+        assert [p for p in problems_of(compose("trainer.device=cpu", f"trainer.devices={bad}"))
+                if p.startswith("trainer.devices")]
 
 
 def test_single_node_rendezvous_lets_torch_bind_a_free_port(tmp_path):
@@ -189,25 +189,16 @@ def test_multi_node_arguments_come_from_the_config_or_slurm(tmp_path, monkeypatc
         distributed.torchrun_args(trainer_cfg(nnodes=2, node_rank=2, rdzv_endpoint="h:1"), tmp_path, environ={})
 
 
-def test_second_order_optimizers_cpu_sync_bn_and_single_process_distillers_are_refused(monkeypatch):
-    from runner.distill.base import Distiller
-    from runner.distill.pskd import PSKD
-
-    class SecondOrder(torch.optim.SGD):
-        second_order = True
-
-    optimizer = SecondOrder([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    sgd = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    cpu = torch.device("cpu")
-    distributed.refuse_unsupported(optimizer, sync_bn=True, device=cpu, distiller=PSKD())  # one process: fine
-    monkeypatch.setattr(distributed, "world_size", lambda: 2)
-    with pytest.raises(ConfigError, match="trainer.devices=1"):
-        distributed.refuse_unsupported(optimizer, sync_bn=False, device=cpu, distiller=Distiller())
-    with pytest.raises(ConfigError, match="trainer.sync_bn"):
-        distributed.refuse_unsupported(sgd, sync_bn=True, device=cpu, distiller=Distiller())
-    with pytest.raises(ConfigError, match="distill=pskd runs on one process only: it keeps per-sample"):
-        distributed.refuse_unsupported(sgd, sync_bn=False, device=cpu, distiller=PSKD())
-    distributed.refuse_unsupported(sgd, sync_bn=False, device=cpu, distiller=Distiller())  # plain and kd: fine
+def test_second_order_optimizers_cpu_sync_bn_and_single_process_distillers_are_refused():
+    """The pre-flight refuses what cannot run on several processes, before any process starts."""
+    second_order = ("optimizer._target_=faulty.SecondOrderSGD", "trainer.precision=fp32")
+    on = lambda devices, *overrides: list(problems_of(compose("trainer.device=cpu", f"trainer.devices={devices}",
+                                                              *overrides)))  # noqa: E731
+    assert on(1, *second_order, "trainer.sync_bn=true", "distill=pskd") == []  # one process: fine
+    assert any("trainer.devices=1" in p for p in on(2, *second_order))
+    assert any("trainer.sync_bn" in p for p in on(2, "trainer.sync_bn=true"))
+    assert any(p.startswith("distill=pskd runs on one process only: it keeps per-sample") for p in on(2, "distill=pskd"))
+    assert on(2) == []  # plain: fine
 
 
 def test_a_config_error_in_the_workers_is_one_line(tmp_path):

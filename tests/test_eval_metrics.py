@@ -1,14 +1,13 @@
-"""val/nll and val/ece (15 bins) from Trainer.evaluate against a plain per-sample reference."""
+"""val/nll and val/ece (15 bins) from runner.evaluation.evaluate against a plain per-sample reference."""
 from __future__ import annotations
 
 import contextlib
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from runner.losses.ce import CrossEntropy
-from runner.train import Trainer
+from runner.evaluation import evaluate
 
 
 class FixedLoader:
@@ -45,10 +44,8 @@ def test_evaluate_nll_and_ece_match_the_plain_reference():
     # a mix of confident-right, confident-wrong and unsure predictions, so every bin is used
     logits = torch.randn(n, k, generator=gen) * torch.rand(n, 1, generator=gen) * 6
     logits[torch.arange(n), labels] += torch.rand(n, generator=gen) * 4
-    fake = SimpleNamespace(model=torch.nn.Identity(), rt=SimpleNamespace(device=torch.device("cpu")),
-                           val_loader=FixedLoader(logits, labels, batch_size=128), loss_fn=CrossEntropy(),
-                           autocast=contextlib.nullcontext, tta=0)
-    metrics = Trainer.evaluate(fake)
+    metrics = evaluate(torch.nn.Identity(), FixedLoader(logits, labels, batch_size=128), CrossEntropy(),
+                       contextlib.nullcontext, torch.device("cpu"))
     expected = reference_metrics(logits.double().numpy(), labels.numpy())
     for key, value in expected.items():
         assert abs(metrics[key] - value) < 1e-5, (key, metrics[key], value)
@@ -58,8 +55,6 @@ def test_evaluate_nll_and_ece_match_the_plain_reference():
 
 def test_evaluate_survives_a_diverged_model():
     logits = torch.full((8, 4), float("nan"))
-    fake = SimpleNamespace(model=torch.nn.Identity(), rt=SimpleNamespace(device=torch.device("cpu")),
-                           val_loader=FixedLoader(logits, torch.zeros(8, dtype=torch.long), 4), loss_fn=CrossEntropy(),
-                           autocast=contextlib.nullcontext, tta=0)
-    metrics = Trainer.evaluate(fake)
+    metrics = evaluate(torch.nn.Identity(), FixedLoader(logits, torch.zeros(8, dtype=torch.long), 4), CrossEntropy(),
+                       contextlib.nullcontext, torch.device("cpu"))
     assert np.isnan(metrics["val/nll"]) and np.isnan(metrics["val/ece"])

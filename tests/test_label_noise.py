@@ -5,7 +5,9 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from runner.data import Splits, add_label_noise, corrupt_labels, digits
+from runner.data.datasets import digits
+from runner.data.label_noise import add_label_noise, corrupt_labels
+from runner.data.splits import Splits
 from runner.errors import ConfigError
 
 from conftest import read_summary, train

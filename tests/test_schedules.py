@@ -251,19 +251,19 @@ def read_metrics(run_dir):
 
 def test_training_resumed_from_a_checkpoint_applies_the_same_lrs(tmp_path, monkeypatch):
     from runner.job import run_job
-    from runner.train import Trainer
+    from runner.step import Step
 
     overrides = ["schedule=wsd", "schedule.decay=0.5", "trainer.log_every=1", "dataset.limit_train=768"]
     _, straight = train(tmp_path / "straight", *overrides)
 
-    original_step = Trainer.train_step
+    original_step = Step.__call__
 
-    def crash_at_step_8(self, images, labels, *indices):  # two updates past the epoch-1 checkpoint (step 6) are logged
-        if self.step == 8:
+    def crash_at_step_8(self, images, labels, indices, step):  # two updates past the epoch-1 checkpoint (step 6) are logged
+        if step == 8:
             raise RuntimeError("simulated crash")
-        return original_step(self, images, labels, *indices)
+        return original_step(self, images, labels, indices, step)
 
-    monkeypatch.setattr(Trainer, "train_step", crash_at_step_8)
+    monkeypatch.setattr(Step, "__call__", crash_at_step_8)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(tmp_path / "crashed", *overrides)
     monkeypatch.undo()

@@ -1,45 +1,70 @@
-"""The train loop's distillation hooks, and the pieces the methods share.
+"""The distillation method's hooks, and the pieces the methods share.
 
-A distiller is built from `conf/distill/<name>.yaml` and plugged into the Trainer, which calls
-    setup(trainer)                          once, when the student, data, optimizer and schedule exist
+A distiller is built from `conf/distill/<name>.yaml`; the run calls
+    setup(context)                          once, with a MethodContext (runner/context.py): the student,
+                                            data, loss, progress, evaluation, companion modules
     loss(images, labels, indices, logits)   the student's training objective, inside the step's autocast
-    after_step(step, scaler)                after the student's optimizer step (before the scaler updates)
+    after_step(step, kept)                  after the optimizer steps; `kept` False (a device bool) where
+                                            trainer.on_nonfinite=skip dropped the step, None without a guard
     evaluate() -> dict                      extra records for each evaluation (e.g. a second model's accuracy)
     summary() -> dict                       extra keys for summary.json
     state_dict() / load_state_dict(state)   everything it trains or remembers, in the checkpoint
-`Distiller` itself is `distill=none`: the configured loss on the labels, nothing else.
+`Distiller` itself is `distill=none`: the configured loss on the labels, nothing else. A companion module
+(a second network, a projector, a head) comes from `context.companion(module)`: the step drives its optimizer
+with the student's, so nothing here steps an optimizer.
 
-Temperature: a method's `temperature` T divides both models' logits before the divergence, and the loss is
-scaled by T^2 (Hinton et al.), so the loss group's own `loss.temperature` must stay 1 (`check_divergence`).
+Config rules that involve the rest of the run are the classmethod `validate_config(cfg)`, run by the
+pre-flight (runner/validate.py) before anything is built: a method that divides both models' logits by its
+`temperature` T before the divergence and scales the loss by T^2 (Hinton et al.; `tempered = True`) needs
+the loss group's own `loss.temperature` at 1; one that trains a companion module (its own optimizer) cannot
+share the step with an optimizer that re-evaluates the loss in a closure.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from runner.errors import ConfigError
-from runner.optim import build_optimizer
 
 
 class Distiller:
+    """`distill=none`: train on the labels with the configured loss."""
     # what keeps a method off several processes: a trainable second module outside DDP, or a per-sample
     # memory (each rank sees other samples every epoch); None: runs under DDP
     single_process_reason: str | None = None
     # why a method needs class indices as targets (not mixup/cutmix's probability targets); None: it takes either
     class_labels_reason: str | None = None
-    """`distill=none`: train on the labels with the configured loss."""
+    tempered = False  # the method's temperature divides both models' logits: loss.temperature must be 1
 
-    def setup(self, trainer) -> None:
-        self.trainer = trainer
-        self.criterion = trainer.loss_fn
+    @classmethod
+    def validate_config(cls, cfg: DictConfig) -> list[str]:
+        from runner.optim import capabilities
+
+        method, own = cls.__name__.lower(), cfg.loss.get("temperature", 1.0)
+        problems = []
+        if cls.tempered and own != 1.0:
+            problems.append(f"loss.temperature={own} with distill={method}: distill.temperature already divides "
+                            f"both models' logits; set loss.temperature=1")
+        if cls.trains_companion(cfg) and capabilities(cfg.optimizer).needs_closure:
+            problems.append(f"distill={method}: optimizer={cfg.optimizer._target_.rsplit('.', 1)[-1]} re-evaluates "
+                            f"the loss in a closure, which would step a second model twice; pick another optimizer")
+        return problems
+
+    @classmethod
+    def trains_companion(cls, cfg: DictConfig) -> bool:
+        """Whether the method trains a module beside the student with its own optimizer (`Companion`)."""
+        return False
+
+    def setup(self, context) -> None:
+        self.context = context
+        self.criterion = context.criterion
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
              logits: torch.Tensor) -> torch.Tensor:
         return self.criterion(logits, labels)
 
-    def after_step(self, step: int, scaler: torch.amp.GradScaler | None) -> None:
+    def after_step(self, step: int, kept: torch.Tensor | None) -> None:
         pass
 
     def evaluate(self) -> dict:
@@ -56,14 +81,6 @@ class Distiller:
 
 
 # ---- divergences between tempered distributions ---------------------------------------------------------
-def check_divergence(divergence: torch.nn.Module, method: str) -> None:
-    """The method's temperature is the one temperature: a loss with its own would scale the logits twice."""
-    own = getattr(divergence, "temperature", 1.0)
-    if own != 1.0:
-        raise ConfigError(f"loss.temperature={own} with distill={method}: distill.temperature already divides "
-                          f"both models' logits; set loss.temperature=1")
-
-
 def tempered_divergence(divergence: torch.nn.Module, student_logits: torch.Tensor, target_logits: torch.Tensor,
                         temperature: float) -> torch.Tensor:
     """T^2 * D(softmax(target / T), softmax(student / T)) with D any loss of the loss group (target fixed)."""
@@ -81,6 +98,15 @@ def entropy(log_probs: torch.Tensor) -> torch.Tensor:
 
 
 # ---- shared pieces --------------------------------------------------------------------------------------
+def meta_student(cfg: DictConfig) -> torch.nn.Module:
+    """The run's model built on the meta device (its structure, no memory): for config checks."""
+    from runner.models import build_model
+    from runner.validate import data_shape
+
+    shape = data_shape(cfg)
+    return build_model(cfg.model, shape.in_channels, shape.num_classes or 2, device="meta")
+
+
 def require_features_and_head(model: torch.nn.Module) -> None:
     if not (callable(getattr(model, "features", None)) and isinstance(getattr(model, "head", None), torch.nn.Linear)):
         raise ConfigError(f"model {type(model).__name__} has no `features(x)` and linear `head`; feature "
@@ -99,49 +125,9 @@ class FeatureTap:
         self.features = inputs[0]
 
 
-def place(module: torch.nn.Module, trainer) -> torch.nn.Module:
-    memory_format = torch.channels_last if trainer.rt.channels_last else torch.preserve_format
-    return module.to(trainer.rt.device, memory_format=memory_format)
-
-
-class Companion:
-    """A module trained beside the student (a peer network, an extra head or projector): its own optimizer,
-    built from the run's optimizer config (with `overrides`), on its own instance of the run's schedule,
-    with the run's gradient clipping. Its gradients come from the loss the student's backward pass runs."""
-
-    def __init__(self, module: torch.nn.Module, trainer, overrides: DictConfig | dict | None = None):
-        cfg = trainer.cfg
-        if trainer.capabilities.needs_closure:
-            raise ConfigError(f"distill: optimizer={cfg.optimizer._target_.rsplit('.', 1)[-1]} re-evaluates the "
-                              f"loss in a closure, which would step a second model twice; pick another optimizer")
-        self.module = place(module, trainer)
-        optimizer_cfg = OmegaConf.merge(cfg.optimizer, overrides or {})
-        self.optimizer = build_optimizer(optimizer_cfg, self.module)
-        schedule = instantiate(cfg.schedule)(total_steps=trainer.total_steps, steps_per_epoch=trainer.steps_per_epoch)
-        self.lr_factors = schedule.factors()
-        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
-        self.params = [p for p in self.module.parameters() if p.requires_grad]
-        self.grad_clip = cfg.trainer.grad_clip
-
-    def step(self, step: int, scaler: torch.amp.GradScaler | None) -> None:
-        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base_lr * self.lr_factors[step]
-        if scaler is not None:
-            scaler.unscale_(self.optimizer)
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
-        if scaler is not None:
-            scaler.step(self.optimizer)
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def state_dict(self) -> dict:
-        return {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.module.load_state_dict(state["module"])
-        self.optimizer.load_state_dict(state["optimizer"])
+def kept_where(kept: torch.Tensor | None, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """A memory's new rows, or the old ones where the step was dropped (`kept` False)."""
+    return new if kept is None else torch.where(kept, new, old)
 
 
 def prefixed(metrics: dict, prefix: str) -> dict:

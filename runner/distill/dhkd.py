@@ -31,9 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runner.distill.base import Companion, FeatureTap
+from omegaconf import DictConfig
+
+from runner.distill.base import FeatureTap, meta_student, require_features_and_head
 from runner.distill.kd import KD
-from runner.errors import ConfigError
+from runner.errors import ConfigError, problems_from
 
 EPS = 1e-8
 NONLINEAR_WIDTH, NONLINEAR_DROPOUT = 200, 0.1  # the reference's NonLinearClassifier
@@ -46,13 +48,14 @@ def binary_kl_to_half(logits: torch.Tensor, teacher_logits: torch.Tensor, temper
     return temperature ** 2 * per_entry.sum() / logits.shape[0]
 
 
+AUX_HEADS = ("linear", "nonlinear")
+
+
 def auxiliary_head(kind: str, width: int, classes: int) -> nn.Module:
     if kind == "linear":
         return nn.Linear(width, classes)
-    if kind == "nonlinear":
-        return nn.Sequential(nn.Linear(width, NONLINEAR_WIDTH), nn.Dropout(NONLINEAR_DROPOUT),
-                             nn.BatchNorm1d(NONLINEAR_WIDTH), nn.ReLU(), nn.Linear(NONLINEAR_WIDTH, classes))
-    raise ConfigError(f"distill.aux_head={kind}: choose linear or nonlinear")
+    return nn.Sequential(nn.Linear(width, NONLINEAR_WIDTH), nn.Dropout(NONLINEAR_DROPOUT),
+                         nn.BatchNorm1d(NONLINEAR_WIDTH), nn.ReLU(), nn.Linear(NONLINEAR_WIDTH, classes))
 
 
 def flat(tensors, params: list[torch.Tensor]) -> torch.Tensor:
@@ -77,18 +80,32 @@ class DHKD(KD):
     def __init__(self, teacher: str | None = None, teacher_model=None, temperature: float = 2.0,
                  ce_weight: float = 1.0, kd_weight: float = 1.0, aux_head: str = "nonlinear",
                  gradient_alignment: bool = True):
+        if aux_head not in AUX_HEADS:
+            raise ConfigError(f"distill.aux_head={aux_head}: choose linear or nonlinear")
         super().__init__(teacher, teacher_model, temperature=temperature)
         self.ce_weight, self.kd_weight = ce_weight, kd_weight
         self.aux_head_kind, self.gradient_alignment = aux_head, gradient_alignment
 
-    def setup(self, trainer) -> None:
-        if self.gradient_alignment and (trainer.rt.scaler is not None or trainer.second_order):
-            raise ConfigError("distill.gradient_alignment=true takes unscaled first-order gradients: use "
-                              "trainer.precision=bf16/fp32 and a first-order optimizer, or distill.gradient_alignment=false")
-        super().setup(trainer)
-        self.tap = FeatureTap(trainer.model)
-        head = trainer.model.head
-        self.aux_head = Companion(auxiliary_head(self.aux_head_kind, head.in_features, head.out_features), trainer)
+    @classmethod
+    def trains_companion(cls, cfg: DictConfig) -> bool:
+        return True
+
+    @classmethod
+    def validate_config(cls, cfg: DictConfig) -> list[str]:
+        from runner.optim import capabilities
+
+        problems = super().validate_config(cfg) + problems_from(lambda: require_features_and_head(meta_student(cfg)))
+        scaled = cfg.trainer.precision == "fp16"  # `auto` is bf16 or fp32, never the scaled fp16
+        if cfg.distill.gradient_alignment and (scaled or capabilities(cfg.optimizer).second_order):
+            problems.append("distill.gradient_alignment=true takes unscaled first-order gradients: use "
+                            "trainer.precision=bf16/fp32 and a first-order optimizer, or distill.gradient_alignment=false")
+        return problems
+
+    def setup(self, context) -> None:
+        super().setup(context)
+        self.tap = FeatureTap(context.model)
+        head = context.model.head
+        self.aux_head = context.companion(auxiliary_head(self.aux_head_kind, head.in_features, head.out_features))
 
     def loss(self, images, labels, indices, logits):
         aux_logits = self.aux_head.module(self.tap.features)
@@ -96,10 +113,7 @@ class DHKD(KD):
         kd = self.kd_weight * binary_kl_to_half(aux_logits, self.teacher(images), self.temperature)
         if not self.gradient_alignment:
             return ce + kd
-        return aligned(ce, kd, self.trainer.params + self.aux_head.params)
-
-    def after_step(self, step, scaler) -> None:
-        self.aux_head.step(step, scaler)
+        return aligned(ce, kd, self.context.params + self.aux_head.params)
 
     def state_dict(self) -> dict:
         return super().state_dict() | {"aux_head": self.aux_head.state_dict()}

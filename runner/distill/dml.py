@@ -16,26 +16,36 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from runner.distill.base import Companion, Distiller, check_divergence, prefixed, tempered_divergence
-from runner.models import build_model, model_config
+from omegaconf import DictConfig
+
+from runner.distill.base import Distiller, prefixed, tempered_divergence
+from runner.errors import problems_from
+from runner.models import model_config
 
 
 class DML(Distiller):
     single_process_reason = "it trains a second network that DDP does not synchronise"
+    tempered = True
+
+    @classmethod
+    def trains_companion(cls, cfg: DictConfig) -> bool:
+        return True
+
+    @classmethod
+    def validate_config(cls, cfg: DictConfig) -> list[str]:
+        choice = cfg.distill.teacher_model
+        named = problems_from(lambda: model_config(choice, cfg.dataset, "distill.teacher_model")) if choice else []
+        return super().validate_config(cfg) + named
 
     def __init__(self, teacher_model=None, teacher_lr: float | None = None, weight: float = 1.0,
                  temperature: float = 1.0):
         self.teacher_model, self.teacher_lr = teacher_model, teacher_lr
         self.weight, self.temperature = weight, temperature
 
-    def setup(self, trainer) -> None:
-        super().setup(trainer)
-        check_divergence(self.criterion, type(self).__name__.lower())
-        cfg = trainer.cfg
-        teacher_cfg = model_config(self.teacher_model, cfg.dataset, "distill.teacher_model") \
-            if self.teacher_model is not None else cfg.model
-        model = build_model(teacher_cfg, trainer.splits.in_channels, trainer.splits.num_classes)
-        self.peer = Companion(model, trainer, {"lr": self.teacher_lr} if self.teacher_lr is not None else None)
+    def setup(self, context) -> None:
+        super().setup(context)
+        model = context.build_model(self.teacher_model)
+        self.peer = context.companion(model, {"lr": self.teacher_lr} if self.teacher_lr is not None else None)
         self.last_metrics: dict = {}
 
     @property
@@ -58,11 +68,8 @@ class DML(Distiller):
         student, teacher = self.pair_losses(logits, self.teacher(images), labels)
         return student + teacher
 
-    def after_step(self, step, scaler) -> None:
-        self.peer.step(step, scaler)
-
     def evaluate(self) -> dict:
-        self.last_metrics = prefixed(self.trainer.evaluate(self.teacher), "teacher")
+        self.last_metrics = prefixed(self.context.evaluate(self.teacher), "teacher")
         return self.last_metrics
 
     def summary(self) -> dict:

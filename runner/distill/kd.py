@@ -13,11 +13,32 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from runner.distill.base import Distiller, check_divergence, tempered_divergence
-from runner.distill.teacher import FrozenTeacher
+from omegaconf import DictConfig
+
+from runner.distill.base import Distiller, tempered_divergence
+from runner.distill.teacher import FrozenTeacher, teacher_files, teacher_model
+from runner.errors import problems_from
 
 
 class KD(Distiller):
+    tempered = True
+
+    @classmethod
+    def validate_config(cls, cfg: DictConfig) -> list[str]:
+        return super().validate_config(cfg) + problems_from(lambda: cls.meta_teacher(cfg))
+
+    @staticmethod
+    def meta_teacher(cfg: DictConfig) -> torch.nn.Module | None:
+        """The teacher on the meta device, its weights' shapes checked (None while the class count is unknown)."""
+        from runner.validate import data_shape
+
+        shape, distill = data_shape(cfg), cfg.distill
+        if shape.num_classes is None:
+            teacher_files(distill.teacher, distill.teacher_model, cfg.dataset)
+            return None
+        return teacher_model(distill.teacher, distill.teacher_model, cfg.dataset, shape.in_channels,
+                             shape.num_classes, device="meta")
+
     def __init__(self, teacher: str | None = None, teacher_model=None, alpha: float = 0.9,
                  temperature: float = 4.0, warmup_epochs: int = 0):
         self.source, self.teacher_model = teacher, teacher_model
@@ -25,13 +46,12 @@ class KD(Distiller):
         self.temperature, self.warmup_epochs = temperature, warmup_epochs
         self.teacher_logged = False
 
-    def setup(self, trainer) -> None:
-        super().setup(trainer)
-        check_divergence(self.criterion, type(self).__name__.lower())
-        self.teacher = FrozenTeacher(self.source, self.teacher_model, trainer)
+    def setup(self, context) -> None:
+        super().setup(context)
+        self.teacher = FrozenTeacher(self.source, self.teacher_model, context)
 
     def ramp(self) -> float:
-        return min(1.0, self.trainer.epoch / self.warmup_epochs) if self.warmup_epochs else 1.0
+        return min(1.0, self.context.progress.epoch / self.warmup_epochs) if self.warmup_epochs else 1.0
 
     def objective(self, logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         hard = F.cross_entropy(logits.float(), labels)

@@ -17,30 +17,32 @@ import torch
 
 from runner.distill.base import Distiller, prefixed
 from runner.distill.saf import trajectory_loss
-from runner.ema import WeightEMA
+from runner.ema import WeightEMA, decay_problems
+from runner.errors import require
 
 
 class MESA(Distiller):
     def __init__(self, weight: float = 0.8, temperature: float = 5.0, decay: float = 0.9998, start_epoch: int = 5):
+        require(decay_problems(decay, "distill.decay"))
         self.weight, self.temperature, self.decay, self.start_epoch = weight, temperature, decay, start_epoch
 
-    def setup(self, trainer) -> None:
-        super().setup(trainer)
-        self.ema = WeightEMA(trainer.model, self.decay, key="distill")
+    def setup(self, context) -> None:
+        super().setup(context)
+        self.ema = WeightEMA(context.model, self.decay)
 
     def loss(self, images, labels, indices, logits):
         loss = self.criterion(logits, labels)
-        if self.trainer.epoch > self.start_epoch:
+        if self.context.progress.epoch > self.start_epoch:
             with torch.no_grad():
                 ema_logits = self.ema(images)
             loss = loss + self.weight * trajectory_loss(logits, ema_logits, self.temperature)
         return loss
 
-    def after_step(self, step, scaler) -> None:
-        self.ema.step(step + 1)
+    def after_step(self, step, kept) -> None:
+        self.ema.step(step + 1)  # after a dropped step the weights are the previous ones: the EMA moves toward those
 
     def evaluate(self) -> dict:
-        return prefixed(self.trainer.evaluate(self.ema.module), "ema")
+        return prefixed(self.context.evaluate(self.ema.module), "ema")
 
     def state_dict(self) -> dict:
         return {"ema": self.ema.state_dict()}

@@ -28,8 +28,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from runner.distill.base import Companion, FeatureTap, require_features_and_head
+from omegaconf import DictConfig
+
+from runner.distill.base import FeatureTap, meta_student, require_features_and_head
 from runner.distill.kd import KD
+from runner.errors import ConfigError, problems_from
 
 
 def norm_direction_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, centers: torch.Tensor,
@@ -61,23 +64,42 @@ class ND(KD):
     single_process_reason = "it trains a projector that DDP does not synchronise"
     class_labels_reason = "its norm-direction term picks each sample's class centre by its label"
 
+    @classmethod
+    def trains_companion(cls, cfg: DictConfig) -> bool:
+        """A projector, when the student's and the teacher's feature widths differ."""
+        try:
+            models = [meta_student(cfg), cls.meta_teacher(cfg)]
+        except ConfigError:  # reported by validate_config
+            return False
+        widths = [m.head.in_features for m in models if isinstance(getattr(m, "head", None), nn.Linear)]
+        return len(widths) == 2 and widths[0] != widths[1]
+
+    @classmethod
+    def validate_config(cls, cfg: DictConfig) -> list[str]:
+        def features_and_heads():
+            for model in (meta_student(cfg), cls.meta_teacher(cfg)):
+                if model is not None:
+                    require_features_and_head(model)
+        return super().validate_config(cfg) + problems_from(features_and_heads)
+
     def __init__(self, teacher: str | None = None, teacher_model=None, ce_weight: float = 1.0,
                  kd_weight: float = 1.0, nd_weight: float = 2.0, temperature: float = 4.0, warmup_epochs: int = 20):
         super().__init__(teacher, teacher_model, temperature=temperature, warmup_epochs=warmup_epochs)
         self.ce_weight, self.kd_weight, self.nd_weight = ce_weight, kd_weight, nd_weight
 
-    def setup(self, trainer) -> None:
-        super().setup(trainer)
-        self.tap = FeatureTap(trainer.model)
+    def setup(self, context) -> None:
+        super().setup(context)
+        self.tap = FeatureTap(context.model)
         require_features_and_head(self.teacher.model)
-        self.centers = class_centers(self.teacher, trainer.train_loader, trainer.splits.num_classes, trainer.autocast)
-        student_width, teacher_width = trainer.model.head.in_features, self.teacher.model.head.in_features
+        data = context.data
+        self.centers = class_centers(self.teacher, data.train_loader, data.num_classes, context.autocast)
+        student_width, teacher_width = context.model.head.in_features, self.teacher.model.head.in_features
         self.projector = None
         if student_width != teacher_width:
             projector = nn.Sequential(nn.BatchNorm1d(student_width), nn.Dropout(0.5),
                                       nn.Linear(student_width, teacher_width))
             nn.init.zeros_(projector[2].bias)
-            self.projector = Companion(projector, trainer)
+            self.projector = context.companion(projector)
 
     def loss(self, images, labels, indices, logits):
         teacher_features, teacher_logits = self.teacher.features_and_logits(images)
@@ -86,10 +108,6 @@ class ND(KD):
             student_features = self.projector.module(student_features)
         nd = norm_direction_loss(student_features, teacher_features, self.centers, labels)
         return self.objective(logits, teacher_logits, labels) + self.nd_weight * nd
-
-    def after_step(self, step, scaler) -> None:
-        if self.projector is not None:
-            self.projector.step(step, scaler)
 
     def state_dict(self) -> dict:
         state = super().state_dict()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from runner.distill.base import Distiller
+from runner.distill.base import Distiller, kept_where
 
 
 class PSKD(Distiller):
@@ -25,15 +25,15 @@ class PSKD(Distiller):
     def __init__(self, alpha_T: float = 0.8):
         self.alpha_T = alpha_T
 
-    def setup(self, trainer) -> None:
-        super().setup(trainer)
-        samples, classes = len(trainer.splits.train), trainer.splits.num_classes
-        self.predictions = torch.zeros(samples, classes, device=trainer.rt.device)
-        self.seen = torch.zeros(samples, dtype=torch.bool, device=trainer.rt.device)
+    def setup(self, context) -> None:
+        super().setup(context)
+        samples, classes = context.data.train_size, context.data.num_classes
+        self.predictions = torch.zeros(samples, classes, device=context.device)
+        self.seen = torch.zeros(samples, dtype=torch.bool, device=context.device)
         self.pending: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def alpha(self, epoch: int) -> float:
-        return self.alpha_T * (epoch + 1) / self.trainer.epochs
+        return self.alpha_T * (epoch + 1) / self.context.epochs
 
     def targets(self, labels: torch.Tensor, indices: torch.Tensor, epoch: int) -> torch.Tensor:
         onehot = labels.new_zeros(len(labels), self.predictions.shape[1], dtype=torch.float32)
@@ -45,12 +45,12 @@ class PSKD(Distiller):
     def loss(self, images, labels, indices, logits):
         if self.pending is None:  # a closure's second pass must not overwrite the recorded predictions
             self.pending = (indices, F.softmax(logits.detach().float(), dim=-1))
-        return self.criterion(logits, self.targets(labels, indices, self.trainer.epoch))
+        return self.criterion(logits, self.targets(labels, indices, self.context.progress.epoch))
 
-    def after_step(self, step, scaler) -> None:
+    def after_step(self, step, kept) -> None:
         indices, probabilities = self.pending
-        self.predictions[indices] = probabilities
-        self.seen[indices] = True
+        self.predictions[indices] = kept_where(kept, probabilities, self.predictions[indices])
+        self.seen[indices] = True if kept is None else self.seen[indices] | kept
         self.pending = None
 
     def state_dict(self) -> dict:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from runner.distill.base import Distiller, kl_per_sample
+from runner.distill.base import Distiller, kept_where, kl_per_sample
 from runner.errors import ConfigError
 
 
@@ -37,10 +37,10 @@ class SAF(Distiller):
         self.weight, self.temperature = weight, temperature
         self.epochs_back, self.start_epoch = epochs_back, start_epoch
 
-    def setup(self, trainer) -> None:
-        super().setup(trainer)
-        slots, samples, classes = self.epochs_back + 1, len(trainer.splits.train), trainer.splits.num_classes
-        self.outputs = torch.zeros(slots, samples, classes, device=trainer.rt.device)
+    def setup(self, context) -> None:
+        super().setup(context)
+        slots, samples, classes = self.epochs_back + 1, context.data.train_size, context.data.num_classes
+        self.outputs = torch.zeros(slots, samples, classes, device=context.device)
         self.pending: tuple[torch.Tensor, torch.Tensor, int] | None = None
 
     def past_outputs(self, indices: torch.Tensor, epoch: int) -> torch.Tensor:
@@ -48,7 +48,7 @@ class SAF(Distiller):
         return self.outputs[(epoch - self.epochs_back) % (self.epochs_back + 1), indices]
 
     def loss(self, images, labels, indices, logits):
-        epoch = self.trainer.epoch
+        epoch = self.context.progress.epoch
         if self.pending is None:  # a closure's second pass must not overwrite the recorded outputs
             self.pending = (indices, logits.detach().float(), epoch)
         loss = self.criterion(logits, labels)
@@ -56,9 +56,10 @@ class SAF(Distiller):
             loss = loss + self.weight * trajectory_loss(logits, self.past_outputs(indices, epoch), self.temperature)
         return loss
 
-    def after_step(self, step, scaler) -> None:
+    def after_step(self, step, kept) -> None:
         indices, logits, epoch = self.pending
-        self.outputs[epoch % (self.epochs_back + 1), indices] = logits
+        slot = epoch % (self.epochs_back + 1)
+        self.outputs[slot, indices] = kept_where(kept, logits, self.outputs[slot, indices])
         self.pending = None
 
     def state_dict(self) -> dict:

@@ -2,6 +2,8 @@
 with `in_channels` and `num_classes`, which come from the dataset, never from the user."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -9,8 +11,10 @@ from omegaconf import DictConfig, OmegaConf
 from runner.errors import ConfigError
 
 
-def build_model(cfg: DictConfig, in_channels: int, num_classes: int) -> torch.nn.Module:
-    return instantiate(cfg)(in_channels=in_channels, num_classes=num_classes)
+def build_model(cfg: DictConfig, in_channels: int, num_classes: int, device: str | None = None) -> torch.nn.Module:
+    """The model of `cfg`; `device="meta"` builds its structure only (the pre-flight's check, no memory)."""
+    with torch.device(device) if device else contextlib.nullcontext():
+        return instantiate(cfg)(in_channels=in_channels, num_classes=num_classes)
 
 
 def model_config(choice: str, dataset: DictConfig, key: str = "model") -> DictConfig:

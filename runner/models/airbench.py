@@ -3,9 +3,9 @@ KellerJordan/cifar10-airbench `legacy/airbench94.py`), written from its descript
 
 - A 2x2 whitening conv (stride 1, no padding) with frozen weights: the eigenvectors of the training
   images' 2x2-patch second-moment matrix, scaled by 1/sqrt(eigenvalue + eps), stacked with their negatives
-  (so GELU passes both signs). They are set by `init_from_data`, which the Trainer calls once with
+  (so GELU passes both signs). They are set by `init_from_data`, which the run's builder calls once with
   normalised training images. Its bias trains for the first `whiten_bias_epochs` epochs, then freezes
-  (`set_epoch`, also called by the Trainer).
+  (`set_epoch`, called by the train loop).
 - Three conv groups: conv3x3 -> max-pool 2 -> BN -> GELU -> conv3x3 -> BN -> GELU. Convs have no bias and
   a dirac (identity) init on their first `in_channels` filters; BN uses eps 1e-12, airbench's momentum
   (0.6 for the running average, i.e. torch momentum 0.4) and a frozen unit weight (only the bias learns).

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from runner.errors import ConfigError
+
 VGG_LAYOUTS = {
     11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     13: [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -35,7 +37,7 @@ class VGG(PooledClassifier):
     def __init__(self, in_channels: int, num_classes: int, depth: int = 11):
         super().__init__()
         if depth not in VGG_LAYOUTS:
-            raise ValueError(f"model.depth={depth}: choose one of {sorted(VGG_LAYOUTS)}")
+            raise ConfigError(f"model.depth={depth}: choose one of {sorted(VGG_LAYOUTS)}")
         layers, channels = [], in_channels
         for item in VGG_LAYOUTS[depth]:
             if item == "M":
@@ -97,7 +99,7 @@ DENSENET_LAYOUTS = {121: (6, 12, 24, 16), 169: (6, 12, 32, 32), 201: (6, 12, 48,
 
 def densenet(in_channels: int, num_classes: int, depth: int = 121, growth: int = 32) -> DenseNet:
     if depth not in DENSENET_LAYOUTS:
-        raise ValueError(f"model.depth={depth}: choose one of {sorted(DENSENET_LAYOUTS)}")
+        raise ConfigError(f"model.depth={depth}: choose one of {sorted(DENSENET_LAYOUTS)}")
     return DenseNet(in_channels, num_classes, DENSENET_LAYOUTS[depth], growth)
 
 
@@ -125,7 +127,7 @@ class PreActResNet(PooledClassifier):
     def __init__(self, in_channels: int, num_classes: int, depth: int = 18):
         super().__init__()
         if depth not in PREACT_LAYOUTS:
-            raise ValueError(f"model.depth={depth}: choose one of {sorted(PREACT_LAYOUTS)}")
+            raise ConfigError(f"model.depth={depth}: choose one of {sorted(PREACT_LAYOUTS)}")
         blocks, in_planes = [nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)], 64
         for stage, count in enumerate(PREACT_LAYOUTS[depth]):
             planes = 64 * 2 ** stage

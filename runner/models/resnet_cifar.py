@@ -12,6 +12,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from runner.errors import ConfigError
+
 
 class PadShortcut(nn.Module):
     """Option A: subsample spatially and zero-pad the new channels (no parameters)."""
@@ -106,7 +108,7 @@ class ResNet(nn.Module):
 def resnet_he(in_channels: int, num_classes: int, depth: int = 20) -> ResNet:
     """He et al.'s CIFAR ResNet with depth 6n+2 (20, 32, 44, 56, 110)."""
     if (depth - 2) % 6:
-        raise ValueError(f"model.depth={depth}: He et al.'s CIFAR ResNets have depth 6n+2 (20, 32, 56, 110)")
+        raise ConfigError(f"model.depth={depth}: He et al.'s CIFAR ResNets have depth 6n+2 (20, 32, 56, 110)")
     n = (depth - 2) // 6
     return ResNet(BasicBlock, [n] * 3, [16, 32, 64], in_channels, num_classes, shortcut="pad")
 
@@ -117,6 +119,6 @@ CIFAR_LAYOUTS = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]),
 def resnet_cifar(in_channels: int, num_classes: int, depth: int = 18) -> ResNet:
     """ResNet-18/34/50 with a 3x3 stem and no max-pool, for 32x32 inputs."""
     if depth not in CIFAR_LAYOUTS:
-        raise ValueError(f"model.depth={depth}: choose one of {sorted(CIFAR_LAYOUTS)}")
+        raise ConfigError(f"model.depth={depth}: choose one of {sorted(CIFAR_LAYOUTS)}")
     block, layout = CIFAR_LAYOUTS[depth]
     return ResNet(block, layout, [64, 128, 256, 512], in_channels, num_classes)

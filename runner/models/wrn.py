@@ -5,6 +5,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from runner.errors import ConfigError
+
 
 class WideBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int, dropout: float):
@@ -28,7 +30,7 @@ class WideResNet(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, depth: int = 28, width: int = 10, dropout: float = 0.0):
         super().__init__()
         if (depth - 4) % 6:
-            raise ValueError(f"model.depth={depth}: wide ResNets have depth 6n+4 (16, 28, 40)")
+            raise ConfigError(f"model.depth={depth}: wide ResNets have depth 6n+4 (16, 28, 40)")
         n, widths = (depth - 4) // 6, [16, 16 * width, 32 * width, 64 * width]
         self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         blocks, in_planes = [], widths[0]

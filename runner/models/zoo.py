@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from runner.errors import ConfigError
 from runner.models.resnet_cifar import BasicBlock, ResNet
 
 
@@ -24,7 +25,7 @@ def resnet_kd(in_channels: int, num_classes: int, depth: int = 20, stem_width: i
               widths: tuple[int, ...] = (16, 32, 64)) -> ResNet:
     """RepDistiller's `resnet<depth>` (stem 16, stages 16/32/64) and `resnet<depth>x4` (stem 32, 64/128/256)."""
     if (depth - 2) % 6:
-        raise ValueError(f"model.depth={depth}: these CIFAR ResNets have depth 6n+2 (8, 20, 32, 56, 110)")
+        raise ConfigError(f"model.depth={depth}: these CIFAR ResNets have depth 6n+2 (8, 20, 32, 56, 110)")
     n = (depth - 2) // 6
     return ResNet(BasicBlock, [n] * 3, list(widths), in_channels, num_classes, shortcut="conv",
                   stem_width=stem_width)
@@ -74,7 +75,7 @@ class VGG(Pooled):
     def __init__(self, in_channels: int, num_classes: int, depth: int = 8, image_size: int = 32):
         super().__init__()
         if depth not in VGG_LAYOUTS:
-            raise ValueError(f"model.depth={depth}: choose one of {sorted(VGG_LAYOUTS)}")
+            raise ConfigError(f"model.depth={depth}: choose one of {sorted(VGG_LAYOUTS)}")
         layers, channels = [], in_channels
         for block, widths in enumerate(VGG_LAYOUTS[depth]):
             for width in widths:

@@ -1,0 +1,186 @@
+"""Building a run's parts from its config: data, model, runtime (device, precision, memory format), loss,
+optimizer driver, schedule, the method (distiller) with its context, and the step. Nothing is written here:
+the job writes the run folder only once everything is built (and a checkpoint restored), so bad input found
+while building leaves nothing behind.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from runner import distributed, env
+from runner.batch_size import BatchState, FixedBatch
+from runner.context import DataInfo, MethodContext, Progress
+from runner.data.loaders import build_loaders, cpu_count
+from runner.ema import WeightEMA
+from runner.evaluation import evaluate
+from runner.losses import build_loss
+from runner.models import build_model
+from runner.nonfinite import SkipNonFinite
+from runner.optim import build_optimizer, capabilities
+from runner.schedules import total_steps
+from runner.step import OptimizerDriver, Step, autocast_for
+
+DATA_INIT_SAMPLES = 5000  # training images handed to a model's init_from_data (airbench's whitening uses 5000)
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    autocast_dtype: torch.dtype | None  # None: fp32
+    channels_last: bool
+    scaler: torch.amp.GradScaler | None
+
+
+def resolve_runtime(trainer: DictConfig, model: torch.nn.Module) -> Runtime:
+    device = env.resolve_device(trainer.device)
+    precision = env.resolved_precision(trainer.precision, device)
+    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    has_conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    channels_last = (device.type == "cuda" and has_conv) if trainer.channels_last == "auto" else bool(trainer.channels_last)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    return Runtime(device, dtypes[precision], channels_last, scaler)
+
+
+class CompiledOrEager:
+    """Calls the torch.compile'd model, falling back to eager (with a warning) if compilation fails."""
+
+    def __init__(self, model: torch.nn.Module, compile_model: bool, print: Callable[[str], None]):
+        self.eager, self.print = model, print
+        self.forward = torch.compile(model) if compile_model else model
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.forward is self.eager:
+            return self.eager(images)
+        try:
+            return self.forward(images)
+        except Exception as error:  # noqa: BLE001 - any compiler failure: keep training eagerly
+            self.print(f"[yellow]warning: torch.compile failed ({type(error).__name__}); running eagerly")
+            self.forward = self.eager
+            return self.eager(images)
+
+
+class BySamples:
+    """The lr factors of a run whose batch grows (batch=adaptive): indexed like a step's list, the factor is the
+    schedule's at the samples seen before the step runs (`progress.samples`), so its shape holds in samples."""
+
+    def __init__(self, schedule, progress: Progress, total_samples: int):
+        self.schedule, self.progress, self.total_samples = schedule, progress, total_samples
+
+    def __getitem__(self, step: int) -> float:
+        return self.schedule(min(self.progress.samples, self.total_samples - 1))
+
+    def points(self, count: int = 1000) -> tuple[list[int], list[float]]:
+        """The schedule on a grid of sample positions (lr_schedule.csv and .png)."""
+        positions = [round(i * (self.total_samples - 1) / (count - 1)) for i in range(count)]
+        return positions, [self.schedule(t) for t in positions]
+
+
+@dataclass
+class Run:
+    """Everything a run trains with, built; the loop (runner/train.py) drives it."""
+    cfg: DictConfig
+    splits: object
+    model: torch.nn.Module
+    runtime: Runtime
+    train_loader: object
+    val_loader: object
+    loss_fn: torch.nn.Module
+    schedule: object
+    lr_factors: list[float]
+    driver: OptimizerDriver  # the student's
+    method: object           # the distiller (distill=none: the loss on the labels)
+    step: Step
+    progress: Progress
+    steps_per_epoch: int
+    total_steps: int             # under batch=adaptive, a bound: the budget is total_samples
+    epochs: int
+    batching: object             # conf/batch: FixedBatch or AdaptiveBatch
+    batch: BatchState            # the batch the step runs now
+    total_samples: int | None    # batch=adaptive: trainer.epochs x the training set
+    ema: WeightEMA | None        # trainer.ema
+
+    @property
+    def optimizer(self):
+        return self.driver.optimizer
+
+    def autocast(self):
+        return autocast_for(self.runtime.device, self.runtime.autocast_dtype)()
+
+    def evaluate(self, model: torch.nn.Module | None = None, split: str = "val") -> dict:
+        return evaluate(model or self.model, self.val_loader, self.loss_fn, self.autocast, self.runtime.device,
+                        self.cfg.trainer.tta, split)
+
+    def stateful(self) -> dict:
+        """Everything whose state_dict a checkpoint carries (model, optimizer, loss, scaler, and a schedule or
+        any other component that has state): a new stateful component is one more entry here."""
+        objects = {"model": self.model, "optimizer": self.optimizer, "loss": self.loss_fn,
+                   "scaler": self.runtime.scaler, "schedule": self.schedule, "distill": self.method,
+                   "ema": self.ema, "batch": self.batch}
+        return {name: obj for name, obj in objects.items() if hasattr(obj, "state_dict")}
+
+    def schedule_points(self) -> tuple[list[float], list[int] | None, str, int]:
+        """(factors, positions, unit, positions per epoch) for lr_schedule.csv and .png."""
+        if isinstance(self.lr_factors, BySamples):
+            positions, factors = self.lr_factors.points()
+            return factors, positions, "samples", len(self.splits.train)
+        return self.lr_factors, None, "step", self.steps_per_epoch
+
+
+def build_run(cfg: DictConfig, print: Callable[[str], None] = lambda message: None) -> Run:
+    """The run of `cfg` (a config the pre-flight, runner/validate.py, found nothing wrong with)."""
+    trainer = cfg.trainer
+    env.seed_everything(cfg.seed, trainer.deterministic)
+    splits = instantiate(cfg.dataset)
+    model = build_model(cfg.model, splits.in_channels, splits.num_classes)
+    runtime = resolve_runtime(trainer, model)
+    model.to(runtime.device, memory_format=torch.channels_last if runtime.channels_last else torch.preserve_format)
+    model = distributed.convert_sync_bn(model, trainer.sync_bn)
+    workers = min(8, cpu_count()) if trainer.num_workers == "auto" else int(trainer.num_workers)
+    batching = instantiate(cfg.batch) if cfg.get("batch") else FixedBatch()
+    batch = batching.start(trainer, distributed.world_size(), len(splits.train))
+    train_loader, val_loader = build_loaders(splits, batch.per_device, trainer.eval_batch_size, runtime.device,
+                                             cfg.seed, workers, runtime.channels_last, distributed.rank(),
+                                             distributed.world_size())
+    steps_per_epoch = len(train_loader)  # at the starting batch
+    steps = total_steps(trainer, steps_per_epoch)
+    total_samples = int(trainer.epochs * len(splits.train)) if batching.adaptive else None
+    if hasattr(model, "init_from_data"):  # data-dependent init (airbench's whitening), before the optimizer
+        model.init_from_data(train_loader.sample(DATA_INIT_SAMPLES))
+    optimizer = build_optimizer(cfg.optimizer, model, steps)
+    loss_fn = build_loss(cfg.loss)
+    # DDP first, then compile (torch's DDPOptimizer splits the graph at DDP's bucket boundaries)
+    forward = CompiledOrEager(distributed.wrap(model, runtime.device), trainer.compile, print)
+    progress = Progress()
+    if batching.adaptive:  # schedules follow the samples seen: a growing batch keeps their shape
+        schedule = instantiate(cfg.schedule)(total_steps=total_samples, steps_per_epoch=len(splits.train))
+        lr_factors = BySamples(schedule, progress, total_samples)
+    else:
+        schedule = instantiate(cfg.schedule)(total_steps=steps, steps_per_epoch=steps_per_epoch)
+        lr_factors = schedule.factors()
+    declared = capabilities(cfg.optimizer)
+    with_l1 = bool(declared.adaptive) if trainer.grad_norm_l1 == "auto" else bool(trainer.grad_norm_l1)
+    driver = OptimizerDriver(optimizer, model, lr_factors, trainer.grad_clip, runtime.scaler, declared, with_l1)
+    epochs = trainer.epochs if batching.adaptive else math.ceil(steps / steps_per_epoch)
+    method = instantiate(cfg.distill)
+    autocast = autocast_for(runtime.device, runtime.autocast_dtype)
+    context = MethodContext(
+        model=model, device=runtime.device, channels_last=runtime.channels_last, autocast=autocast,
+        data=DataInfo(splits.name, splits.num_classes, splits.in_channels, len(splits.train), train_loader),
+        dataset=cfg.dataset, criterion=loss_fn, progress=progress, epochs=epochs,
+        evaluate=lambda other: evaluate(other, val_loader, loss_fn, autocast, runtime.device, trainer.tta),
+        print=print, optimizer_config=cfg.optimizer, capabilities=declared, lr_factors=lr_factors,
+        grad_clip=trainer.grad_clip, scaler=runtime.scaler, model_config=cfg.model, drivers=[driver])
+    method.setup(context)  # may add companions' drivers to context.drivers
+    guard = SkipNonFinite(context.drivers, runtime.scaler is not None) if trainer.on_nonfinite == "skip" else None
+    ema = trainer.get("ema") or {}
+    ema = WeightEMA(model, ema.decay, ema.warmup, ema.warmup_gamma, ema.warmup_power, ema.every) \
+        if ema.get("decay") else None
+    step = Step(forward, method, context.drivers, autocast, guard, batching, batch, ema)
+    return Run(cfg, splits, model, runtime, train_loader, val_loader, loss_fn, schedule, lr_factors, driver, method,
+               step, progress, steps_per_epoch, steps, epochs, batching, batch, total_samples, ema)
