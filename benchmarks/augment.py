@@ -12,7 +12,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from runner.augment import Erasing, Policy
-from runner.data import cpu_count, epoch_generator
+from runner.data.loaders import cpu_count
+from runner.data.sharding import epoch_generator
 
 BATCH = 512
 

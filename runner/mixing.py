@@ -42,9 +42,8 @@ def batch_rng(seed: int, epoch: int, position: int) -> np.random.Generator:
 
 
 def mixing_problems(mixup: float, cutmix: float) -> list[str]:
-    return [] if mixup >= 0 and cutmix >= 0 else [
-        f"dataset.mixup={mixup}, dataset.cutmix={cutmix}: Beta(a, a) parameters are >= 0 (0 turns one off; timm's "
-        f"defaults are mixup 0.8, cutmix 1.0)"]
+    return [f"dataset.{key}={value}: Beta(a, a) parameters are >= 0 (0 turns it off; timm's recipe: mixup 0.8, "
+            f"cutmix 1.0)" for key, value in (("mixup", mixup), ("cutmix", cutmix)) if value < 0]
 
 
 class Mixing:

@@ -9,7 +9,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from runner.augment import GEOMETRIC, OPS, SIGNED, Erasing, Policy, magnitude_table
-from runner.data import epoch_generator
+from runner.data.sharding import epoch_generator
 from runner.errors import ConfigError
 
 SHAPES = [(3, 32, 32), (1, 28, 28), (3, 24, 32)]  # RGB, grey, non-square
@@ -122,8 +122,9 @@ def test_bad_policy_settings_are_one_line_errors():
         Policy("autoaugment")
     with pytest.raises(ConfigError, match="a bin in"):
         Policy("randaugment", magnitude=31)
-    with pytest.raises(ConfigError, match="probability"):
-        Erasing(1.5)
+    from runner.augment import train_augment_problems
+    assert train_augment_problems(random_erasing=1.5) == [
+        "dataset.random_erasing=1.5: the probability of erasing an image, in [0, 1]"]
 
 
 def test_geometric_ops_are_one_contiguous_block_of_ids():
@@ -132,7 +133,8 @@ def test_geometric_ops_are_one_contiguous_block_of_ids():
 
 def test_the_device_loader_augments_normalises_erases_and_mixes_and_replays_any_batch():
     from runner.augment import train_augment
-    from runner.data import Augment, TensorLoader, TensorSplit
+    from runner.data.loaders import TensorLoader
+    from runner.data.splits import Augment, TensorSplit
 
     gen = torch.Generator().manual_seed(4)
     split = TensorSplit(torch.randint(0, 256, (96, 3, 16, 16), dtype=torch.uint8, generator=gen), torch.arange(96) % 10)
