@@ -4,13 +4,17 @@ steps: the loop's one host sync), evaluate (every `trainer.eval_every` epochs an
 preemption signal. The parts come built (runner/build.py), the step is runner/step.py, evaluation is
 runner/evaluation.py; this module writes records and checkpoints, never the rest of the run folder.
 
-Seams: a measurement every N steps (curvature, sharpness) is one more `every` test in `end_of_step`; an
-optimizer with a train/eval mode (schedule-free) switches around the two places that need its evaluation
-weights, `end_of_epoch`'s evaluations and `checkpoint`; a metric an optimizer reports (Prodigy's d) joins the
-record built in `flush`. An EMA of the weights (trainer.ema) is evaluated beside the live model in
-`end_of_epoch` (`ema/val/*`). Under batch=adaptive the budget is samples (`progress.samples`): an epoch ends when
-no full batch is left in it, and the batch grows in `flush`, from the test verdicts its records carry, after
-which the loader restarts at the epoch's position with the new size.
+An optimizer trained at other weights than it is evaluated at (schedule-free) is evaluated inside
+`Run.evaluation_weights()` and saved through `Run.state_dicts()` (the model at its evaluated weights); a
+metric an optimizer reports (Prodigy's d) joins the record built in `flush`. An EMA of the weights
+(trainer.ema) is evaluated beside the live model in `end_of_epoch` (`ema/val/*`). Under batch=adaptive the budget
+is samples (`progress.samples`): an epoch ends when no full batch is left in it, and the batch grows in `flush`,
+from the test verdicts its records carry, after which the loader restarts at the epoch's position with the new
+size.
+
+Seams: a measurement every N steps (curvature, sharpness) is one more `every` test in `end_of_step`; another
+model evaluated beside the live one is one more `evaluate` call merged into the evaluation record, as the EMA's
+and a method's are.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import time
 
 import torch
 
-from runner import distributed
+from runner import distributed, env
 from runner.build import Run, build_run
 from runner.distill.base import prefixed
 from runner.checkpoint import Checkpointer, set_rng_state
@@ -27,7 +31,7 @@ from runner.errors import ConfigError
 from runner.logger import RunLogger
 from runner.nonfinite import Diverged, first_divergence, is_finite_step
 from runner.preemption import Preempted, PreemptionWatch
-from runner.step import StepRecord, StepStats
+from runner.step import StepRecord, StepStats, optimizer_metrics
 
 
 class Trainer:
@@ -37,6 +41,7 @@ class Trainer:
         self.param_names = [name for name, p in run.model.named_parameters() if p.requires_grad]
         self.stats = StepStats(self.cfg.trainer.log_every, run.runtime.device)
         self.logger: RunLogger | None = None
+        self.sync_check = env.SyncCheck(self.cfg.trainer.sync_debug, run.runtime.device)
         self.best_acc1, self.last_eval, self.train_loss, self.skipped_steps = 0.0, {}, math.nan, 0
         self.last_ema_eval: dict = {}
         self.position = 0  # samples (over all ranks) into the current epoch
@@ -73,7 +78,8 @@ class Trainer:
             stepped = False
             for images, labels, indices in run.train_loader.epoch(progress.epoch, start_sample=self.position):
                 stepped = True
-                self.stats.add(progress.step, run.step(images, labels, indices, progress.step))
+                with self.sync_check:  # trainer.sync_debug: the step never waits on the device
+                    self.stats.add(progress.step, run.step(images, labels, indices, progress.step))
                 progress.step += 1
                 progress.samples += batch.global_batch
                 self.position += batch.global_batch
@@ -84,6 +90,8 @@ class Trainer:
             if not stepped:
                 raise RuntimeError(f"epoch {progress.epoch} holds no batch of {batch.global_batch} from sample "
                                    f"{self.position}: the loop would not advance")
+        for driver in run.step.drivers:  # the model ends at the weights that were evaluated and saved
+            driver.use_evaluation_weights(True)
         return self.results()
 
     def epoch_done(self) -> bool:
@@ -142,7 +150,8 @@ class Trainer:
                   "train/acc1": sum(r.correct for r in rows) / (len(rows) * global_batch),
                   "train/lr": self.run.optimizer.param_groups[0]["lr"], "train/grad_norm": mean("grad_l2"),
                   "train/img_per_s": len(rows) * global_batch / max(now - self.clock, 1e-9),
-                  "train/skipped_steps": self.skipped_steps, "train/batch_size": global_batch}
+                  "train/skipped_steps": self.skipped_steps, "train/batch_size": global_batch,
+                  **optimizer_metrics(self.run.optimizer)}
         if run.batching.adaptive:
             record["train/samples"] = progress.samples
         self.logger.log(record)
@@ -167,12 +176,12 @@ class Trainer:
     def end_of_epoch(self) -> None:
         epoch, done = self.progress.epoch, self.done()
         if done or epoch % self.cfg.trainer.eval_every == 0:
-            self.last_eval = self.run.evaluate()
+            with self.run.evaluation_weights():
+                self.last_eval, method_eval = self.run.evaluate(), self.run.method.evaluate()
             self.best_acc1 = max(self.best_acc1, self.last_eval["val/acc1"])
             ema = prefixed(self.run.evaluate(self.run.ema.module), "ema") if self.run.ema is not None else {}
             self.last_ema_eval = ema or self.last_ema_eval
-            self.logger.log({"step": self.progress.step, "epoch": epoch, **self.last_eval, **ema,
-                             **self.run.method.evaluate()})
+            self.logger.log({"step": self.progress.step, "epoch": epoch, **self.last_eval, **ema, **method_eval})
             info = f"train loss {self.train_loss:.4f}  val acc {self.last_eval['val/acc1']:.4f}"
             self.logger.set_epoch_info(info)
             if not self.logger.progress:
@@ -198,7 +207,7 @@ class Trainer:
         if self.cfg.trainer.on_nonfinite == "stop":  # never save a diverged model (one sync, as the save is one)
             self.stop_if_diverged(self.stats.pending(), self.stats.first_step)
         self.checkpointer.save({
-            **{name: obj.state_dict() for name, obj in self.run.stateful().items()},
+            **self.run.state_dicts(),
             "step": self.progress.step, "epoch": self.progress.epoch, "best_acc1": self.best_acc1,
             "samples": self.progress.samples, "position": self.position, "last_ema_eval": self.last_ema_eval,
             "last_eval": self.last_eval, "train_loss": self.train_loss, "skipped_steps": self.skipped_steps,
