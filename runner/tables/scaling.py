@@ -3,7 +3,7 @@
 Each cell of a row runs one batch size (the config key `x`, e.g. trainer.batch_size) over a grid of the key `y`
 (e.g. optimizer.lr); the table's selection (its first metric: use the training loss, never the test set, to pick
 an lr) gives each cell's best grid point y*. Per row, k is the least-squares slope of log y* on log x
-(scipy.stats.linregress, with its standard error), next to the rule's exponent (`expected`: 1 for linear, 1/2
+(runner.stats.power_law: scipy.stats.linregress, with its standard error), next to the rule's exponent (`expected`: 1 for linear, 1/2
 for square-root scaling). A best point on the edge of its grid only bounds y*, and is flagged.
 
     scaling:
@@ -13,13 +13,13 @@ for square-root scaling). A best point on the edge of its grid only bounds y*, a
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 from omegaconf import OmegaConf
 
+from runner import stats
 from runner.tables.launch import Outcome
 from runner.tables.recipe import Recipe, Run
 from runner.tables.results import Line
@@ -44,8 +44,6 @@ def config_value(run_dir: Path, key: str) -> float | None:
 
 
 def fit(recipe: Recipe, runs: list[Run], outcomes: dict[Path, Outcome], lines: list[Line]) -> list[RowFit]:
-    from scipy.stats import linregress
-
     spec = recipe.scaling or {}
     best = {line.cell.name: line.variant for line in lines if line.metric is recipe.primary}
     fits: dict[str, RowFit] = {}
@@ -61,10 +59,7 @@ def fit(recipe: Recipe, runs: list[Run], outcomes: dict[Path, Outcome], lines: l
         if x is not None and y is not None and y > 0:
             row.points.append((x, y, len(grid_values) > 1 and y in (grid_values[0], grid_values[-1])))
     for row in fits.values():
-        if len({x for x, _, _ in row.points}) >= 2:
-            result = linregress([math.log(x) for x, _, _ in row.points], [math.log(y) for _, y, _ in row.points])
-            row.exponent = float(result.slope)
-            row.stderr = float(result.stderr) if len(row.points) > 2 else None
+        row.exponent, row.stderr = stats.power_law([x for x, _, _ in row.points], [y for _, y, _ in row.points])
     return list(fits.values())
 
 
