@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from runner.errors import ConfigError
-from runner.mixing import Mixing, batch_rng, cutmix_box
+from runner.mixing import MixDraw, Mixing, batch_rng, cutmix_box
 
 K = 10
 
@@ -89,3 +89,61 @@ def test_distillers_that_need_class_labels_refuse_mixed_targets():
     assert problems == ["dataset.mixup/cutmix with distill=pskd: its targets mix each sample's one-hot label with "
                         "its past prediction, and mixed targets are probabilities; set dataset.mixup=0 dataset.cutmix=0"]
     assert ND.class_labels_reason  # nd (a teacher needed to compose it) by the same rule
+
+
+# ---- mixed targets in the losses: smoothed as the labels they mix, never a teacher's --------------------------
+
+def method_context(criterion, model=None):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(criterion=criterion, model=model or torch.nn.Linear(4, K), device=torch.device("cpu"),
+                           progress=SimpleNamespace(epoch=0), data=SimpleNamespace(train_size=64, num_classes=K))
+
+
+@pytest.mark.parametrize("method", ["none", "mesa", "saf"])
+@pytest.mark.parametrize("loss", ["ce", "kl"])
+def test_a_mix_of_labels_is_smoothed_as_the_labels_it_mixes(method, loss):
+    """The methods that give the loss group's loss the batch's labels: with mixup's targets and loss.smoothing=s
+    the loss is D((1 - s) q_mix + s / K, p), which for CE is also the lam-weighted mix of the two labels' smoothed
+    losses (smoothing is affine in q)."""
+    from runner.distill.base import Distiller
+    from runner.distill.mesa import MESA
+    from runner.distill.saf import SAF
+    from runner.losses.ce import CrossEntropy
+    from runner.losses.fdiv import KL
+
+    s, lam = 0.1, 0.7
+    criterion = {"ce": CrossEntropy, "kl": KL}[loss](smoothing=s)
+    distiller = {"none": Distiller, "mesa": MESA, "saf": SAF}[method]()
+    distiller.setup(method_context(criterion))  # epoch 0: before mesa's and saf's own terms start
+    images, labels = batch(16)
+    logits = torch.randn(16, K, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    _, mixed = Mixing(mixup=0.8).apply(images, labels, MixDraw(lam, False), K)
+    got = distiller.loss(images, mixed.double(), torch.arange(16), logits)
+    q = (1 - s) * mixed.double() + s / K
+    log_p = torch.log_softmax(logits, -1)
+    cross_entropy = -(q * log_p).sum(-1)
+    want = cross_entropy if loss == "ce" else (q * q.log()).sum(-1) + cross_entropy
+    torch.testing.assert_close(got, want.mean())
+    if loss == "ce":
+        own = lambda y: criterion(logits, y)  # noqa: E731 - the smoothed loss on class indices
+        torch.testing.assert_close(got, lam * own(labels) + (1 - lam) * own(labels.flip(0)))
+
+
+def test_kd_with_mixed_targets_keeps_label_smoothing_out_of_the_teachers_term():
+    """KD's hard term is plain cross-entropy on the mix; its soft term T^2 KL(p_t || p_s) takes the teacher's
+    probabilities as given, whatever loss.smoothing says."""
+    from runner.distill.kd import KD
+    from runner.losses.fdiv import KL
+
+    kd, T, alpha = KD(alpha=0.9, temperature=4.0), 4.0, 0.9
+    kd.criterion, kd.context = KL(smoothing=0.2), method_context(None)  # setup would load a teacher
+    images, labels = batch(16)
+    gen = torch.Generator().manual_seed(2)
+    logits, teacher = torch.randn(16, K, generator=gen, dtype=torch.float64), torch.randn(16, K, generator=gen, dtype=torch.float64)
+    _, mixed = Mixing(cutmix=1.0).apply(images, labels, MixDraw(0.6, True, (0, 8, 0, 8)), K)
+    got = kd.objective(logits, teacher, mixed.double())
+    hard = -(mixed.double() * torch.log_softmax(logits, -1)).sum(-1).mean()
+    p_t, log_p_t, log_p_s = torch.softmax(teacher / T, -1), torch.log_softmax(teacher / T, -1), torch.log_softmax(logits / T, -1)
+    soft = T ** 2 * (p_t * (log_p_t - log_p_s)).sum(-1).mean()
+    torch.testing.assert_close(got, (1 - alpha) * hard + alpha * soft)

@@ -31,7 +31,7 @@ class MESA(Distiller):
         self.ema = WeightEMA(context.model, self.decay)
 
     def loss(self, images, labels, indices, logits):
-        loss = self.criterion(logits, labels)
+        loss = self.label_loss(logits, labels)
         if self.context.progress.epoch > self.start_epoch:
             with torch.no_grad():
                 ema_logits = self.ema(images)
