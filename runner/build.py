@@ -16,10 +16,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from runner import distributed, env
+from runner.batch_size import BatchState, FixedBatch
 from runner.calibration import calibrated
 from runner.context import DataInfo, MethodContext, Progress
 from runner.curvature import CurvatureMonitor, build_curvature
 from runner.data.loaders import build_loaders, cpu_count
+from runner.ema import WeightEMA
 from runner.evaluation import evaluate, evaluation_pass
 from runner.losses import build_loss
 from runner.models import build_model
@@ -67,6 +69,22 @@ class CompiledOrEager:
             return self.eager(images)
 
 
+class BySamples:
+    """The lr factors of a run whose batch grows (batch=adaptive): indexed like a step's list, the factor is the
+    schedule's at the samples seen before the step runs (`progress.samples`), so its shape holds in samples."""
+
+    def __init__(self, schedule, progress: Progress, total_samples: int):
+        self.schedule, self.progress, self.total_samples = schedule, progress, total_samples
+
+    def __getitem__(self, step: int) -> float:
+        return self.schedule(min(self.progress.samples, self.total_samples - 1))
+
+    def points(self, count: int = 1000) -> tuple[list[int], list[float]]:
+        """The schedule on a grid of sample positions (lr_schedule.csv and .png)."""
+        positions = [round(i * (self.total_samples - 1) / (count - 1)) for i in range(count)]
+        return positions, [self.schedule(t) for t in positions]
+
+
 @dataclass
 class Run:
     """Everything a run trains with, built; the loop (runner/train.py) drives it."""
@@ -84,8 +102,12 @@ class Run:
     step: Step
     progress: Progress
     steps_per_epoch: int
-    total_steps: int
+    total_steps: int             # under batch=adaptive, a bound: the budget is total_samples
     epochs: int
+    batching: object             # conf/batch: FixedBatch or AdaptiveBatch
+    batch: BatchState            # the batch the step runs now
+    total_samples: int | None    # batch=adaptive: trainer.epochs x the training set
+    ema: WeightEMA | None        # trainer.ema
     curvature: CurvatureMonitor | None = None  # trainer.curvature.every > 0
 
     @property
@@ -151,8 +173,16 @@ class Run:
         """Everything whose state_dict a checkpoint carries (model, optimizer, loss, scaler, and a schedule or
         any other component that has state): a new stateful component is one more entry here."""
         objects = {"model": self.model, "optimizer": self.optimizer, "loss": self.loss_fn,
-                   "scaler": self.runtime.scaler, "schedule": self.schedule, "distill": self.method}
+                   "scaler": self.runtime.scaler, "schedule": self.schedule, "distill": self.method,
+                   "ema": self.ema, "batch": self.batch}
         return {name: obj for name, obj in objects.items() if hasattr(obj, "state_dict")}
+
+    def schedule_points(self) -> tuple[list[float], list[int] | None, str, int]:
+        """(factors, positions, unit, positions per epoch) for lr_schedule.csv and .png."""
+        if isinstance(self.lr_factors, BySamples):
+            positions, factors = self.lr_factors.points()
+            return factors, positions, "samples", len(self.splits.train)
+        return self.lr_factors, None, "step", self.steps_per_epoch
 
 
 def build_run(cfg: DictConfig, print: Callable[[str], None] = lambda message: None) -> Run:
@@ -165,23 +195,31 @@ def build_run(cfg: DictConfig, print: Callable[[str], None] = lambda message: No
     model.to(runtime.device, memory_format=torch.channels_last if runtime.channels_last else torch.preserve_format)
     model = distributed.convert_sync_bn(model, trainer.sync_bn)
     workers = min(8, cpu_count()) if trainer.num_workers == "auto" else int(trainer.num_workers)
-    train_loader, eval_loaders = build_loaders(splits, trainer.batch_size, trainer.eval_batch_size, runtime.device,
-                                             cfg.seed, workers, runtime.channels_last, distributed.rank(),
+    batching = instantiate(cfg.batch) if cfg.get("batch") else FixedBatch()
+    batch = batching.start(trainer, distributed.world_size(), len(splits.train))
+    train_loader, eval_loaders = build_loaders(splits, batch.per_device, trainer.eval_batch_size, runtime.device,
+                                               cfg.seed, workers, runtime.channels_last, distributed.rank(),
                                              distributed.world_size())
-    steps_per_epoch = len(train_loader)
+    steps_per_epoch = len(train_loader)  # at the starting batch
     steps = total_steps(trainer, steps_per_epoch)
+    total_samples = int(trainer.epochs * len(splits.train)) if batching.adaptive else None
     if hasattr(model, "init_from_data"):  # data-dependent init (airbench's whitening), before the optimizer
         model.init_from_data(train_loader.sample(DATA_INIT_SAMPLES))
     optimizer = build_optimizer(cfg.optimizer, model, steps)
     loss_fn = build_loss(cfg.loss)
     # DDP first, then compile (torch's DDPOptimizer splits the graph at DDP's bucket boundaries)
     forward = CompiledOrEager(distributed.wrap(model, runtime.device), trainer.compile, print)
-    schedule = instantiate(cfg.schedule)(total_steps=steps, steps_per_epoch=steps_per_epoch)
-    lr_factors = schedule.factors()
+    progress = Progress()
+    if batching.adaptive:  # schedules follow the samples seen: a growing batch keeps their shape
+        schedule = instantiate(cfg.schedule)(total_steps=total_samples, steps_per_epoch=len(splits.train))
+        lr_factors = BySamples(schedule, progress, total_samples)
+    else:
+        schedule = instantiate(cfg.schedule)(total_steps=steps, steps_per_epoch=steps_per_epoch)
+        lr_factors = schedule.factors()
     declared = capabilities(cfg.optimizer)
     with_l1 = bool(declared.adaptive) if trainer.grad_norm_l1 == "auto" else bool(trainer.grad_norm_l1)
     driver = OptimizerDriver(optimizer, model, lr_factors, trainer.grad_clip, runtime.scaler, declared, with_l1)
-    progress, epochs = Progress(), math.ceil(steps / steps_per_epoch)
+    epochs = trainer.epochs if batching.adaptive else math.ceil(steps / steps_per_epoch)
     method = instantiate(cfg.distill)
     autocast = autocast_for(runtime.device, runtime.autocast_dtype)
     context = MethodContext(
@@ -194,7 +232,10 @@ def build_run(cfg: DictConfig, print: Callable[[str], None] = lambda message: No
         grad_clip=trainer.grad_clip, scaler=runtime.scaler, model_config=cfg.model, drivers=[driver])
     method.setup(context)  # may add companions' drivers to context.drivers
     guard = SkipNonFinite(context.drivers, runtime.scaler is not None) if trainer.on_nonfinite == "skip" else None
-    step = Step(forward, method, context.drivers, autocast, guard)
+    ema = trainer.get("ema") or {}
+    ema = WeightEMA(model, ema.decay, ema.warmup, ema.warmup_gamma, ema.warmup_power, ema.every) \
+        if ema.get("decay") else None
+    step = Step(forward, method, context.drivers, autocast, guard, batching, batch, ema)
     curvature = build_curvature(trainer.curvature, splits, model, loss_fn, runtime, cfg.seed, workers)
     return Run(cfg, splits, model, runtime, train_loader, eval_loaders, loss_fn, schedule, lr_factors, driver, method,
-               step, progress, steps_per_epoch, steps, epochs, curvature)
+               step, progress, steps_per_epoch, steps, epochs, batching, batch, total_samples, ema, curvature)

@@ -183,6 +183,19 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def average_gradients(params: list[torch.Tensor]) -> None:
+    """Average the parameters' gradients over the ranks in one all-reduce (what DDP does on a synced backward;
+    for steps whose backward passes all ran inside no_sync)."""
+    if world_size() == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch._utils._flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    flat /= world_size()
+    for grad, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+        grad.copy_(synced)
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over ranks in place (a no-op on one process)."""
     if world_size() > 1:

@@ -197,27 +197,30 @@ class RecordFiles:
 
 
 # ---- lr_schedule.csv and .png ----------------------------------------------------------------------------
-def write_lr_schedule(run_dir: Path, factors, base_lr: float, steps_per_epoch: int, title: str) -> None:
-    """Every update's factor and group-0 lr (lr_schedule.csv) and a plot of it (lr_schedule.png)."""
+def write_lr_schedule(run_dir: Path, factors, base_lr: float, steps_per_epoch: int, title: str,
+                      positions=None, unit: str = "step") -> None:
+    """Every update's factor and group-0 lr (lr_schedule.csv) and a plot of it (lr_schedule.png); a schedule
+    indexed by samples seen (batch=adaptive) gives its `positions` with unit "samples" (then per epoch)."""
     import numpy as np
 
     factors = np.asarray(factors)
-    rows = "".join(f"{t},{f:.10g},{base_lr * f:.10g}\n" for t, f in enumerate(factors))
-    (Path(run_dir) / SCHEDULE_CSV).write_text("step,factor,lr\n" + rows)
-    _plot_lr_schedule(Path(run_dir) / SCHEDULE_PNG, base_lr * factors, steps_per_epoch, title)
+    positions = np.arange(len(factors)) if positions is None else np.asarray(positions)
+    rows = "".join(f"{t},{f:.10g},{base_lr * f:.10g}\n" for t, f in zip(positions, factors))
+    (Path(run_dir) / SCHEDULE_CSV).write_text(f"{unit},factor,lr\n" + rows)
+    _plot_lr_schedule(Path(run_dir) / SCHEDULE_PNG, positions, base_lr * factors, steps_per_epoch, title, unit)
 
 
-def _plot_lr_schedule(path: Path, lrs, steps_per_epoch: int, title: str) -> None:
-    import numpy as np
+def _plot_lr_schedule(path: Path, positions, lrs, steps_per_epoch: int, title: str, unit: str) -> None:
     from matplotlib.figure import Figure  # the Agg canvas, without pyplot's global state: no display needed
 
     fig = Figure(figsize=(6, 3.4), dpi=110)
     fig.subplots_adjust(left=0.13, right=0.97, bottom=0.15, top=0.78)  # fixed margins: tight_layout costs more
     ax = fig.add_subplot()
-    ax.plot(np.arange(len(lrs)), lrs, linewidth=1.2)
-    ax.set(xlabel="optimizer step", ylabel="lr (param group 0)",
-           xlim=(0, max(1, len(lrs) - 1)), ylim=(0, 1.05 * max(lrs.max(), 1e-12)))
-    ax.set_title(f"{title}: {len(lrs)} steps", y=1.16)  # placed above the epoch axis: no layout pass to find it
+    ax.plot(positions, lrs, linewidth=1.2)
+    ax.set(xlabel="optimizer step" if unit == "step" else f"{unit} seen", ylabel="lr (param group 0)",
+           xlim=(0, max(1, positions[-1])), ylim=(0, 1.05 * max(lrs.max(), 1e-12)))
+    span = f"{len(lrs)} steps" if unit == "step" else f"{positions[-1] + 1:.0f} {unit}"
+    ax.set_title(f"{title}: {span}", y=1.16)  # placed above the epoch axis: no layout pass to find it
     ax.grid(alpha=0.3)
     epochs = ax.secondary_xaxis("top", functions=(lambda s: s / steps_per_epoch, lambda e: e * steps_per_epoch))
     epochs.set_xlabel("epoch")

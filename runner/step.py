@@ -16,11 +16,14 @@ module and no optimizer state.
 Seams (where later methods plug in, each a local addition here):
 - per-sample weighting: `Step.batch_loss` is the one point where a method's per-sample losses (a vector) become
   the batch's loss; weights multiply them there.
-- data selection, mixup/cutmix soft targets: the first statement of `forward_backward` may replace the batch
-  (score a larger candidate batch under torch.inference_mode, or mix images and labels into probability
-  targets; the loss and the accuracy count already take (N, K) targets).
-- gradient accumulation: `forward_backward` (K micro-batches, under DDP's no_sync for all but the last) and
-  `update` (once per optimizer step) are separate for that.
+- data selection: the first statement of `forward_backward` may replace the batch (score a larger candidate
+  batch under torch.inference_mode). Mixup/CutMix's probability targets come from the loaders; the loss and the
+  accuracy count take (N, K) targets.
+
+Gradient accumulation (runner/accumulate.py): `forward_backward` runs the batch as the `BatchState`'s
+micro-batches (trainer.accumulate, or what batch=adaptive needs), each loss scaled by its share of the samples,
+under DDP's no_sync for all but the last; `update` steps once. On an adaptive batch's test step the micro-batch
+gradients feed its statistics (runner/batch_size.py) and the step's row carries the proposed batch.
 """
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ from typing import Callable, NamedTuple
 import torch
 
 from runner import distributed
+from runner.accumulate import MicroBatch, no_sync_of, run_micro_batches, split
+from runner.batch_size import GroupGradients, squared_norm
 from runner.losses.stablemax import softmax_collapsed
 from runner.nonfinite import SkipNonFinite, first_nonfinite_index
 from runner.optim import Capabilities
@@ -43,6 +48,7 @@ class StepRecord(NamedTuple):
     grad_l1: float          # L1 norm (0 unless recorded: trainer.grad_norm_l1)
     nonfinite_param: float  # index of the first student parameter with a non-finite gradient (0 when none)
     collapsed: float        # samples of this rank's batch whose float32 softmax collapsed (runner/losses/stablemax.py)
+    batch_proposal: float   # batch=adaptive's test: the global batch it asks for (0: no test this step)
 
 
 class StepStats:
@@ -163,8 +169,10 @@ def optimizer_metrics(optimizer) -> dict[str, float]:
 class Step:
     """forward_backward + update: one optimizer step of the student (drivers[0]) and its companions."""
 
-    def __init__(self, forward, method, drivers: list[OptimizerDriver], autocast, guard: SkipNonFinite | None):
+    def __init__(self, forward, method, drivers: list[OptimizerDriver], autocast, guard: SkipNonFinite | None,
+                 batching=None, batch=None, ema=None):
         self.forward, self.method, self.drivers, self.autocast, self.guard = forward, method, drivers, autocast, guard
+        self.batching, self.batch, self.ema = batching, batch, ema
         student = drivers[0]
         self.scaler, self.second_order = student.scaler, student.capabilities.second_order
         self.needs_closure = student.capabilities.needs_closure
@@ -174,12 +182,22 @@ class Step:
             driver.set_lr(step)
         if self.guard:
             self.guard.snapshot()
-        loss, logits = self.forward_backward(images, labels, indices)
-        (l2, l1, nonfinite), kept = self.update(loss, images, labels, indices)
+        testing = bool(self.batching and self.batching.adaptive and self.batching.test_due(step, self.batch))
+        world = distributed.world_size()
+        count = self.batching.test_parts(self.batch, world) if testing else (self.batch.micro_batches if self.batch else 1)
+        parts = split(images, labels, indices, count)
+        groups = GroupGradients(self.drivers[0].params, self.batching.needs_inner_products) if testing else None
+        loss, logits = self.forward_backward(parts, manual_sync=testing and world > 1,
+                                             after_each=groups and (lambda m: groups.add(len(m.indices), len(indices))))
+        proposal = self.proposal(groups) if testing else torch.zeros((), device=loss.device)
+        (l2, l1, nonfinite), kept = self.update(loss, parts)
         self.method.after_step(step, kept)  # per-sample memories, EMA: `kept` False where the guard skipped
-        correct, collapsed = self.correct(logits, labels), softmax_collapsed(logits).sum()
-        return torch.stack([loss.detach().float(), correct.float(), l2.float(), l1.float(), nonfinite.float(),
-                            collapsed.float()])
+        if self.ema is not None:
+            self.ema.step(step + 1)
+        correct = sum(self.correct(out, micro.targets) for out, micro in zip(logits, parts))
+        collapsed = sum(softmax_collapsed(out).sum() for out in logits)
+        return torch.stack([loss, correct.float(), l2.float(), l1.float(), nonfinite.float(), collapsed.float(),
+                            proposal.float()])
 
     def loss(self, images, labels, indices) -> tuple[torch.Tensor, torch.Tensor]:
         with self.autocast():
@@ -191,23 +209,42 @@ class Step:
         """The batch's loss from a method's loss: a scalar as it is, per-sample losses averaged."""
         return loss if loss.ndim == 0 else loss.mean()
 
-    def forward_backward(self, images, labels, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        loss, logits = self.loss(images, labels, indices)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-        else:
-            loss.backward(create_graph=self.second_order)
+    def forward_backward(self, parts: list[MicroBatch], manual_sync: bool = False, after_each=None,
+                         scaled: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Forward and backward over the micro-batches (DDP syncs on the last one only, or not at all with
+        `manual_sync`, which averages the gradients over the ranks itself afterwards): the step's mean loss
+        (detached) and each micro-batch's logits."""
+        scaler = self.scaler if scaled else None
+
+        def backward(loss: torch.Tensor) -> None:
+            if scaler is not None:
+                scaler.scale(loss).backward()
+            else:
+                loss.backward(create_graph=self.second_order)
+
+        loss, logits = run_micro_batches(parts, lambda m: self.loss(m.images, m.targets, m.indices), backward,
+                                         no_sync_of(getattr(self.forward, "eager", self.forward)),
+                                         "manual" if manual_sync else "last", after_each)
+        if manual_sync:
+            distributed.average_gradients(self.drivers[0].params)
         return loss, logits
 
-    def update(self, loss: torch.Tensor, images, labels, indices):
+    def proposal(self, groups: GroupGradients) -> torch.Tensor:
+        """batch=adaptive's test on this step's micro-batch gradients, summed over the ranks (no host sync)."""
+        grads = groups.grads()
+        totals = groups.totals(grads)
+        distributed.all_reduce_sum(totals)
+        return self.batching.proposal(totals, squared_norm(grads), self.batch.global_batch)
+
+    def update(self, loss: torch.Tensor, parts: list[MicroBatch]):
         """Unscale, clip and step every driver, the guard skipping them together: (the student's gradient norms,
         the device flag `kept`, None without a guard)."""
         norms = [driver.unscale_and_clip() for driver in self.drivers]
-        closure = self.closure(images, labels, indices) if self.needs_closure else None
+        closure = self.closure(parts) if self.needs_closure else None
         do_step = lambda: [driver.step(closure) for driver in self.drivers]  # noqa: E731
         kept = None
         if self.guard:
-            kept = torch.isfinite(loss.detach())
+            kept = torch.isfinite(loss)
             for l2, _, _ in norms:
                 kept &= torch.isfinite(l2)
             self.guard.step(kept, do_step)
@@ -219,20 +256,19 @@ class Step:
             driver.zero_grad()
         return norms[0], kept
 
-    def closure(self, images, labels, indices):
+    def closure(self, parts: list[MicroBatch]):
         """Re-evaluates loss and gradients at the optimizer's current weights (SAM's second pass)."""
         def evaluate_again():
             with torch.enable_grad():
-                loss, _ = self.loss(images, labels, indices)
-                loss.backward()
+                loss, _ = self.forward_backward(parts, scaled=False)
             return loss
         return evaluate_again
 
     @staticmethod
-    def correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if labels.ndim != 1:  # soft targets: no correct count
-            return logits.new_zeros(())
-        return (logits.detach().argmax(-1) == labels).sum()
+    def correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Top-1 hits; against a probability target (mixup, cutmix) its largest class, the dominant label."""
+        labels = targets.argmax(-1) if targets.ndim == 2 else targets
+        return (logits.argmax(-1) == labels).sum()
 
 
 def autocast_for(device: torch.device, dtype: torch.dtype | None):

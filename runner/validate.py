@@ -79,6 +79,12 @@ RULES: dict[str, Rule] = {
     "trainer.epochs": (lambda v: _number(v) and v > 0, "a positive number of epochs (9.9 is allowed)", 30),
     "trainer.max_steps": (_optional(_positive_int), "a positive integer or null", 1000),
     "trainer.batch_size": (_positive_int, "a positive integer", 128),
+    "trainer.accumulate": (_positive_int, "a positive integer (micro-batches per step)", 4),
+    "trainer.ema.decay": (_optional(lambda v: _number(v) and 0 < v < 1), "a number in (0, 1) or null", 0.9999),
+    "trainer.ema.warmup": _BOOL,
+    "trainer.ema.warmup_gamma": (lambda v: _number(v) and v > 0, "a positive number", 1.0),
+    "trainer.ema.warmup_power": (lambda v: _number(v) and v > 0, "a positive number", 0.6667),
+    "trainer.ema.every": (_positive_int, "a positive integer (steps)", 1),
     "trainer.eval_batch_size": (_positive_int, "a positive integer", 512),
     "trainer.eval_every": (_positive_int, "a positive integer", 1),
     "trainer.log_every": (_positive_int, "a positive integer", 10),
@@ -320,6 +326,17 @@ def component_problems(cfg: DictConfig) -> Iterable[str]:
     yield from _capability_problems(cfg, device, world_size)
     yield from _process_problems(cfg, device, world_size)
     yield from _calibration_problems(cfg)
+    yield from _recipe_problems(cfg)
+
+
+def _recipe_problems(cfg: DictConfig) -> Iterable[str]:
+    """The batch-size and training-recipe rules across groups: lr scaling, mixed targets, a second EMA."""
+    from runner import ema, mixing
+    from runner.optim import scaling
+
+    yield from scaling.check(cfg)
+    yield from mixing.check(cfg)
+    yield from ema.check(cfg)
 
 
 def _caught(work: Callable[[], Any]):
@@ -344,7 +361,8 @@ def _batch_problems(cfg: DictConfig, shape, world_size: int) -> Iterable[str]:
     from runner.data.sharding import batch_problems
 
     if shape.train_size is not None:
-        yield from batch_problems(cfg.trainer.batch_size, world_size, shape.train_size, shape.name)
+        yield from batch_problems(cfg.trainer.batch_size, world_size, shape.train_size, shape.name,
+                                  cfg.trainer.get("accumulate", 1))
 
 
 def run_length(cfg: DictConfig, shape, world_size: int) -> tuple[int, int] | None:
@@ -354,7 +372,8 @@ def run_length(cfg: DictConfig, shape, world_size: int) -> tuple[int, int] | Non
 
     if shape.train_size is None:
         return None
-    steps_per_epoch = batches_per_epoch(shape.train_size, cfg.trainer.batch_size, 0, world_size, drop_last=True)
+    per_device = cfg.trainer.batch_size * cfg.trainer.get("accumulate", 1)
+    steps_per_epoch = batches_per_epoch(shape.train_size, per_device, 0, world_size, drop_last=True)
     return (total_steps(cfg.trainer, steps_per_epoch), steps_per_epoch) if steps_per_epoch else None
 
 
@@ -378,6 +397,7 @@ def _built_problems(cfg: DictConfig, shape, world_size: int, device) -> Iterable
         "optimizer": lambda: build_optimizer(cfg.optimizer, placeholder, total),
         "schedule": lambda: instantiate(cfg.schedule)(total_steps=total, steps_per_epoch=steps_per_epoch),
         "distill": lambda: instantiate(cfg.distill),
+        "batch": lambda: instantiate(cfg.batch) if cfg.get("batch") else None,
     }
     for group, build in builds.items():
         try:

@@ -9,26 +9,67 @@ DataLoader, no per-batch host work. `FolderLoader` (image folders, Hugging Face)
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from runner.augment import TrainAugment
 from runner.data.sharding import batch_problems, batches_per_epoch, epoch_generator, epoch_order, shard
 from runner.data.splits import Augment, Splits, TensorSplit
 from runner.errors import require
+from runner.mixing import batch_rng
+
+
+def batch_slices(order: torch.Tensor, order_host: np.ndarray, loader, start: int):
+    """(position, this rank's device index, its host sample ids) of each batch from sample `start` of the epoch.
+    Training (drop_last) deals global batches of batch_size x world_size out in rank order (`sharding.shard`'s
+    rule, batch by batch, so the batch size may change between epochs' restarts); validation walks this rank's
+    contiguous shard."""
+    size = loader.batch_size
+    step = size * loader.world_size if loader.drop_last else size
+    position, end = start, len(order)
+    while position + (step if loader.drop_last else 1) <= end:
+        first = position + (loader.rank * size if loader.drop_last else 0)
+        yield position, order[first:first + size], order_host[first:first + size]
+        position += step
+
+
+def mix(loader, images: torch.Tensor, labels: torch.Tensor, epoch: int, position: int):
+    """Mixup/CutMix of a training batch (its draw comes from the batch's position in the epoch), else as is."""
+    mixing = loader.extra.mixing
+    if mixing is None:
+        return images, labels
+    draw = mixing.draw(batch_rng(loader.seed, epoch, position), *images.shape[-2:])
+    return mixing.apply(images, labels, draw, loader.num_classes)
+
+
+@dataclass
+class EpochPlan:
+    """An epoch's draws for every sample (indexed by sample id; `order` by position), on the device."""
+    order: torch.Tensor
+    order_host: np.ndarray
+    offsets: torch.Tensor | None
+    flips: torch.Tensor | None
+    policy: object = None              # runner.augment.PolicyPlan
+    boxes: torch.Tensor | None = None  # random erasing's
 
 
 class TensorLoader:
-    """Device-resident batches: the whole split lives on `device` as uint8; crop, flip and normalisation
-    are done per batch with a few tensor ops. `epoch(e, start_batch)` replays any epoch from any batch."""
+    """Device-resident batches: the whole split lives on `device` as uint8; crop, flip, the augmentation policy,
+    normalisation, random erasing and mixing are done per batch with a few tensor ops.
+    `epoch(e, start_batch)` (or `start_sample`) replays any epoch from any batch."""
 
     def __init__(self, split: TensorSplit, batch_size: int, device: torch.device, mean, std,
                  augment: Augment | None = None, shuffle: bool = False, drop_last: bool = False, seed: int = 0,
-                 channels_last: bool = False, rank: int = 0, world_size: int = 1):
+                 channels_last: bool = False, rank: int = 0, world_size: int = 1,
+                 train_augment: TrainAugment | None = None, num_classes: int = 0):
         self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
         self.rank, self.world_size = rank, world_size
         self.augment = augment or Augment()
+        self.extra, self.num_classes = train_augment or TrainAugment(), num_classes
         self.device = device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         pad = self.augment.crop_padding
@@ -48,27 +89,41 @@ class TensorLoader:
     def __len__(self) -> int:
         return batches_per_epoch(self.num_samples, self.batch_size, self.rank, self.world_size, self.drop_last)
 
-    def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        order, offsets, flips = self.epoch_plan(epoch)
-        for b in range(start_batch, len(self)):
-            index = order[b * self.batch_size:(b + 1) * self.batch_size]
-            images = self._crop_and_flip(index, offsets, flips)
+    def epoch(self, epoch: int = 0, start_batch: int = 0,
+              start_sample: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        plan = self.epoch_plan(epoch)
+        start = start_batch * self.batch_size * self.world_size if start_sample is None else start_sample
+        for position, index, samples in batch_slices(plan.order, plan.order_host, self, start):
+            images = self._crop_and_flip(index, plan.offsets, plan.flips)
+            if self.extra.policy:
+                images = self.extra.policy.apply(images, plan.policy, samples, index)
             images = images.float().sub_(self.mean).mul_(self.inv_std)
-            yield images.contiguous(memory_format=self.memory_format), self.labels[index], index
+            if self.extra.erasing:
+                images = self.extra.erasing.apply(images, plan.boxes[index])
+            images, targets = mix(self, images, self.labels[index], epoch, position)
+            yield images.contiguous(memory_format=self.memory_format), targets, index
 
     def __iter__(self):
         return self.epoch(0)
 
-    def epoch_plan(self, epoch: int):
-        """Order, crop offsets and flips for every sample of the epoch, drawn at once on the host (cheap)."""
+    def epoch_plan(self, epoch: int) -> EpochPlan:
+        """Order, crop offsets, flips, policy draws and erasing boxes for every sample of the epoch, drawn at
+        once on the host (cheap); a training order stays whole (`batch_slices` deals its global batches)."""
         gen = epoch_generator(self.seed, epoch)
         n = self.num_samples
-        order = shard(epoch_order(n, self.shuffle, gen), self.batch_size, self.rank, self.world_size, self.drop_last)
+        order = epoch_order(n, self.shuffle, gen)
+        if not self.drop_last:
+            order = shard(order, self.batch_size, self.rank, self.world_size, False)
         pad = self.augment.crop_padding
         offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=gen) if pad else None
         flips = self.flips(epoch, gen)
-        move = lambda t: None if t is None else t.to(self.device, non_blocking=True)
-        return move(order), move(offsets), move(flips)
+        move = lambda t: None if t is None else t.to(self.device, non_blocking=True)  # noqa: E731
+        plan = EpochPlan(move(order), order.numpy(), move(offsets), move(flips))
+        if self.extra.policy:  # drawn after the crop and flip draws: runs without a policy replay as before
+            plan.policy = self.extra.policy.plan(n, gen, self.height, self.width, self.device)
+        if self.extra.erasing:
+            plan.boxes = self.extra.erasing.plan(n, gen, self.height, self.width, self.device)
+        return plan
 
     def flips(self, epoch: int, gen: torch.Generator) -> torch.Tensor | None:
         if self.augment.flip == "random":
@@ -123,28 +178,35 @@ class FolderLoader:
 
     def __init__(self, dataset: Dataset, batch_size: int, device: torch.device, shuffle: bool = False,
                  drop_last: bool = False, seed: int = 0, num_workers: int = 4, channels_last: bool = False,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, train_augment: TrainAugment | None = None, num_classes: int = 0):
         self.dataset, self.batch_size, self.device = IndexedDataset(dataset), batch_size, device
         self.rank, self.world_size = rank, world_size
+        self.extra, self.num_classes = train_augment or TrainAugment(), num_classes  # policy, erasing: transforms
         self.shuffle, self.drop_last, self.seed, self.num_workers = shuffle, drop_last, seed, num_workers
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __len__(self) -> int:
         return batches_per_epoch(len(self.dataset), self.batch_size, self.rank, self.world_size, self.drop_last)
 
-    def epoch(self, epoch: int = 0, start_batch: int = 0):
+    def epoch(self, epoch: int = 0, start_batch: int = 0, start_sample: int | None = None):
         gen = epoch_generator(self.seed, epoch)
         order = epoch_order(len(self.dataset), self.shuffle, gen)
-        order = shard(order, self.batch_size, self.rank, self.world_size, self.drop_last)
-        order = order[start_batch * self.batch_size:].tolist()
+        if not self.drop_last:
+            order = shard(order, self.batch_size, self.rank, self.world_size, False)
+        start = start_batch * self.batch_size * self.world_size if start_sample is None else start_sample
+        batches = list(batch_slices(order, order.numpy(), self, start))
+        positions = [position for position, _, _ in batches]
+        order = [int(i) for _, index, _ in batches for i in index]
         workers = self.num_workers
         loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=order, drop_last=self.drop_last,
                             num_workers=workers, pin_memory=self.device.type == "cuda",
                             persistent_workers=False, prefetch_factor=4 if workers else None,
                             generator=gen)
-        for images, labels, index in loader:
-            images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-            yield images, labels.to(self.device, non_blocking=True), index.to(self.device, non_blocking=True)
+        for position, (images, labels, index) in zip(positions, loader):
+            images = images.to(self.device, non_blocking=True)
+            images, targets = mix(self, images, labels.to(self.device, non_blocking=True), epoch, position)
+            yield (images.contiguous(memory_format=self.memory_format), targets,
+                   index.to(self.device, non_blocking=True))
 
     def sample(self, count: int) -> torch.Tensor:
         """About `count` images of the first epoch, as the model sees them (data-dependent init)."""
@@ -163,17 +225,19 @@ def build_loaders(splits: Splits, batch_size: int, eval_batch_size: int, device:
                   num_workers: int, channels_last: bool = False, rank: int = 0, world_size: int = 1):
     """Train loader (shuffled, augmented, full batches) and the evaluation loaders by split name (in order,
     every sample): "val" (the test split) and "holdout" when the dataset holds one out; each yields this
-    rank's shard; `batch_size` is per device."""
+    rank's shard; `batch_size` is a step's samples per device (trainer.batch_size x accumulate)."""
     require(batch_problems(batch_size, world_size, len(splits.train), splits.name))
+    extra = dict(train_augment=splits.train_augment, num_classes=splits.num_classes)
     if splits.in_memory:
         common = dict(device=device, mean=splits.mean, std=splits.std, seed=seed, channels_last=channels_last,
                       rank=rank, world_size=world_size)
-        train = TensorLoader(splits.train, batch_size, augment=splits.augment, shuffle=True, drop_last=True, **common)
+        train = TensorLoader(splits.train, batch_size, augment=splits.augment, shuffle=True, drop_last=True,
+                             **common, **extra)
         loader = TensorLoader
     else:
         common = dict(device=device, seed=seed, num_workers=num_workers, channels_last=channels_last,
                       rank=rank, world_size=world_size)
-        train = FolderLoader(splits.train, batch_size, shuffle=True, drop_last=True, **common)
+        train = FolderLoader(splits.train, batch_size, shuffle=True, drop_last=True, **common, **extra)
         loader = FolderLoader
     evaluated = {"val": splits.val, "holdout": splits.holdout}
     return train, {name: loader(split, eval_batch_size, **common) for name, split in evaluated.items() if split is not None}

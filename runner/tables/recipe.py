@@ -98,6 +98,7 @@ class Recipe:
     notes: str = ""
     gpu_hours: float | None = None
     holdout: float | int = DEFAULT_HOLDOUT
+    scaling: dict | None = None  # an lr x batch grid's fitted exponent per row (runner/tables/scaling.py)
 
     @property
     def primary(self) -> Metric:
@@ -246,7 +247,9 @@ def parse(path: Path, raw: dict) -> Recipe:
                     caption=raw.get("caption", ""), source=raw.get("source", ""), seeds=int(raw["seeds"]),
                     protocol=list(raw["protocol"]), metrics=metrics, cells=cells, smoke=raw["smoke"] or {},
                     notes=raw.get("notes", ""), gpu_hours=raw.get("gpu_hours"),
-                    holdout=raw.get("holdout", DEFAULT_HOLDOUT))
+                    holdout=raw.get("holdout", DEFAULT_HOLDOUT), scaling=raw.get("scaling"))
+    if recipe.scaling is not None and not {"x", "y"} <= set(recipe.scaling):
+        fail("`scaling` needs `x` (the cells' key, e.g. trainer.batch_size) and `y` (the grid's, e.g. optimizer.lr)")
     recipe.stages()  # rejects dependency loops now, not halfway through a table
     if recipe.has_grid and recipe.selection is None:
         fail(f"the first metric ({recipe.primary.key}) has no holdout counterpart to select grid points on; "
