@@ -142,6 +142,11 @@ def test_a_grid_cell_reports_the_point_best_on_the_holdout_split_not_on_test(tmp
     text = (tmp_path / "out" / "table.md").read_text()
     assert "the point in [brackets] has the best top-1 on the holdout split (`final_holdout_acc1`" in text
     assert "holdout final_holdout_acc1" in (tmp_path / "out" / "table.csv").read_text()
+    raw["metrics"] = {"train": {"label": "train loss", "key": "final_train_loss", "definition": "d",
+                                "higher_is_better": False}}
+    recipe = recipes.load(write_recipe(tmp_path, raw))  # the training objective selects itself, without a holdout
+    assert recipe.selection.key == "final_train_loss"
+    assert not any("dataset.holdout" in " ".join(run.overrides) for run in recipe.runs(tmp_path / "tables"))
     raw["metrics"] = {"speed": {"label": "img/s", "key": "images_per_s", "definition": "d"}}
     with pytest.raises(ConfigError, match="has no holdout counterpart to select grid points on"):
         recipes.load(write_recipe(tmp_path, raw))
