@@ -78,6 +78,15 @@ def test_load_gives_one_row_per_run_with_config_choices_overrides_summary_and_st
     assert "hydra/launcher" not in runs.columns  # Hydra's own choices are not the experiment's
 
 
+def test_folders_that_tie_in_natural_order_load_in_one_order(tmp_path):
+    """lr=0.001 and lr=0.01 both read as 0 . 1 to the natural key: the tie breaks on the name, not on set order
+    (which changes with PYTHONHASHSEED, so a comparison's ties changed from one process to the next)."""
+    for name in ("lr=0.01", "lr=0.001", "lr=0.0001"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text("{}")
+    assert [p.name for p in results.find_runs(str(tmp_path))] == ["lr=0.0001", "lr=0.001", "lr=0.01"]
+
+
 def test_load_records_in_long_form_skipping_a_line_cut_short(tmp_path):
     folder = run(tmp_path, 0)
     with open(folder / "metrics.jsonl", "a") as handle:

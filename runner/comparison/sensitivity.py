@@ -67,7 +67,8 @@ def lr_sensitivity(runs: pd.DataFrame, keys: list[str], key: str) -> pd.DataFram
     per_lr = counted.groupby([*sweeps, key], dropna=False, sort=False)["capped"].agg(["mean", "size"]).reset_index()
     rows = []
     for values, grid in (per_lr.groupby(sweeps, dropna=False, sort=False) if sweeps else [((), per_lr)]):
-        best = grid.loc[grid["mean"].idxmin()]
+        grid = grid.sort_values(key, key=lambda lrs: pd.to_numeric(lrs, errors="coerce"), kind="stable")
+        best = grid.loc[grid["mean"].idxmin()]  # a tie goes to the smallest lr, whatever order the folders load in
         values = values if isinstance(values, tuple) else (values,)
         rows.append({"sweep": label_of(dict(zip(sweeps, values)), sweeps), "lrs": len(grid),
                      "runs": int(grid["size"].sum()), f"best {key}": format_value(best[key]),
