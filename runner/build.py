@@ -1,5 +1,6 @@
-"""Building a run's parts from its config: data, model, runtime (device, precision, memory format), loss,
-optimizer driver, schedule, the method (distiller) with its context, and the step. Nothing is written here:
+"""Building a run's parts from its config: data (with the sampler's epoch order), model, runtime (device,
+precision, memory format), loss, optimizer driver, schedule, the methods with their context (distiller,
+per-sample weighting, data selection), and the step. Nothing is written here:
 the job writes the run folder only once everything is built (and a checkpoint restored), so bad input found
 while building leaves nothing behind.
 """
@@ -16,6 +17,8 @@ from omegaconf import DictConfig
 from runner import distributed, env
 from runner.context import DataInfo, MethodContext, Progress
 from runner.data.loaders import build_loaders, cpu_count
+from runner.data.sharding import batches_per_epoch
+from runner.data.splits import split_labels
 from runner.evaluation import evaluate
 from runner.losses import build_loss
 from runner.models import build_model
@@ -23,6 +26,7 @@ from runner.nonfinite import SkipNonFinite
 from runner.optim import build_optimizer, capabilities
 from runner.schedules import total_steps
 from runner.step import OptimizerDriver, Step, autocast_for
+from runner.weighting import SamplerCorrection
 
 DATA_INIT_SAMPLES = 5000  # training images handed to a model's init_from_data (airbench's whitening uses 5000)
 
@@ -77,11 +81,20 @@ class Run:
     lr_factors: list[float]
     driver: OptimizerDriver  # the student's
     method: object           # the distiller (distill=none: the loss on the labels)
+    weighting: object        # runner/weighting/ (weighting=none: the plain mean)
+    selection: object        # runner/selection.py (selection=none: the batch as drawn)
+    sampler: object          # runner/data/samplers.py (sampler=uniform: a permutation per epoch)
     step: Step
     progress: Progress
     steps_per_epoch: int
     total_steps: int
     epochs: int
+    class_counts: torch.Tensor | None  # training samples per class of a long-tailed run (the shot accuracies)
+
+    @property
+    def trained_batch(self) -> int:
+        """Samples a step trains on per process (the batch size, or what selection keeps of its candidates)."""
+        return self.selection.kept(self.cfg.trainer.batch_size * self.selection.candidates)
 
     @property
     def optimizer(self):
@@ -92,13 +105,14 @@ class Run:
 
     def evaluate(self, model: torch.nn.Module | None = None, split: str = "val") -> dict:
         return evaluate(model or self.model, self.val_loader, self.loss_fn, self.autocast, self.runtime.device,
-                        self.cfg.trainer.tta, split)
+                        self.cfg.trainer.tta, split, self.class_counts)
 
     def stateful(self) -> dict:
         """Everything whose state_dict a checkpoint carries (model, optimizer, loss, scaler, and a schedule or
         any other component that has state): a new stateful component is one more entry here."""
         objects = {"model": self.model, "optimizer": self.optimizer, "loss": self.loss_fn,
-                   "scaler": self.runtime.scaler, "schedule": self.schedule, "distill": self.method}
+                   "scaler": self.runtime.scaler, "schedule": self.schedule, "distill": self.method,
+                   "weighting": self.weighting, "selection": self.selection, "sampler": self.sampler}
         return {name: obj for name, obj in objects.items() if hasattr(obj, "state_dict")}
 
 
@@ -112,11 +126,16 @@ def build_run(cfg: DictConfig, print: Callable[[str], None] = lambda message: No
     model.to(runtime.device, memory_format=torch.channels_last if runtime.channels_last else torch.preserve_format)
     model = distributed.convert_sync_bn(model, trainer.sync_bn)
     workers = min(8, cpu_count()) if trainer.num_workers == "auto" else int(trainer.num_workers)
+    # every sampler draws as many samples per epoch as the training set holds: the run's length is known first
+    steps_per_epoch = batches_per_epoch(len(splits.train), trainer.batch_size, 0, distributed.world_size(), True)
+    steps = total_steps(trainer, steps_per_epoch)
+    epochs = math.ceil(steps / max(steps_per_epoch, 1))
+    sampler, selection, weighting = instantiate(cfg.sampler), instantiate(cfg.selection), instantiate(cfg.weighting)
+    labels = split_labels(splits.train, f"sampler={sampler.name}") if sampler.needs_labels else None
+    sampler.setup(len(splits.train), labels, splits.num_classes, epochs)
     train_loader, val_loader = build_loaders(splits, trainer.batch_size, trainer.eval_batch_size, runtime.device,
                                              cfg.seed, workers, runtime.channels_last, distributed.rank(),
-                                             distributed.world_size())
-    steps_per_epoch = len(train_loader)
-    steps = total_steps(trainer, steps_per_epoch)
+                                             distributed.world_size(), sampler, selection.candidates)
     if hasattr(model, "init_from_data"):  # data-dependent init (airbench's whitening), before the optimizer
         model.init_from_data(train_loader.sample(DATA_INIT_SAMPLES))
     optimizer = build_optimizer(cfg.optimizer, model, steps)
@@ -128,18 +147,27 @@ def build_run(cfg: DictConfig, print: Callable[[str], None] = lambda message: No
     declared = capabilities(cfg.optimizer)
     with_l1 = bool(declared.adaptive) if trainer.grad_norm_l1 == "auto" else bool(trainer.grad_norm_l1)
     driver = OptimizerDriver(optimizer, model, lr_factors, trainer.grad_clip, runtime.scaler, declared, with_l1)
-    progress, epochs = Progress(), math.ceil(steps / steps_per_epoch)
+    progress = Progress()
     method = instantiate(cfg.distill)
     autocast = autocast_for(runtime.device, runtime.autocast_dtype)
+    counts = splits.class_counts("the shot accuracies") if splits.imbalance > 1 else None
     context = MethodContext(
         model=model, device=runtime.device, channels_last=runtime.channels_last, autocast=autocast,
-        data=DataInfo(splits.name, splits.num_classes, splits.in_channels, len(splits.train), train_loader),
-        dataset=cfg.dataset, criterion=loss_fn, progress=progress, epochs=epochs,
-        evaluate=lambda other: evaluate(other, val_loader, loss_fn, autocast, runtime.device, trainer.tta),
+        data=DataInfo(splits.name, splits.num_classes, splits.in_channels, len(splits.train), train_loader,
+                      splits.class_counts),
+        dataset=cfg.dataset, criterion=loss_fn, progress=progress, epochs=epochs, steps=steps,
+        evaluate=lambda other: evaluate(other, val_loader, loss_fn, autocast, runtime.device, trainer.tta,
+                                        class_counts=counts),
         print=print, optimizer_config=cfg.optimizer, capabilities=declared, lr_factors=lr_factors,
         grad_clip=trainer.grad_clip, scaler=runtime.scaler, model_config=cfg.model, drivers=[driver])
     method.setup(context)  # may add companions' drivers to context.drivers
+    weightings = [weighting] if weighting.active else []
+    if sampler.class_multipliers(0) is not None:  # a sampler that upweights too (cooldown)
+        weightings.append(SamplerCorrection(sampler, epochs, runtime.device))
+    for part in (*weightings, selection):
+        part.setup(context)
     guard = SkipNonFinite(context.drivers, runtime.scaler is not None) if trainer.on_nonfinite == "skip" else None
-    step = Step(forward, method, context.drivers, autocast, guard)
+    step = Step(forward, method, context.drivers, autocast, guard, weightings,
+                selection if selection.active else None)
     return Run(cfg, splits, model, runtime, train_loader, val_loader, loss_fn, schedule, lr_factors, driver, method,
-               step, progress, steps_per_epoch, steps, epochs)
+               weighting, selection, sampler, step, progress, steps_per_epoch, steps, epochs, counts)

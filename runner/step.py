@@ -11,12 +11,13 @@ gradient norms (before clipping), clipping, the step and zero. The student's dri
 `trainer.on_nonfinite=skip` one `SkipNonFinite` guard covers all of them, so a NaN step changes no trained
 module and no optimizer state.
 
-Seams (where later methods plug in, each a local addition here):
+Which samples drive the step:
 - per-sample weighting: `Step.batch_loss` is the one point where a method's per-sample losses (a vector) become
-  the batch's loss; weights multiply them there.
-- data selection, mixup/cutmix soft targets: the first statement of `forward_backward` may replace the batch
-  (score a larger candidate batch under torch.inference_mode, or mix images and labels into probability
-  targets; the loss and the accuracy count already take (N, K) targets).
+  the batch's loss: mean_i m_i l_i with each weighting's multipliers (runner/weighting/, and a sampler's
+  per-class correction), computed from detached losses; their min, max and sums join the step's record.
+- data selection: `selection` (runner/selection.py) replaces the drawn batch before the forward pass
+  (`selection=hard` scores a larger candidate batch under torch.inference_mode); mixup/cutmix soft targets fit
+  the same place (the loss and the accuracy count already take (N, K) targets).
 - gradient accumulation: `forward_backward` (K micro-batches, under DDP's no_sync for all but the last) and
   `update` (once per optimizer step) are separate for that.
 """
@@ -30,6 +31,7 @@ import torch
 from runner import distributed
 from runner.nonfinite import SkipNonFinite, first_nonfinite_index
 from runner.optim import Capabilities
+from runner.weighting import weight_statistics
 
 
 class StepRecord(NamedTuple):
@@ -39,13 +41,18 @@ class StepRecord(NamedTuple):
     grad_l2: float          # global L2 norm of the student's gradients, before clipping
     grad_l1: float          # L1 norm (0 unless recorded: trainer.grad_norm_l1)
     nonfinite_param: float  # index of the first student parameter with a non-finite gradient (0 when none)
+    weight_min: float       # the per-sample loss multipliers m_i of this rank's batch (runner/weighting/): min,
+    weight_max: float       # max,
+    weight_sum: float       # sum and sum of squares (0 without weighting): the effective sample size
+    weight_sq_sum: float    # (sum m)^2 / sum m^2 of the global batch comes from their sums over ranks
 
 
 class StepStats:
     """Per-step records kept on the device until the logging interval."""
     FIELDS = StepRecord._fields
-    # over ranks: loss and norms averaged, correct counts summed; the non-finite parameter index is per rank
-    RANK_MEAN, RANK_SUM = ("loss", "grad_l2", "grad_l1"), ("correct",)
+    # over ranks: loss and norms averaged, counts and sums summed, extremes kept; the non-finite index is per rank
+    RANK_MEAN, RANK_SUM = ("loss", "grad_l2", "grad_l1"), ("correct", "weight_sum", "weight_sq_sum")
+    RANK_MIN, RANK_MAX = "weight_min", "weight_max"
 
     def __init__(self, capacity: int, device: torch.device):
         self.buffer = torch.zeros(capacity, len(self.FIELDS), device=device)
@@ -66,6 +73,9 @@ class StepStats:
             distributed.all_reduce_sum(summed)
             rows[:, reduced] = summed
             rows[:, [self.FIELDS.index(name) for name in self.RANK_MEAN]] /= distributed.world_size()
+            low, high = self.FIELDS.index(self.RANK_MIN), self.FIELDS.index(self.RANK_MAX)
+            rows[:, low] = -distributed.all_reduce_max(-rows[:, low])
+            rows[:, high] = distributed.all_reduce_max(rows[:, high].contiguous())
         records = [StepRecord(*row) for row in rows.tolist()]  # the one host sync per logging interval
         self.count = 0
         return records
@@ -134,42 +144,58 @@ class OptimizerDriver:
 
 
 class Step:
-    """forward_backward + update: one optimizer step of the student (drivers[0]) and its companions."""
+    """forward_backward + update: one optimizer step of the student (drivers[0]) and its companions, on the
+    batch `selection` keeps, with the loss `weightings` weigh."""
 
-    def __init__(self, forward, method, drivers: list[OptimizerDriver], autocast, guard: SkipNonFinite | None):
+    def __init__(self, forward, method, drivers: list[OptimizerDriver], autocast, guard: SkipNonFinite | None,
+                 weightings: tuple = (), selection=None):
         self.forward, self.method, self.drivers, self.autocast, self.guard = forward, method, drivers, autocast, guard
+        self.weightings, self.selection = tuple(weightings), selection
         student = drivers[0]
         self.scaler, self.second_order = student.scaler, student.capabilities.second_order
         self.needs_closure = student.capabilities.needs_closure
+        self.unweighted = torch.zeros(4, device=student.params[0].device)  # weight statistics without weighting
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, step: int) -> torch.Tensor:
+        if self.selection is not None:
+            images, labels, indices = self.selection(images, labels, indices)
         for driver in self.drivers:
             driver.set_lr(step)
         if self.guard:
             self.guard.snapshot()
-        loss, logits = self.forward_backward(images, labels, indices)
+        loss, logits, weights = self.forward_backward(images, labels, indices)
         (l2, l1, nonfinite), kept = self.update(loss, images, labels, indices)
         self.method.after_step(step, kept)  # per-sample memories, EMA: `kept` False where the guard skipped
         correct = self.correct(logits, labels)
-        return torch.stack([loss.detach().float(), correct.float(), l2.float(), l1.float(), nonfinite.float()])
+        return torch.cat([torch.stack([loss.detach().float(), correct.float(), l2.float(), l1.float(),
+                                       nonfinite.float()]), weights])
 
-    def loss(self, images, labels, indices) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(self, images, labels, indices) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the batch's loss, the logits, the statistics of its weights)."""
         with self.autocast():
             logits = self.forward(images)
-            return self.batch_loss(self.method.loss(images, labels, indices, logits)), logits
+            loss, weights = self.batch_loss(self.method.loss(images, labels, indices, logits), labels)
+            return loss, logits, weights
 
-    @staticmethod
-    def batch_loss(loss: torch.Tensor) -> torch.Tensor:
-        """The batch's loss from a method's loss: a scalar as it is, per-sample losses averaged."""
-        return loss if loss.ndim == 0 else loss.mean()
+    def batch_loss(self, losses: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weighting point: a method's scalar as it is; per-sample losses l_i as mean_i m_i l_i, m_i the
+        product of the weightings' multipliers (1 without any), computed without gradient."""
+        if losses.ndim == 0 or not self.weightings:
+            return (losses if losses.ndim == 0 else losses.mean()), self.unweighted
+        with torch.no_grad():
+            detached = losses.detach().float()
+            multipliers = self.weightings[0].multipliers(detached, labels)
+            for weighting in self.weightings[1:]:
+                multipliers = multipliers * weighting.multipliers(detached, labels)
+        return (multipliers * losses).mean(), weight_statistics(multipliers)
 
-    def forward_backward(self, images, labels, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        loss, logits = self.loss(images, labels, indices)
+    def forward_backward(self, images, labels, indices) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        loss, logits, weights = self.loss(images, labels, indices)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
         else:
             loss.backward(create_graph=self.second_order)
-        return loss, logits
+        return loss, logits, weights
 
     def update(self, loss: torch.Tensor, images, labels, indices):
         """Unscale, clip and step every driver, the guard skipping them together: (the student's gradient norms,
@@ -195,7 +221,7 @@ class Step:
         """Re-evaluates loss and gradients at the optimizer's current weights (SAM's second pass)."""
         def evaluate_again():
             with torch.enable_grad():
-                loss, _ = self.loss(images, labels, indices)
+                loss, _, _ = self.loss(images, labels, indices)
                 loss.backward()
             return loss
         return evaluate_again

@@ -108,18 +108,26 @@ class Trainer:
         finite = [r for r in rows if is_finite_step(r.loss, r.grad_l2)]
         self.skipped_steps += len(rows) - len(finite)
         mean = lambda field: sum(getattr(r, field) for r in finite) / len(finite) if finite else math.nan  # noqa: E731
-        global_batch = self.cfg.trainer.batch_size * distributed.world_size()
+        global_batch = self.run.trained_batch * distributed.world_size()
         record = {"step": progress.step, "epoch": progress.step / self.run.steps_per_epoch, "train/loss": mean("loss"),
                   "train/acc1": sum(r.correct for r in rows) / (len(rows) * global_batch),
                   "train/lr": self.run.optimizer.param_groups[0]["lr"], "train/grad_norm": mean("grad_l2"),
                   "train/img_per_s": len(rows) * global_batch / max(now - self.clock, 1e-9),
-                  "train/skipped_steps": self.skipped_steps}
+                  "train/skipped_steps": self.skipped_steps, **self.weight_record(finite)}
         self.logger.log(record)
         self.logger.log_grad_norms(first, [(r.grad_l2, r.grad_l1) for r in rows])
         self.logger.advance(0, info=f"loss {record['train/loss']:.4f}  acc {record['train/acc1']:.3f}  "
                                     f"lr {record['train/lr']:.3g}  {record['train/img_per_s']:.0f} img/s")
         self.train_loss, self.clock = record["train/loss"], now
         self.stop_if_diverged(rows, first)
+
+    def weight_record(self, rows: list[StepRecord]) -> dict:
+        """The per-sample weights' extremes over the interval and their mean effective sample size (of the global
+        batch: (sum m)^2 / sum m^2), when the step weighs its samples."""
+        if not self.run.step.weightings or not rows:
+            return {}
+        return {"train/weight_min": min(r.weight_min for r in rows), "train/weight_max": max(r.weight_max for r in rows),
+                "train/weight_ess": sum(r.weight_sum ** 2 / r.weight_sq_sum for r in rows) / len(rows)}
 
     def stop_if_diverged(self, rows: list[StepRecord], first_step: int) -> None:
         if self.cfg.trainer.on_nonfinite != "stop":
@@ -148,6 +156,8 @@ class Trainer:
         return {"final_train_loss": finite(self.train_loss), "best_val_acc1": self.best_acc1,
                 "final_val_acc1": last("val/acc1"), "final_val_loss": finite(last("val/loss")),
                 "final_val_ece": finite(last("val/ece")), "final_val_nll": finite(last("val/nll")),
+                **{f"final_val_{name}_acc1": last(f"val/{name}_acc1") for name in ("balanced", "many", "medium", "few")
+                   if f"val/{name}_acc1" in self.last_eval},
                 "train_label_noise": self.run.splits.label_noise, "steps": self.progress.step,
                 "epochs": self.progress.epoch, "skipped_steps": self.skipped_steps, **self.run.method.summary()}
 

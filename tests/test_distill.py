@@ -33,8 +33,9 @@ SMALL = ("dataset.limit_train=256", "trainer.batch_size=64", "trainer.determinis
 class KL(torch.nn.Module):
     """KL(q || p) with q the target distribution: the test's own divergence for the loss interface."""
 
-    def forward(self, logits, target):
-        return (target * (target.log() - F.log_softmax(logits, -1))).sum(-1).mean()
+    def forward(self, logits, target, reduction="mean"):
+        per_sample = (target * (target.log() - F.log_softmax(logits, -1))).sum(-1)
+        return per_sample.mean() if reduction == "mean" else per_sample
 
 
 def make_trainer(tmp_path, *overrides, name: str = "run") -> Trainer:
@@ -84,7 +85,8 @@ def test_kd_loss_equals_the_formula_by_hand():
     q, p = softmax_by_hand(teacher_logits, 2.0), softmax_by_hand(student_logits, 2.0)
     kl = float(sum(q[i, k] * math.log(q[i, k] / p[i, k]) for i in range(3) for k in range(4))) / 3
     ce = -sum(math.log(softmax_by_hand(student_logits, 1.0)[i, labels[i]]) for i in range(3)) / 3
-    assert loss.item() == pytest.approx(0.7 * ce + 0.3 * 4.0 * kl, rel=1e-5)
+    assert loss.shape == (3,)  # per sample: the step's weighting point averages them
+    assert loss.mean().item() == pytest.approx(0.7 * ce + 0.3 * 4.0 * kl, rel=1e-5)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
@@ -193,7 +195,7 @@ def test_pskd_targets_mix_labels_with_last_epochs_predictions(tmp_path):
     previous = torch.cat([softmax_by_hand(first, 1.0), onehot[3:]])  # samples 20, 21 were never seen
     target = (1 - alpha) * onehot + alpha * previous
     expected = -(target * F.log_softmax(logits, -1)).sum(-1).mean()
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss.mean().item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_saf_memory_returns_the_outputs_from_e_epochs_earlier(tmp_path):
@@ -209,12 +211,12 @@ def test_saf_memory_returns_the_outputs_from_e_epochs_earlier(tmp_path):
         saf.after_step(epoch, None)
         ce = F.cross_entropy(recorded[epoch], labels)
         if epoch <= 2:
-            assert loss.item() == pytest.approx(ce.item(), rel=1e-6)
+            assert loss.mean().item() == pytest.approx(ce.item(), rel=1e-6)
         else:  # active after start_epoch, against the logits of epoch - 2
             torch.testing.assert_close(saf.past_outputs(indices, epoch), recorded[epoch - 2])
             q, p = softmax_by_hand(recorded[epoch - 2], 5.0), softmax_by_hand(recorded[epoch], 5.0)
             kl = (q * (q / p).log()).sum(-1).mean()
-            assert loss.item() == pytest.approx((ce + 0.3 * 25.0 * kl).item(), rel=1e-5)
+            assert loss.mean().item() == pytest.approx((ce + 0.3 * 25.0 * kl).item(), rel=1e-5)
 
 
 def test_mesa_teacher_is_the_ema_of_the_weights(tmp_path):
@@ -238,7 +240,7 @@ def test_nd_loss_matches_the_papers_per_sample_formula():
     for s, t, y in zip(student, teacher, labels):
         direction = centers[y] / centers[y].norm()
         by_hand += 1 - torch.dot(s, direction) / max(s.norm(), t.norm())
-    assert norm_direction_loss(student, teacher, centers, labels).item() == pytest.approx(float(by_hand) / 4, rel=1e-5)
+    assert norm_direction_loss(student, teacher, centers, labels).mean().item() == pytest.approx(float(by_hand) / 4, rel=1e-5)
 
 
 def test_kdpp_objective_weighs_ce_kd_and_nd_independently():
@@ -261,7 +263,7 @@ def test_kdpp_objective_weighs_ce_kd_and_nd_independently():
     for s, t, y in zip(nd.tap.features, teacher_features, labels):
         norm_direction += 1 - torch.dot(s, nd.centers[y] / nd.centers[y].norm()) / max(s.norm(), t.norm())
     expected = 1.0 * ce + 3.5 * (5 / 20) * 16.0 * kl + 2.0 * float(norm_direction) / 3
-    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert loss.mean().item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_dhkd_binary_kl_is_the_bernoulli_kl_to_one_half():

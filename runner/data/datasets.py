@@ -4,8 +4,9 @@ Each factory's config rules are one function (`@checked_by`: the pre-flight runs
 on its arguments), and each has a `describe` (`@described_by`): the `DataShape` its options imply without
 loading anything (the pre-flight's run length, batch check and model sizes).
 
-In-memory datasets (digits, synthetic, CIFAR) are uint8 tensors for the device-resident loader; image folders
-and Hugging Face datasets are map-style datasets for a DataLoader. A held-out split of the training data
+In-memory datasets (digits, synthetic, CIFAR) are uint8 tensors for the device-resident loader, each with
+`imbalance` (a long-tailed training split: runner/data/imbalance.py); image folders and Hugging Face datasets
+are map-style datasets for a DataLoader. A held-out split of the training data
 (selection on training data, reporting on the test split) is one more split in `Splits` that each factory
 carves from its training set.
 """
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from runner.data.imbalance import imbalance_problems, long_tailed, long_tailed_size
 from runner.data.label_noise import add_label_noise, label_noise_problems
 from runner.data.splits import Augment, DataShape, Splits, TensorSplit, augment_problems, limit, limit_problems, limited
 from runner.errors import checked_by, require
@@ -46,16 +48,36 @@ def _common_problems(limit_train, limit_val, label_noise, num_classes) -> list[s
     return limit_problems(limit_train, limit_val) + label_noise_problems(label_noise, num_classes)
 
 
+def _in_memory(splits: Splits, imbalance, limit_train, limit_val, label_noise) -> Splits:
+    """What every in-memory factory does after loading: the long-tailed cut, the quick-run subset, label noise."""
+    return add_label_noise(limit(long_tailed(splits, imbalance), limit_train, limit_val), label_noise)
+
+
 # ---- digits --------------------------------------------------------------------------------------------
-def _digits_problems(val_fraction, image_size, limit_train, limit_val, label_noise, **_) -> list[str]:
+def _digits_problems(val_fraction, image_size, limit_train, limit_val, label_noise, imbalance, **_) -> list[str]:
     if not 0 < val_fraction < 1:
         return [f"dataset.val_fraction={val_fraction}: must lie strictly between 0 and 1; pass e.g. 0.2"]
     problems = ["dataset.image_size: digits are 8x8; leave dataset.image_size=8"] if image_size != 8 else []
-    return problems + _common_problems(limit_train, limit_val, label_noise, 10)
+    return problems + _common_problems(limit_train, limit_val, label_noise, 10) + imbalance_problems(imbalance)
 
 
-def _describe_digits(val_fraction, limit_train, **_) -> DataShape:
-    train_size = DIGITS_SAMPLES - math.ceil(val_fraction * DIGITS_SAMPLES)  # scikit-learn's split sizes
+def _digits_split(val_fraction: float, split_seed: int):
+    """(bunch, train indices, validation indices): scikit-learn's stratified split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    train_idx, val_idx = train_test_split(np.arange(len(bunch.target)), test_size=val_fraction,
+                                          stratify=bunch.target, random_state=split_seed)
+    return bunch, train_idx, val_idx
+
+
+def _describe_digits(val_fraction, split_seed, limit_train, imbalance, **_) -> DataShape:
+    if (imbalance or {}).get("ratio", 1) != 1:  # the class counts of the split: load it (embedded, cheap)
+        bunch, train_idx, _ = _digits_split(val_fraction, split_seed)
+        train_size = long_tailed_size(np.bincount(bunch.target[train_idx], minlength=10).tolist(), imbalance)
+    else:
+        train_size = DIGITS_SAMPLES - math.ceil(val_fraction * DIGITS_SAMPLES)  # scikit-learn's split sizes
     return DataShape("digits", limited(train_size, limit_train), in_channels=1, num_classes=10)
 
 
@@ -63,29 +85,25 @@ def _describe_digits(val_fraction, limit_train, **_) -> DataShape:
 @checked_by(_digits_problems)
 def digits(val_fraction: float = 0.2, split_seed: int = 0, image_size: int = 8,
            limit_train: int | None = None, limit_val: int | None = None,
-           label_noise: dict | None = None) -> Splits:
+           label_noise: dict | None = None, imbalance: dict | None = None) -> Splits:
     """scikit-learn's bundled 8x8 digits (1,797 images), split once, stratified, with a fixed seed."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    bunch = load_digits()
+    bunch, train_idx, val_idx = _digits_split(val_fraction, split_seed)
     images = torch.from_numpy(np.round(bunch.images * (255 / 16)).astype(np.uint8)).unsqueeze(1)
     labels = torch.from_numpy(bunch.target.astype(np.int64))
-    train_idx, val_idx = train_test_split(np.arange(len(labels)), test_size=val_fraction,
-                                          stratify=bunch.target, random_state=split_seed)
     splits = Splits("digits", TensorSplit(images[train_idx], labels[train_idx]),
                     TensorSplit(images[val_idx], labels[val_idx]), num_classes=10, in_channels=1,
                     image_size=8, mean=(0.5,), std=(0.5,))
-    return add_label_noise(limit(splits, limit_train, limit_val), label_noise)
+    return _in_memory(splits, imbalance, limit_train, limit_val, label_noise)
 
 
 # ---- synthetic -----------------------------------------------------------------------------------------
-def _synthetic_problems(num_classes, limit_train, limit_val, label_noise, **_) -> list[str]:
-    return _common_problems(limit_train, limit_val, label_noise, num_classes)
+def _synthetic_problems(num_classes, limit_train, limit_val, label_noise, imbalance, **_) -> list[str]:
+    return _common_problems(limit_train, limit_val, label_noise, num_classes) + imbalance_problems(imbalance)
 
 
-def _describe_synthetic(num_classes, in_channels, train_size, limit_train, **_) -> DataShape:
-    return DataShape("synthetic", limited(train_size, limit_train), in_channels, num_classes)
+def _describe_synthetic(num_classes, in_channels, train_size, limit_train, imbalance, **_) -> DataShape:
+    counts = [train_size // num_classes + (k < train_size % num_classes) for k in range(num_classes)]
+    return DataShape("synthetic", limited(long_tailed_size(counts, imbalance), limit_train), in_channels, num_classes)
 
 
 @described_by(_describe_synthetic)
@@ -93,7 +111,7 @@ def _describe_synthetic(num_classes, in_channels, train_size, limit_train, **_) 
 def synthetic(num_classes: int = 10, image_size: int = 32, in_channels: int = 3, train_size: int = 2048,
               val_size: int = 512, noise: float = 0.5, data_seed: int = 0,
               limit_train: int | None = None, limit_val: int | None = None,
-              label_noise: dict | None = None) -> Splits:
+              label_noise: dict | None = None, imbalance: dict | None = None) -> Splits:
     """Learnable generated images: a smooth random prototype per class plus per-sample noise."""
     gen = torch.Generator().manual_seed(data_seed)
     coarse = torch.rand(num_classes, in_channels, 4, 4, generator=gen)
@@ -107,22 +125,25 @@ def synthetic(num_classes: int = 10, image_size: int = 32, in_channels: int = 3,
 
     splits = Splits("synthetic", draw(train_size), draw(val_size), num_classes, in_channels, image_size,
                     mean=(0.5,) * in_channels, std=(0.25,) * in_channels, augment=Augment(0, False))
-    return add_label_noise(limit(splits, limit_train, limit_val), label_noise)
+    return _in_memory(splits, imbalance, limit_train, limit_val, label_noise)
 
 
 # ---- CIFAR ---------------------------------------------------------------------------------------------
-def _cifar_problems(num_classes, root, download, flip, pad_mode, limit_train, limit_val, label_noise, **_) -> list[str]:
+def _cifar_problems(num_classes, root, download, flip, pad_mode, limit_train, limit_val, label_noise, imbalance,
+                    **_) -> list[str]:
     if num_classes not in CIFAR_ARCHIVES:
         return [f"dataset.num_classes={num_classes}: CIFAR has 10 or 100 classes"]
     folder = CIFAR_ARCHIVES[num_classes][1]
     problems = [] if download or (Path(root).expanduser() / folder).is_dir() else [
         f"dataset.root={Path(root).expanduser().resolve()}: no {folder}/ there; pass "
         f"dataset.root=<folder holding {folder}> or dataset.download=true"]
-    return problems + augment_problems(flip, pad_mode) + _common_problems(limit_train, limit_val, label_noise, num_classes)
+    return (problems + augment_problems(flip, pad_mode) + _common_problems(limit_train, limit_val, label_noise, num_classes)
+            + imbalance_problems(imbalance))
 
 
-def _describe_cifar(num_classes, limit_train, **_) -> DataShape:
-    return DataShape(f"cifar{num_classes}", limited(CIFAR_TRAIN_SIZE, limit_train), 3, num_classes)
+def _describe_cifar(num_classes, limit_train, imbalance, **_) -> DataShape:
+    train_size = long_tailed_size([CIFAR_TRAIN_SIZE // num_classes] * num_classes, imbalance)
+    return DataShape(f"cifar{num_classes}", limited(train_size, limit_train), 3, num_classes)
 
 
 @described_by(_describe_cifar)
@@ -130,7 +151,7 @@ def _describe_cifar(num_classes, limit_train, **_) -> DataShape:
 def cifar(num_classes: int = 10, root: str = "data", download: bool = False, crop_padding: int = 4,
           flip: bool | str = True, pad_mode: str = "zeros", image_size: int = 32,
           limit_train: int | None = None, limit_val: int | None = None,
-          label_noise: dict | None = None) -> Splits:
+          label_noise: dict | None = None, imbalance: dict | None = None) -> Splits:
     """CIFAR-10/100 read straight from the python pickle batches under `root` (as the fast loaders do).
 
     With `download: true` torchvision's download code fetches and unpacks the archive first.
@@ -145,7 +166,7 @@ def cifar(num_classes: int = 10, root: str = "data", download: bool = False, cro
     train, val = (_read_cifar_batches(base, files, label_key) for files in names)
     splits = Splits(f"cifar{num_classes}", train, val, num_classes, 3, 32, CIFAR_MEAN[num_classes],
                     CIFAR_STD[num_classes], Augment(crop_padding, flip, pad_mode))
-    return add_label_noise(limit(splits, limit_train, limit_val), label_noise)
+    return _in_memory(splits, imbalance, limit_train, limit_val, label_noise)
 
 
 def _read_cifar_batches(base: Path, files: list[str], label_key: str) -> TensorSplit:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from runner.data.splits import Splits, TensorSplit
-from runner.errors import ConfigError, require
+from runner.data.splits import Splits, TensorSplit, split_labels
+from runner.errors import require
 
 KINDS = ("symmetric", "asymmetric")
 
@@ -34,7 +34,7 @@ def add_label_noise(splits: Splits, label_noise: dict | None) -> Splits:
     """Corrupt the training labels as `dataset.label_noise` says; record the flipped fraction."""
     if not label_noise or not label_noise.get("rate"):
         return splits
-    clean = _split_labels(splits.train)
+    clean = split_labels(splits.train, "dataset.label_noise")
     noisy = corrupt_labels(clean, splits.num_classes, **label_noise)
     splits.train = splits.train.relabel(noisy) if isinstance(splits.train, TensorSplit) else Relabeled(splits.train, noisy)
     splits.label_noise = (noisy != clean).sum().item() / len(clean)
@@ -60,21 +60,11 @@ def corrupt_labels(labels: torch.Tensor, num_classes: int, kind: str = "symmetri
     return noisy
 
 
-def _split_labels(split) -> torch.Tensor:
-    if isinstance(split, TensorSplit):
-        return split.labels
-    if isinstance(split, torch.utils.data.Subset):
-        return _split_labels(split.dataset)[torch.as_tensor(split.indices)]
-    if hasattr(split, "targets"):
-        return torch.as_tensor(split.targets)
-    raise ConfigError(f"dataset.label_noise: cannot read the labels of a {type(split).__name__}; set rate=0")
-
-
 class Relabeled(Dataset):
     """A map-style dataset whose labels are replaced (the images are read as before)."""
 
     def __init__(self, dataset: Dataset, labels: torch.Tensor):
-        self.dataset, self.labels = dataset, labels.tolist()
+        self.dataset, self.labels = dataset, labels.tolist()  # `labels`: what samplers and class weights read
 
     def __len__(self) -> int:
         return len(self.dataset)

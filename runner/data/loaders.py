@@ -2,9 +2,10 @@
 replay them) and `sample(count)` (images for a data-dependent init), both yielding this rank's shard.
 
 `TensorLoader` (in-memory splits: digits, synthetic, CIFAR) keeps the whole split on the training device as
-uint8 and augments whole batches there: an epoch's order, crop offsets and flips are drawn at once on the
-host (`epoch_plan`; a sampler replaces `sharding.epoch_order`), then each batch is one flat gather. No
-DataLoader, no per-batch host work. `FolderLoader` (image folders, Hugging Face) is a tuned DataLoader.
+uint8 and augments whole batches there: an epoch's order (a `sampler`'s, runner/data/samplers.py, or
+`sharding.epoch_order`), crop offsets and flips are drawn at once on the host (`epoch_plan`), then each batch is
+one flat gather. The draws belong to the order's slots, not to samples, so a sample that a sampler draws
+several times in an epoch gets a crop and flip of its own each time. No DataLoader, no per-batch host work. `FolderLoader` (image folders, Hugging Face) is a tuned DataLoader.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from runner.data.samplers import Passes
 from runner.data.sharding import batch_problems, batches_per_epoch, epoch_generator, epoch_order, shard
 from runner.data.splits import Augment, Splits, TensorSplit
 from runner.errors import require
@@ -25,9 +27,9 @@ class TensorLoader:
 
     def __init__(self, split: TensorSplit, batch_size: int, device: torch.device, mean, std,
                  augment: Augment | None = None, shuffle: bool = False, drop_last: bool = False, seed: int = 0,
-                 channels_last: bool = False, rank: int = 0, world_size: int = 1):
+                 channels_last: bool = False, rank: int = 0, world_size: int = 1, sampler=None):
         self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.sampler = rank, world_size, sampler
         self.augment = augment or Augment()
         self.device = device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -46,13 +48,16 @@ class TensorLoader:
         self.channel_stride = torch.arange(channels, device=device) * padded[2] * padded[3]
 
     def __len__(self) -> int:
-        return batches_per_epoch(self.num_samples, self.batch_size, self.rank, self.world_size, self.drop_last)
+        draws = len(self.sampler) if self.sampler else self.num_samples
+        return batches_per_epoch(draws, self.batch_size, self.rank, self.world_size, self.drop_last)
 
     def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         order, offsets, flips = self.epoch_plan(epoch)
         for b in range(start_batch, len(self)):
-            index = order[b * self.batch_size:(b + 1) * self.batch_size]
-            images = self._crop_and_flip(index, offsets, flips)
+            slots = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            index = order[slots]
+            images = self._crop_and_flip(index, None if offsets is None else offsets[slots],
+                                         None if flips is None else flips[slots])
             images = images.float().sub_(self.mean).mul_(self.inv_std)
             yield images.contiguous(memory_format=self.memory_format), self.labels[index], index
 
@@ -60,22 +65,23 @@ class TensorLoader:
         return self.epoch(0)
 
     def epoch_plan(self, epoch: int):
-        """Order, crop offsets and flips for every sample of the epoch, drawn at once on the host (cheap)."""
+        """This rank's order, crop offsets and flips for every slot of the epoch (one row per drawn sample),
+        drawn at once on the host (cheap)."""
         gen = epoch_generator(self.seed, epoch)
-        n = self.num_samples
-        order = shard(epoch_order(n, self.shuffle, gen), self.batch_size, self.rank, self.world_size, self.drop_last)
+        order = self.sampler.order(epoch, gen) if self.sampler else epoch_order(self.num_samples, self.shuffle, gen)
         pad = self.augment.crop_padding
-        offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=gen) if pad else None
-        flips = self.flips(epoch, gen)
-        move = lambda t: None if t is None else t.to(self.device, non_blocking=True)
-        return move(order), move(offsets), move(flips)
+        offsets = torch.randint(0, 2 * pad + 1, (len(order), 2), generator=gen) if pad else None
+        flips = self.flips(epoch, order, gen)
+        mine = lambda t: None if t is None else shard(t, self.batch_size, self.rank, self.world_size,  # noqa: E731
+                                                      self.drop_last).to(self.device, non_blocking=True)
+        return mine(order), mine(offsets), mine(flips)
 
-    def flips(self, epoch: int, gen: torch.Generator) -> torch.Tensor | None:
+    def flips(self, epoch: int, order: torch.Tensor, gen: torch.Generator) -> torch.Tensor | None:
         if self.augment.flip == "random":
-            return torch.rand(self.num_samples, generator=gen) < 0.5
+            return torch.rand(len(order), generator=gen) < 0.5
         if self.augment.flip == "alternate":  # one fixed random half per run, all inverted on odd epochs
             fixed = torch.rand(self.num_samples, generator=epoch_generator(self.seed, -1)) < 0.5
-            return fixed ^ bool(epoch % 2)
+            return fixed[order] ^ bool(epoch % 2)
         return None
 
     def sample(self, count: int) -> torch.Tensor:
@@ -85,19 +91,19 @@ class TensorLoader:
         return images.float().sub_(self.mean).mul_(self.inv_std)
 
     def _crop_and_flip(self, index: torch.Tensor, offsets: torch.Tensor | None, flips: torch.Tensor | None):
-        """Gather each sample's HxW window (at its offset into the padded image, mirrored if flipped) with
-        one flat `take`: far cheaper than multi-tensor advanced indexing or a separate flip pass."""
+        """Gather each sample's HxW window (at its slot's offset into the padded image, mirrored if its slot is
+        flipped) with one flat `take`: far cheaper than multi-tensor advanced indexing or a separate flip pass."""
         if offsets is None and flips is None:
             return self.images[index]
         _, channels, padded_h, padded_w = self.images.shape
         rows = self.row_range.expand(len(index), -1)
         cols = self.col_range.expand(len(index), -1)
         if offsets is not None:
-            rows = rows + offsets[index, 0:1]
-            cols = cols + offsets[index, 1:2]
+            rows = rows + offsets[:, 0:1]
+            cols = cols + offsets[:, 1:2]
         if flips is not None:
             mirrored = cols.flip(-1)
-            cols = torch.where(flips[index, None], mirrored, cols)
+            cols = torch.where(flips[:, None], mirrored, cols)
         base = index * (channels * padded_h * padded_w)
         flat = (base[:, None, None, None] + self.channel_stride[None, :, None, None]
                 + (rows * padded_w)[:, None, :, None] + cols[:, None, None, :])
@@ -123,18 +129,19 @@ class FolderLoader:
 
     def __init__(self, dataset: Dataset, batch_size: int, device: torch.device, shuffle: bool = False,
                  drop_last: bool = False, seed: int = 0, num_workers: int = 4, channels_last: bool = False,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, sampler=None):
         self.dataset, self.batch_size, self.device = IndexedDataset(dataset), batch_size, device
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.sampler = rank, world_size, sampler
         self.shuffle, self.drop_last, self.seed, self.num_workers = shuffle, drop_last, seed, num_workers
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __len__(self) -> int:
-        return batches_per_epoch(len(self.dataset), self.batch_size, self.rank, self.world_size, self.drop_last)
+        draws = len(self.sampler) if self.sampler else len(self.dataset)
+        return batches_per_epoch(draws, self.batch_size, self.rank, self.world_size, self.drop_last)
 
     def epoch(self, epoch: int = 0, start_batch: int = 0):
         gen = epoch_generator(self.seed, epoch)
-        order = epoch_order(len(self.dataset), self.shuffle, gen)
+        order = self.sampler.order(epoch, gen) if self.sampler else epoch_order(len(self.dataset), self.shuffle, gen)
         order = shard(order, self.batch_size, self.rank, self.world_size, self.drop_last)
         order = order[start_batch * self.batch_size:].tolist()
         workers = self.num_workers
@@ -160,19 +167,25 @@ class FolderLoader:
 
 
 def build_loaders(splits: Splits, batch_size: int, eval_batch_size: int, device: torch.device, seed: int,
-                  num_workers: int, channels_last: bool = False, rank: int = 0, world_size: int = 1):
-    """Train loader (shuffled, augmented, full batches) and validation loader (in order, every sample), each
-    yielding this rank's shard; `batch_size` is per device."""
+                  num_workers: int, channels_last: bool = False, rank: int = 0, world_size: int = 1,
+                  sampler=None, candidates: int = 1):
+    """Train loader (the `sampler`'s order, or shuffled; augmented, full batches) and validation loader (in order,
+    every sample), each yielding this rank's shard; `batch_size` is per device. With `candidates` > 1 (hard
+    selection) each training batch holds candidates x batch_size samples drawn from as many passes of the order."""
     require(batch_problems(batch_size, world_size, len(splits.train), splits.name))
+    if candidates > 1:  # `sampler` set up (runner/build.py's; a uniform one draws what sampler=None draws)
+        sampler = Passes(sampler, candidates)
+    train_batch = batch_size * candidates
     if splits.in_memory:
         common = dict(device=device, mean=splits.mean, std=splits.std, seed=seed, channels_last=channels_last,
                       rank=rank, world_size=world_size)
-        train = TensorLoader(splits.train, batch_size, augment=splits.augment, shuffle=True, drop_last=True, **common)
+        train = TensorLoader(splits.train, train_batch, augment=splits.augment, shuffle=True, drop_last=True,
+                             sampler=sampler, **common)
         val = TensorLoader(splits.val, eval_batch_size, **common)
     else:
         common = dict(device=device, seed=seed, num_workers=num_workers, channels_last=channels_last,
                       rank=rank, world_size=world_size)
-        train = FolderLoader(splits.train, batch_size, shuffle=True, drop_last=True, **common)
+        train = FolderLoader(splits.train, train_batch, shuffle=True, drop_last=True, sampler=sampler, **common)
         val = FolderLoader(splits.val, eval_batch_size, **common)
     return train, val
 

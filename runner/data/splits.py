@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import Dataset
 
-from runner.errors import require
+from runner.errors import ConfigError, require
 
 FLIP_MODES = {True: "random", False: "none", "random": "random", "none": "none", "alternate": "alternate"}
 PAD_MODES = ("zeros", "reflect")
@@ -67,10 +67,29 @@ class Splits:
     std: tuple[float, ...] = ()
     augment: Augment = field(default_factory=Augment)
     label_noise: float = 0.0  # fraction of training labels corrupted by `dataset.label_noise`
+    imbalance: float = 1.0    # `dataset.imbalance.ratio` the training split was cut to (1: as loaded)
 
     @property
     def in_memory(self) -> bool:
         return isinstance(self.train, TensorSplit)
+
+    def class_counts(self, needed_by: str) -> torch.Tensor:
+        """Training samples per class (a ConfigError naming `needed_by` when the labels cannot be read cheaply)."""
+        return torch.bincount(split_labels(self.train, needed_by), minlength=self.num_classes)
+
+
+def split_labels(split, needed_by: str) -> torch.Tensor:
+    """Every label of a split without reading its images: in memory, or a dataset's `targets` (image folders,
+    Hugging Face columns), through Subset and relabelled wrappers (`labels`)."""
+    if isinstance(split, TensorSplit):
+        return split.labels
+    if isinstance(split, torch.utils.data.Subset):
+        return split_labels(split.dataset, needed_by)[torch.as_tensor(split.indices)]
+    for name in ("labels", "targets"):
+        if hasattr(split, name):
+            return torch.as_tensor(getattr(split, name))
+    raise ConfigError(f"{needed_by} needs the training labels, which a {type(split).__name__} gives only by reading "
+                      f"every image; use a dataset with a `targets` attribute, or drop {needed_by.split('=')[0]}")
 
 
 @dataclass(frozen=True)

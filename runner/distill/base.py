@@ -3,7 +3,10 @@
 A distiller is built from `conf/distill/<name>.yaml`; the run calls
     setup(context)                          once, with a MethodContext (runner/context.py): the student,
                                             data, loss, progress, evaluation, companion modules
-    loss(images, labels, indices, logits)   the student's training objective, inside the step's autocast
+    loss(images, labels, indices, logits)   the student's training objective, inside the step's autocast:
+                                            per-sample values (N,) where the method defines them per sample
+                                            (`per_sample = True`: the step's weighting point weighs and averages
+                                            them, runner/step.py), else the batch's scalar
     after_step(step, kept)                  after the optimizer steps; `kept` False (a device bool) where
                                             trainer.on_nonfinite=skip dropped the step, None without a guard
     evaluate() -> dict                      extra records for each evaluation (e.g. a second model's accuracy)
@@ -34,6 +37,7 @@ class Distiller:
     # memory (each rank sees other samples every epoch); None: runs under DDP
     single_process_reason: str | None = None
     tempered = False  # the method's temperature divides both models' logits: loss.temperature must be 1
+    per_sample = True  # loss() returns one value per sample (False: a batch scalar that no weighting can split)
 
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> list[str]:
@@ -60,7 +64,7 @@ class Distiller:
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
              logits: torch.Tensor) -> torch.Tensor:
-        return self.criterion(logits, labels)
+        return self.criterion(logits, labels, reduction="none")
 
     def after_step(self, step: int, kept: torch.Tensor | None) -> None:
         pass
@@ -80,10 +84,11 @@ class Distiller:
 
 # ---- divergences between tempered distributions ---------------------------------------------------------
 def tempered_divergence(divergence: torch.nn.Module, student_logits: torch.Tensor, target_logits: torch.Tensor,
-                        temperature: float) -> torch.Tensor:
-    """T^2 * D(softmax(target / T), softmax(student / T)) with D any loss of the loss group (target fixed)."""
+                        temperature: float, reduction: str = "mean") -> torch.Tensor:
+    """T^2 * D(softmax(target / T), softmax(student / T)) with D any loss of the loss group (target fixed):
+    the batch mean, or per sample with reduction="none"."""
     target = F.softmax(target_logits.detach().float() / temperature, dim=-1)
-    return temperature ** 2 * divergence(student_logits.float() / temperature, target)
+    return temperature ** 2 * divergence(student_logits.float() / temperature, target, reduction)
 
 
 def kl_per_sample(target_log_probs: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:

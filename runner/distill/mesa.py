@@ -40,7 +40,7 @@ class MESA(Distiller):
             ema_value.copy_(model_value)
 
     def loss(self, images, labels, indices, logits):
-        loss = self.criterion(logits, labels)
+        loss = self.criterion(logits, labels, reduction="none")
         if self.context.progress.epoch > self.start_epoch:
             with torch.no_grad():
                 ema_logits = self.ema(images)
