@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from benchmarks import timed_devices
 from runner.data.datasets import CIFAR_MEAN, CIFAR_STD
 from runner.data.loaders import TensorLoader, cpu_count
 from runner.data.splits import Augment, TensorSplit
@@ -40,6 +41,8 @@ def images_per_second(batches, count: int) -> float:
 def run(quick: bool) -> list[dict]:
     from torchvision import transforms as T
 
+    if not timed_devices():
+        return []
     n = 10_000 if quick else 50_000
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
@@ -53,7 +56,7 @@ def run(quick: bool) -> list[dict]:
     rows = [{"loader": f"torchvision DataLoader ({workers} workers)", "device": "cpu", "images/s": baseline, "ratio": 1.0}]
     split = TensorSplit(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels))
     augments = {"": Augment(4, True), " (airbench: reflect pad 2, alternate flip)": Augment(2, "alternate", "reflect")}
-    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+    for device in timed_devices():
         for label, augment in augments.items():
             resident = TensorLoader(split, 512, torch.device(device), CIFAR_MEAN[10], CIFAR_STD[10],
                                     augment=augment, shuffle=True, drop_last=True)

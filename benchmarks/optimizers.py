@@ -3,30 +3,40 @@ decay / no-decay groups, fixed random gradients), as a ratio to torch.optim.Adam
 the same rounds (interleaved; the fastest round counts, CPU timed on one thread so that other load on the
 machine disturbs it least). `vs_adamw` is the path `foreach=None` picks on the device (runner.optim.base
 uses_foreach: per-tensor on a CPU, in cache-sized slices for element-wise rules; foreach on CUDA),
-`foreach_vs_adamw` / `per_tensor_vs_adamw` the two paths forced, `reference` the official package where one
-installs (the `ref` extra). SAM and AdaHessian are timed as whole train steps
+`foreach_vs_adamw` / `per_tensor_vs_adamw` the two paths forced (SOAP, Prodigy and LANTON have one path),
+`reference` the official package where one installs (the `ref` extra). SAM and AdaHessian are timed as whole train steps
 (forward, backward, step; batch 64 of 32x32; ResNet-20 on the CPU, ResNet-18 on CUDA) as a ratio to their
 base (SAM: its base; AdaHessian: AdamW), with images/s."""
 from __future__ import annotations
 
 import importlib
+import inspect
 import time
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 
+from benchmarks import timed_devices
 from runner.models.resnet_cifar import resnet_cifar, resnet_he
 from runner.optim import param_groups
 from runner.optim.adabelief import AdaBelief
 from runner.optim.adahessian import AdaHessian
 from runner.optim.adamp import AdamP
+from runner.optim.adan import Adan
+from runner.optim.adopt import ADOPT
 from runner.optim.base import uses_foreach
 from runner.optim.diffgrad import DiffGrad
+from runner.optim.lanton import LANTON
 from runner.optim.lion import Lion
+from runner.optim.mars import MARS
+from runner.optim.muon import Muon
+from runner.optim.prodigy import Prodigy
 from runner.optim.sam import SAM
+from runner.optim.schedulefree import ScheduleFreeAdamW, ScheduleFreeSGD
 from runner.optim.sgd_sai import SGDSaI
 from runner.optim.sgdp import SGDP
+from runner.optim.soap import SOAP
 from runner.optim.spam import SPAM
 from runner.optim.stable_spam import StableSPAM
 
@@ -45,6 +55,17 @@ STEP_CASES = {
     "sgd_sai": (SGDSaI, ("sgd_sai", "SGD_sai", {})),
     "spam": (partial(SPAM, weight_decay=0.1, grad_accu_steps=2), None),
     "stable_spam": (partial(StableSPAM, weight_decay=0.1), None),
+    # the 2025-26 baselines. Muon's references (muon-optimizer 0.1.0, torch.optim.Muon) cannot step conv kernels;
+    # SOAP, MARS and LANTON have none on PyPI; adan-pytorch is lucidrains' (not sail-sg's) Adan
+    "muon": (Muon, None),
+    "schedulefree_adamw": (ScheduleFreeAdamW, ("schedulefree", "AdamWScheduleFree", {})),
+    "schedulefree_sgd": (partial(ScheduleFreeSGD, lr=0.1), ("schedulefree", "SGDScheduleFree", {"lr": 0.1})),
+    "soap": (SOAP, None),
+    "adopt": (ADOPT, ("adopt", "ADOPT", {})),
+    "prodigy": (Prodigy, ("prodigyopt", "Prodigy", {})),
+    "mars": (MARS, None),
+    "adan": (partial(Adan, weight_decay=0.02), ("adan_pytorch", "Adan", {"weight_decay": 0.02})),
+    "lanton": (LANTON, None),
 }
 
 
@@ -76,6 +97,8 @@ class StepTimer:
         for p in self.model.parameters():
             p.grad = torch.randn(p.shape, generator=generator, device=device) * 1e-2
         self.optimizer = factory(param_groups(self.model, decay_bias_and_norm=False))
+        if hasattr(self.optimizer, "train"):  # schedule-free (the official ones start in eval mode)
+            self.optimizer.train()
         self.run(WARMUP_STEPS)
 
     def run(self, steps: int) -> None:
@@ -101,8 +124,11 @@ def fastest_times(timers: dict[str, StepTimer], rounds: int, steps: int) -> dict
 def step_rows(device: torch.device, quick: bool) -> list[dict]:
     factories = {"adamw": partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.05, foreach=True)}
     for name, (ours, reference) in STEP_CASES.items():
-        factories[f"{name}/foreach"] = partial(ours, foreach=True)
-        factories[f"{name}/per_tensor"] = partial(ours, foreach=False)
+        if has_paths(ours):
+            factories[f"{name}/foreach"] = partial(ours, foreach=True)
+            factories[f"{name}/per_tensor"] = partial(ours, foreach=False)
+        else:
+            factories[f"{name}/single"] = ours
         if reference and official(reference):
             factories[f"{name}/reference"] = official(reference)
     timers = {name: StepTimer(factory, device) for name, factory in factories.items()}
@@ -111,15 +137,23 @@ def step_rows(device: torch.device, quick: bool) -> list[dict]:
     default = "foreach" if uses_foreach(None, device) else "per_tensor"  # the path foreach=None picks here
     rows = [{"device": device.type, "optimizer": "adamw (torch, foreach)", "step_ms": baseline, "vs_adamw": 1.0}]
     for name in STEP_CASES:
-        row = {"device": device.type, "optimizer": name, "step_ms": times[f"{name}/{default}"],
-               "vs_adamw": times[f"{name}/{default}"] / baseline,
-               "foreach_vs_adamw": times[f"{name}/foreach"] / baseline,
-               "per_tensor_vs_adamw": times[f"{name}/per_tensor"] / baseline}
+        path = default if f"{name}/{default}" in times else "single"
+        row = {"device": device.type, "optimizer": name, "step_ms": times[f"{name}/{path}"],
+               "vs_adamw": times[f"{name}/{path}"] / baseline}
+        if path != "single":
+            row.update(foreach_vs_adamw=times[f"{name}/foreach"] / baseline,
+                       per_tensor_vs_adamw=times[f"{name}/per_tensor"] / baseline)
         if f"{name}/reference" in times:
             row["reference_vs_adamw"] = times[f"{name}/reference"] / baseline
             row["reference"] = STEP_CASES[name][1][0]
         rows.append(row)
     return rows
+
+
+def has_paths(factory) -> bool:
+    """Whether an optimizer has both paths (a `foreach` argument); SOAP, Prodigy and LANTON have one."""
+    func = factory.func if isinstance(factory, partial) else factory
+    return "foreach" in inspect.signature(func).parameters
 
 
 def train_step(model, optimizer, images, labels) -> None:
@@ -166,12 +200,14 @@ def train_step_rows(device: torch.device, quick: bool) -> list[dict]:
 
 
 def run(quick: bool) -> list[dict]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        rows = step_rows(torch.device("cpu"), quick) + train_step_rows(torch.device("cpu"), quick)
-    finally:
-        torch.set_num_threads(threads)
-    if torch.cuda.is_available():
+    rows = []
+    if "cpu" in timed_devices():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            rows += step_rows(torch.device("cpu"), quick) + train_step_rows(torch.device("cpu"), quick)
+        finally:
+            torch.set_num_threads(threads)
+    if "cuda" in timed_devices():
         rows += step_rows(torch.device("cuda"), quick) + train_step_rows(torch.device("cuda"), quick)
     return rows

@@ -1,6 +1,7 @@
 """Runner overhead: divrun against a minimal hand-written loop (forward, cross-entropy, backward, step) on
 the same model, device-resident data, optimizer and batch size, both timed from dataset creation to the end
-of training. Each side runs SHORT and LONG epochs (alternating, best of repeats); the difference is the
+of training. On CUDA the loop uses what divrun's `auto` settings pick there, as a careful hand-written loop
+would: bf16 autocast, channels-last model and batches, cudnn's benchmark autotuner, the fused optimizer. Each side runs SHORT and LONG epochs (alternating, best of repeats); the difference is the
 time per epoch, the intercept the fixed per-run time. `ratio` is divrun's time per epoch over the loop's
 (target <= 1.05x); `fixed ms` is divrun's fixed per-run time beyond the loop's, shown on its own rather than
 spread over however many epochs a benchmark happens to run; `whole-run ratio` is the LONG run's total over
@@ -13,6 +14,7 @@ records. Per run: lr_schedule.csv and .png (matplotlib, already imported: best o
 summary.json and one fsynced checkpoint."""
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -21,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks import timed_devices
 from runner.data.datasets import synthetic
 from runner.data.loaders import build_loaders
 from runner.job import run_job
@@ -52,13 +55,19 @@ def time_divrun(cfg) -> float:
 def time_hand_written(cfg, device: torch.device) -> float:
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
+    on_cuda = device.type == "cuda"
+    torch.backends.cudnn.benchmark = on_cuda
     splits = synthetic(**{k: v for k, v in cfg.dataset.items() if k != "_target_"})
-    model = build_model(cfg.model, splits.in_channels, splits.num_classes).to(device)
-    train, _ = build_loaders(splits, cfg.trainer.batch_size, 512, device, cfg.seed, 0)
+    model = build_model(cfg.model, splits.in_channels, splits.num_classes)
+    model.to(device, memory_format=torch.channels_last if on_cuda else torch.preserve_format)
+    train, _ = build_loaders(splits, cfg.trainer.batch_size, 512, device, cfg.seed, 0, channels_last=on_cuda)
     optimizer = build_optimizer(cfg.optimizer, model)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_cuda else contextlib.nullcontext
     for epoch in range(cfg.trainer.epochs):
         for images, labels, _ in train.epoch(epoch):
-            F.cross_entropy(model(images), labels).backward()
+            with autocast():
+                loss = F.cross_entropy(model(images), labels)
+            loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     if device.type == "cuda":
@@ -77,9 +86,8 @@ def best_times(model: str, size: int, train_size: int, epochs: int, device: str,
 
 
 def run(quick: bool) -> list[dict]:
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
-    for device in devices:
+    for device in timed_devices():
         for model, size, train_size, repeats in CASES:
             train_size, repeats = (1024, 2) if quick else (train_size, repeats)
             loop_short, divrun_short = best_times(model, size, train_size, SHORT, device, repeats)

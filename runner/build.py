@@ -6,6 +6,8 @@ while building leaves nothing behind.
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -106,6 +108,31 @@ class Run:
     def evaluate(self, model: torch.nn.Module | None = None, split: str = "val") -> dict:
         return evaluate(model or self.model, self.val_loader, self.loss_fn, self.autocast, self.runtime.device,
                         self.cfg.trainer.tta, split, self.class_counts)
+
+    @contextlib.contextmanager
+    def evaluation_weights(self):
+        """Every driver's module at the weights it is evaluated at inside the block, the training weights after
+        (an optimizer with a train/eval mode, schedule-free: x and y; any other: no change). The student's
+        BatchNorm statistics are recomputed at x first over the optimizer's `bn_batches` training batches, as
+        the schedule-free reference advises (torch.optim.swa_utils.update_bn: reset, then a cumulative average);
+        they stay for training, which updates them on from there."""
+        drivers = self.step.drivers
+        for driver in drivers:
+            driver.use_evaluation_weights(True)
+        try:
+            if self.driver.capabilities.train_eval_mode:
+                batches = itertools.islice(self.train_loader.epoch(self.progress.epoch), self.optimizer.bn_batches)
+                torch.optim.swa_utils.update_bn(batches, self.model)
+            yield
+        finally:
+            for driver in drivers:
+                driver.use_evaluation_weights(False)
+
+    def state_dicts(self) -> dict:
+        """What a checkpoint saves of each stateful component: its state_dict, the model's at the weights it is
+        evaluated at (OptimizerDriver.evaluated_state: what later commands load is what was evaluated)."""
+        return {name: self.driver.evaluated_state() if name == "model" else obj.state_dict()
+                for name, obj in self.stateful().items()}
 
     def stateful(self) -> dict:
         """Everything whose state_dict a checkpoint carries (model, optimizer, loss, scaler, and a schedule or

@@ -33,6 +33,7 @@ EXPLAINED_EXIT_CODES = {ConfigError.exit_code, *(s.exit_code for s in (Status.DI
 
 @hydra.main(version_base="1.3", config_path="pkg://runner.conf", config_name="config")
 def hydra_job(cfg: DictConfig):
+    from runner import sweep
     from runner.job import run_job
 
     hydra_cfg = HydraConfig.get()
@@ -41,7 +42,11 @@ def hydra_job(cfg: DictConfig):
     group = Path(hydra_cfg.sweep.dir).name if multirun else None
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        return run_job(cfg, run_dir, name=name, group=group)
+        before, summary = sweep.previous_run(run_dir, cfg) if multirun else ("new", {})
+        if before == "done":  # a resumed sweep: this job's run is over
+            print(f"divrun: job {name}: {summary.get('status')} before; skipped", file=sys.stderr)
+            return summary
+        return run_job(cfg, run_dir, name=name, group=group, resume=True if before == "started" else None)
     except BaseException as error:  # noqa: BLE001 - report() decides: exit, re-raise, or go on with the sweep
         if multirun and run_folder.read_summary(run_dir) is None:  # refused before it started: record why
             run_folder.write_summary(run_dir, {"name": name, "group": group, "status": Status.FAILED,
@@ -193,16 +198,25 @@ def _first_line(error: Exception) -> str:
 
 
 def main() -> None:
+    from runner import sweep
+
     args = sys.argv[1:]
     resume_args = [a for a in args if a.startswith("resume=")]
     try:
         if resume_args and resume_args[-1] != "resume=null":
-            resume(resume_args[-1].split("=", 1)[1], [a for a in args if not a.startswith("resume=")])
-            return
+            folder, others = resume_args[-1].split("=", 1)[1], [a for a in args if not a.startswith("resume=")]
+            if not sweep.is_sweep_folder(folder):
+                resume(folder, others)
+                return
+            args = sys.argv[1:] = sweep.command_of(folder) + others  # a sweep folder: its command, resumed
         check_command(args)
     except BaseException as error:  # noqa: BLE001 - report() exits with the right code or re-raises
         report(error)
-    hydra_job()
+    try:
+        hydra_job()
+    except SystemExit as stop:  # a launcher that raised on a failed job ends the sweep before its comparison
+        sweep.after_abort(stop.code)
+        raise
 
 
 if __name__ == "__main__":

@@ -21,13 +21,14 @@ _UID = f"{os.getpid() % 100000:05d}{secrets.token_hex(2)}"
 
 
 def group_option(group: str, name: str) -> DictConfig:
-    """conf/<group>/<name>.yaml with its defaults list (same-group options and _self_) merged as Hydra does."""
+    """conf/<group>/<name>.yaml with its defaults list (same-group options and _self_) merged as Hydra does;
+    entries for other groups (schedule-free's `override /schedule...: constant`) act only in a composed run."""
     folder = resources.files("runner.conf") / group
     path = folder / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"{group}={name} does not exist; choose one of {', '.join(group_options(group))}")
     node = OmegaConf.create(path.read_text())
-    defaults = list(node.pop("defaults", []))
+    defaults = [entry for entry in node.pop("defaults", []) if isinstance(entry, str)]
     merged = OmegaConf.create()
     for entry in defaults if "_self_" in defaults else [*defaults, "_self_"]:
         merged = OmegaConf.merge(merged, node if entry == "_self_" else group_option(group, entry))

@@ -1,4 +1,5 @@
-"""The process's surroundings: device and precision choice, seeding, determinism and provenance for summary.json."""
+"""The process's surroundings: device and precision choice, seeding, determinism, the host-sync check and
+provenance for summary.json."""
 from __future__ import annotations
 
 import os
@@ -43,6 +44,25 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cuda.matmul.allow_tf32 = not deterministic
     torch.backends.cudnn.allow_tf32 = not deterministic
+
+
+class SyncCheck:
+    """`trainer.sync_debug`: a reusable context that runs its block under torch.cuda.set_sync_debug_mode
+    (`warn` or `error`), so an operation that makes the host wait on the GPU inside a training step warns or
+    raises where it happens. A no-op for None and off CUDA, where nothing waits on a device."""
+
+    def __init__(self, mode: str | None, device: torch.device):
+        self.mode = mode if device.type == "cuda" else None
+        self.previous = 0
+
+    def __enter__(self) -> None:
+        if self.mode:
+            self.previous = torch.cuda.get_sync_debug_mode()
+            torch.cuda.set_sync_debug_mode(self.mode)
+
+    def __exit__(self, *exc) -> None:
+        if self.mode:
+            torch.cuda.set_sync_debug_mode(self.previous)
 
 
 def git_commit(cwd: Path | None = None) -> str | None:

@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from runner import distributed, env, run_folder
 from runner.checkpoint import Checkpointer
+from runner.curves import write_run_curves
 from runner.errors import ConfigError, require
 from runner.logger import RunLogger, console
 from runner.preemption import PreemptionWatch
@@ -24,7 +25,7 @@ def run_job(cfg: DictConfig, run_dir: Path, name: str | None = None, group: str 
     restored: bad input found on the way (a ConfigError) leaves the folder as it was."""
     from runner.train import Trainer  # torch-heavy; keep `divrun --help` fast
 
-    validate(cfg)
+    warnings = validate(cfg)  # printed by the process that trains, once it logs
     run_dir = Path(run_dir).resolve()
     main = distributed.is_main()  # under torchrun, rank 0 alone writes the folder
     checkpointer = Checkpointer(run_dir, keep=cfg.trainer.keep_checkpoints, enabled=main)
@@ -53,6 +54,8 @@ def run_job(cfg: DictConfig, run_dir: Path, name: str | None = None, group: str 
         folder.start(trainer.run)
         logger = RunLogger(cfg, run_dir, name, group, enabled=main,
                            resume_step=records_final_through(payload) if resume else None)
+        for warning in warnings:
+            logger.print(f"[yellow]warning: {warning}")
         try:
             if payload:
                 logger.print(f"divrun: resuming {run_dir} at step {trainer.progress.step} (epoch {trainer.progress.epoch})")
@@ -71,7 +74,8 @@ def print_nothing(message: str) -> None:
 
 
 class RunFolderWriter:
-    """What run_job writes, in order: the folder's opening files once the run is built, summary.json at the end."""
+    """What run_job writes, in order: the folder's opening files once the run is built, summary.json and
+    curves.png at the end."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, summary: dict, main: bool, resolved: bool,
                  payload: dict | None):
@@ -97,10 +101,13 @@ class RunFolderWriter:
         summary["wall_time_s"] = round(time.time() - self.started + self.previous_wall_time, 3)
         if self.main:
             run_folder.write_summary(self.run_dir, summary)
-        if logger is not None:
-            logger.close(summary)
-            if summary["status"] == Status.FINISHED:
-                logger.summary_table(summary)
+        if logger is None:
+            return
+        logger.close(summary)
+        if self.main and summary["status"] != Status.INTERRUPTED:  # Ctrl-C: out at once
+            write_run_curves(self.run_dir)
+        if summary["status"] == Status.FINISHED:
+            logger.summary_table(summary)
 
 
 def overwrite_problems(run_dir: Path, resume: bool) -> list[str]:

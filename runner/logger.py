@@ -80,11 +80,13 @@ class RunLogger:
         table.add_column("metric")
         table.add_column("value", justify="right")
         for key in ("status", "final_val_acc1", "best_val_acc1", "final_val_loss", "final_train_loss", "steps",
-                    "epochs", "wall_time_s", "run_dir"):
+                    "epochs", "wall_time_s"):
             if summary.get(key) is not None:
                 value = summary[key]
                 table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
         console.print(table)
+        # the one value a user copies: its own line, never cut or folded to the terminal's width
+        console.print(f"run folder: {summary.get('run_dir')}", soft_wrap=True, highlight=False)
 
     def close(self, summary: dict | None = None) -> None:
         if not self.enabled:

@@ -6,6 +6,7 @@ ends with (each with the exit code `divrun` returns for it).
     metrics.jsonl              one JSON record per logging interval and per evaluation
     grad_norms.csv             step,l2,l1: the gradient norms of every update
     lr_schedule.csv, .png      the lr of every update and its plot
+    curves.png                 train loss, val accuracy and loss, lr against steps (when the run ends)
     meta.json                  the run's name, group and wandb id
     checkpoints/               step_<step>.pt files and last.pt (their format: runner/checkpoint.py)
 
@@ -27,6 +28,7 @@ from runner.errors import ConfigError
 
 CONFIG, SUMMARY, METRICS, GRAD_NORMS, META = "config.yaml", "summary.json", "metrics.jsonl", "grad_norms.csv", "meta.json"
 SCHEDULE_CSV, SCHEDULE_PNG = "lr_schedule.csv", "lr_schedule.png"
+CURVES = "curves.png"  # drawn by runner/curves.py when the run ends
 CHECKPOINTS, LAST_CHECKPOINT = "checkpoints", "last.pt"
 GRAD_NORMS_HEADER = "step,l2,l1\n"
 # config keys that hold paths: stored absolute, so a folder works from anywhere (resume, teacher, source)

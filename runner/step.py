@@ -6,7 +6,9 @@ the logging interval: the loop's only host sync); lr changes are Python floats; 
 non-finite guard are foreach kernels on the device.
 
 `OptimizerDriver` is the one way an optimizer is stepped: the schedule's lr factor, unscaling (fp16),
-gradient norms (before clipping), clipping, the step and zero. The student's driver and each companion's
+gradient norms (before clipping), clipping, the step and zero; and, for an optimizer trained at other weights
+than it is evaluated at (schedule-free), the switch between the two and the module's state at the evaluated
+ones. The student's driver and each companion's
 (a method's second network, projector or head: runner/context.py) are driven together; with
 `trainer.on_nonfinite=skip` one `SkipNonFinite` guard covers all of them, so a NaN step changes no trained
 module and no optimizer state.
@@ -141,6 +143,29 @@ class OptimizerDriver:
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+
+    def use_evaluation_weights(self, evaluating: bool) -> None:
+        """The module to the weights it is evaluated at (True) or trained at (False): an optimizer with a
+        train/eval mode (capabilities) moves them, any other has one set of weights."""
+        if self.capabilities.train_eval_mode:
+            self.optimizer.eval() if evaluating else self.optimizer.train()
+
+    def evaluated_state(self) -> dict:
+        """The module's state_dict at the weights it is evaluated at, the live weights left as they are (a
+        train/eval optimizer's `averaged()`: schedule-free's x; its own state carries the training point)."""
+        state = self.module.state_dict()
+        if self.capabilities.train_eval_mode:
+            averaged = self.optimizer.averaged()
+            state |= {name: averaged[p] for name, p in self.module.named_parameters() if p in averaged}
+        return state
+
+
+def optimizer_metrics(optimizer) -> dict[str, float]:
+    """What an optimizer reports about itself as device scalars (a `metrics()` method: Prodigy's d), read back
+    at the logging interval (one host sync)."""
+    metrics = optimizer.metrics() if hasattr(optimizer, "metrics") else {}
+    values = torch.stack([value.double() for value in metrics.values()]).tolist() if metrics else []
+    return dict(zip(metrics, values))
 
 
 class Step:

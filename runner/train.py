@@ -4,11 +4,13 @@ steps: the loop's one host sync), evaluate (every `trainer.eval_every` epochs an
 preemption signal. The parts come built (runner/build.py), the step is runner/step.py, evaluation is
 runner/evaluation.py; this module writes records and checkpoints, never the rest of the run folder.
 
-Seams: a measurement every N steps (curvature, sharpness) is one more `every` test in `end_of_step`; an
-optimizer with a train/eval mode (schedule-free) switches around the two places that need its evaluation
-weights, `end_of_epoch`'s evaluations and `checkpoint`; a metric an optimizer reports (Prodigy's d) joins the
-record built in `flush`; an EMA of the weights evaluated beside the live model is one more `evaluate` call
-merged into the evaluation record, as a method's are.
+An optimizer trained at other weights than it is evaluated at (schedule-free) is evaluated inside
+`Run.evaluation_weights()` and saved through `Run.state_dicts()` (the model at its evaluated weights); a
+metric an optimizer reports (Prodigy's d) joins the record built in `flush`.
+
+Seams: a measurement every N steps (curvature, sharpness) is one more `every` test in `end_of_step`; an EMA
+of the weights evaluated beside the live model is one more `evaluate` call merged into the evaluation record,
+as a method's are.
 """
 from __future__ import annotations
 
@@ -17,14 +19,14 @@ import time
 
 import torch
 
-from runner import distributed
+from runner import distributed, env
 from runner.build import Run, build_run
 from runner.checkpoint import Checkpointer, set_rng_state
 from runner.errors import ConfigError
 from runner.logger import RunLogger
 from runner.nonfinite import Diverged, first_divergence, is_finite_step
 from runner.preemption import Preempted, PreemptionWatch
-from runner.step import StepRecord, StepStats
+from runner.step import StepRecord, StepStats, optimizer_metrics
 
 
 class Trainer:
@@ -34,6 +36,7 @@ class Trainer:
         self.param_names = [name for name, p in run.model.named_parameters() if p.requires_grad]
         self.stats = StepStats(self.cfg.trainer.log_every, run.runtime.device)
         self.logger: RunLogger | None = None
+        self.sync_check = env.SyncCheck(self.cfg.trainer.sync_debug, run.runtime.device)
         self.best_acc1, self.last_eval, self.train_loss, self.skipped_steps = 0.0, {}, math.nan, 0
         self.saved_step, self.wall_time_before, self.started = None, 0.0, time.time()
 
@@ -58,12 +61,15 @@ class Trainer:
             if hasattr(self.model, "set_epoch"):  # per-epoch model settings (airbench freezes its whitening bias)
                 self.model.set_epoch(progress.epoch)
             for images, labels, indices in run.train_loader.epoch(progress.epoch, start_batch):
-                self.stats.add(progress.step, run.step(images, labels, indices, progress.step))
+                with self.sync_check:  # trainer.sync_debug: the step never waits on the device
+                    self.stats.add(progress.step, run.step(images, labels, indices, progress.step))
                 progress.step += 1
                 logger.advance()
                 self.end_of_step()
                 if progress.step == run.total_steps:
                     break
+        for driver in run.step.drivers:  # the model ends at the weights that were evaluated and saved
+            driver.use_evaluation_weights(True)
         return self.results()
 
     def end_of_step(self) -> None:
@@ -113,7 +119,8 @@ class Trainer:
                   "train/acc1": sum(r.correct for r in rows) / (len(rows) * global_batch),
                   "train/lr": self.run.optimizer.param_groups[0]["lr"], "train/grad_norm": mean("grad_l2"),
                   "train/img_per_s": len(rows) * global_batch / max(now - self.clock, 1e-9),
-                  "train/skipped_steps": self.skipped_steps, **self.weight_record(finite)}
+                  "train/skipped_steps": self.skipped_steps, **self.weight_record(finite),
+                  **optimizer_metrics(self.run.optimizer)}
         self.logger.log(record)
         self.logger.log_grad_norms(first, [(r.grad_l2, r.grad_l1) for r in rows])
         self.logger.advance(0, info=f"loss {record['train/loss']:.4f}  acc {record['train/acc1']:.3f}  "
@@ -140,9 +147,10 @@ class Trainer:
     def end_of_epoch(self) -> None:
         epoch, done = self.progress.epoch, self.progress.step >= self.run.total_steps
         if done or epoch % self.cfg.trainer.eval_every == 0:
-            self.last_eval = self.run.evaluate()
+            with self.run.evaluation_weights():
+                self.last_eval, method_eval = self.run.evaluate(), self.run.method.evaluate()
             self.best_acc1 = max(self.best_acc1, self.last_eval["val/acc1"])
-            self.logger.log({"step": self.progress.step, "epoch": epoch, **self.last_eval, **self.run.method.evaluate()})
+            self.logger.log({"step": self.progress.step, "epoch": epoch, **self.last_eval, **method_eval})
             info = f"train loss {self.train_loss:.4f}  val acc {self.last_eval['val/acc1']:.4f}"
             self.logger.set_epoch_info(info)
             if not self.logger.progress:
@@ -166,7 +174,7 @@ class Trainer:
         if self.cfg.trainer.on_nonfinite == "stop":  # never save a diverged model (one sync, as the save is one)
             self.stop_if_diverged(self.stats.pending(), self.stats.first_step)
         self.checkpointer.save({
-            **{name: obj.state_dict() for name, obj in self.run.stateful().items()},
+            **self.run.state_dicts(),
             "step": self.progress.step, "epoch": self.progress.epoch, "best_acc1": self.best_acc1,
             "last_eval": self.last_eval, "train_loss": self.train_loss, "skipped_steps": self.skipped_steps,
             "total_steps": self.run.total_steps, "pending_stats": self.stats.pending_rows().cpu(),

@@ -9,7 +9,9 @@ Each rule lives in one place, and this pass runs all of them:
    the target's own checks run: a factory decorated `@checked_by(check)` (runner/errors.py) has its options
    checked by `check` (the factory calls the same function on its arguments: datasets), and a class or
    factory may define `validate_config(cfg) -> list[str]` for rules that read the whole config (a
-   distiller's teacher, its loss temperature, the optimizer it can share the step with).
+   distiller's teacher, its loss temperature, the optimizer it can share the step with), and
+   `config_warnings(cfg) -> list[str]` for what is allowed but worth a line before the run (a schedule-free
+   optimizer under a decaying lr schedule): `validate` returns those lines, the run prints them.
 3. Every interpolation resolves (a wrapper's base optimizer: runner/config.py).
 4. The light components are built once on placeholders, so the checks in their constructors run here: the
    model on the meta device, the loss, the optimizer on one parameter, the schedule for the run's length
@@ -72,7 +74,7 @@ _BOOL: Rule = (lambda value: isinstance(value, bool), "true or false", False)
 
 RULES: dict[str, Rule] = {
     "seed": (_int, "an integer", 0),
-    "trainer.epochs": (_positive_int, "a positive integer", 30),
+    "trainer.epochs": (lambda v: _number(v) and v > 0, "a positive number of epochs (9.9 is allowed)", 30),
     "trainer.max_steps": (_optional(_positive_int), "a positive integer or null", 1000),
     "trainer.batch_size": (_positive_int, "a positive integer", 128),
     "trainer.eval_batch_size": (_positive_int, "a positive integer", 512),
@@ -95,17 +97,27 @@ RULES: dict[str, Rule] = {
     "trainer.deterministic": _BOOL,
     "trainer.on_nonfinite": _one_of("stop", "skip"),
     "trainer.resume": _one_of(None, "auto"),
+    "trainer.sync_debug": _one_of(None, "warn", "error"),
     "logger.progress": _BOOL,
     "logger.wandb.mode": _one_of("auto", "online", "offline", "disabled"),
     "logger.wandb.init_timeout": (lambda v: _number(v) and v > 0, "a positive number of seconds", 30),
 }
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise one ConfigError listing every problem of `cfg` (one line each), or return quietly."""
+def validate(cfg: DictConfig) -> list[str]:
+    """Raise one ConfigError listing every problem of `cfg` (one line each); else return its warnings."""
     from runner.errors import require
 
     require(problems_of(cfg))
+    return list(dict.fromkeys(warnings_of(cfg)))
+
+
+def warnings_of(cfg: DictConfig) -> Iterable[str]:
+    """The `config_warnings(cfg)` lines of every `_target_` of a config without problems."""
+    for _, node in _target_nodes(cfg):
+        hook = getattr(locate(node._target_), "config_warnings", None)
+        if callable(hook):
+            yield from hook(cfg)
 
 
 def problems_of(cfg: DictConfig) -> Iterable[str]:
@@ -263,6 +275,8 @@ def _fits(value, annotation) -> bool | None:
 
 def _describe(annotation) -> str:
     origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(_show(choice) for choice in typing.get_args(annotation))
     if origin in (typing.Union, types.UnionType):
         kinds = [_describe(arg) for arg in typing.get_args(annotation) if arg is not type(None)]
         kinds = [k for k in kinds if k != "a value"] or ["a value"]
@@ -379,6 +393,11 @@ def _capability_problems(cfg: DictConfig, device, world_size: int) -> Iterable[s
         # Hessian-vector products backpropagate through the gradient, which reduced precision makes too noisy
         yield (f"optimizer={name} is second-order (Hessian-vector products) and needs fp32, but "
                f"trainer.precision={trainer.precision} means {precision} here; pass trainer.precision=fp32")
+    base = cfg.optimizer.get("base_optimizer")
+    if base is not None and capabilities(base).train_eval_mode:
+        option = cfg.optimizer.get("base", base._target_.rsplit(".", 1)[-1])
+        yield (f"optimizer={name} cannot wrap {option}: it trains at other weights than it is evaluated at "
+               f"(schedule-free's y and x), which {name} would mix; run optimizer={option} on its own")
     if declared.second_order and world_size > 1:
         yield (f"optimizer={name} needs Hessian-vector products through backward(create_graph=True), which "
                f"DDP's gradient all-reduce cuts; run it with trainer.devices=1 trainer.nnodes=1")

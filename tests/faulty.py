@@ -3,6 +3,8 @@ PYTHONPATH): a model that fails to build, one whose loss or one gradient turns N
 components with config hooks like the ones the loss, optimizer and distillation modules contribute."""
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import nn
 
@@ -67,6 +69,20 @@ class Distill:
             return [f"distill.teacher={cfg.distill.teacher}: no checkpoint in that folder; pass the run folder of "
                     f"a finished run (it holds checkpoints/last.pt)"]
         return []
+
+
+class Slow(SmallCNN):
+    """SmallCNN that sleeps `delay` seconds in each training forward pass: a run long enough to be killed in
+    its middle, with the same numbers as SmallCNN."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 8, delay: float = 0.05):
+        super().__init__(in_channels, num_classes, width)
+        self.delay = delay
+
+    def forward(self, x):
+        if self.training:
+            time.sleep(self.delay)
+        return super().forward(x)
 
 
 class UndeclaredSGD(torch.optim.Optimizer):

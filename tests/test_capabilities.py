@@ -14,6 +14,9 @@ ADAPTIVE = {"adabelief": True, "adabelief_cifar": True, "adabelief_imagenet": Tr
             "adagrad": True, "adahessian": True, "adam": True, "adamp": True, "adamw": True, "adamw8bit": True,
             "amsgrad": True, "diffgrad": True, "radam": True, "rmsprop": True, "spam": True, "stable_spam": True,
             "lion": False, "lion8bit": False, "sgd": False, "sgd_sai": False, "sgdp": False,
+            "schedulefree_adamw": True, "soap": True, "adopt": True, "prodigy": True, "mars": True, "adan": True,
+            # orthogonalised / layerwise-normalised matrices, not coordinates
+            "muon": False, "lanton": False, "schedulefree_sgd": False,
             # wrappers around their default base, sgd
             "sam": False, "asam": False, "lookahead": False}
 

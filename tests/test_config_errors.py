@@ -106,7 +106,7 @@ CASES = [
     (["optimizer=sam", "optimizer.base_overrides={lrr:1}"], "optimizer=sgd has no key lrr", None),
     (["resume={tmp}/nowhere"], "is not a divrun run folder (no config.yaml)", None),
     # values and types
-    (["trainer.epochs=abc"], "trainer.epochs=abc: expected a positive integer", None),
+    (["trainer.epochs=abc"], "trainer.epochs=abc: expected a positive number of epochs", None),
     (["trainer.tta=3"], "trainer.tta=3: expected one of 0, 1, 2", None),
     (["logger.wandb.mode=loud"], "logger.wandb.mode=loud: expected one of auto", None),
     (["trainer.precision=fp8"], "trainer.precision=fp8: expected one of auto, fp32, bf16, fp16", None),
@@ -186,6 +186,8 @@ CASES = [
      "declare whether it is adaptive", None),
     (["optimizer=lion", "optimizer.betas=[1.5,0.9]"], "optimizer=Lion: need lr >= 0, betas in [0, 1)", None),
     (["optimizer=sam", "optimizer.base=adahessian"], "optimizer=sam cannot wrap AdaHessian", None),
+    (["optimizer=lookahead", "optimizer.base=schedulefree_adamw"], "optimizer=Lookahead cannot wrap "
+     "schedulefree_adamw: it trains at other weights than it is evaluated at", None),
     (["optimizer=lookahead", "optimizer.k=0"], "optimizer.k=0: the slow weights sync every k >= 1 steps", None),
     (["optimizer=lookahead", "optimizer.alpha=0"], "optimizer.alpha=0: the slow-weight step must lie in (0, 1]", None),
     (["optimizer=lookahead", "optimizer.power=-1"], "optimizer.power=-1: use power >= 0", None),

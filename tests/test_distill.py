@@ -11,6 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hydra.utils import instantiate
+
 from conftest import QUICK, compose, divrun, read_summary, run_folders, train
 from runner.checkpoint import Checkpointer
 from runner.context import Progress
@@ -22,10 +24,11 @@ from runner.distill.nd import ND, norm_direction_loss
 from runner.errors import ConfigError
 from runner.job import run_job
 from runner.logger import RunLogger
-from runner.losses import CrossEntropy
+from runner.losses import CrossEntropy, build_loss
 from runner.run_folder import load_config, resolved_config
 from runner.train import Trainer
 from runner.validate import validate
+from test_losses import AT_DEFAULTS, LOSS_NAMES
 
 SMALL = ("dataset.limit_train=256", "trainer.batch_size=64", "trainer.deterministic=true")
 
@@ -267,6 +270,7 @@ def test_kdpp_objective_weighs_ce_kd_and_nd_independently():
 
 
 def test_dhkd_binary_kl_is_the_bernoulli_kl_to_one_half():
+    assert compose("distill=dhkd").distill.temperature == 2.0  # checked at its default T
     torch.manual_seed(7)
     student, teacher = torch.randn(3, 5), torch.randn(3, 5)
     d = torch.sigmoid((student - teacher) / 2.0)
@@ -303,6 +307,125 @@ def test_feature_methods_train_their_extra_module(tmp_path, teacher_run, method,
     before = [p.detach().clone() for p in module.parameters()]
     fit(trainer)
     assert all(not torch.equal(old, new) for old, new in zip(before, module.parameters()))
+
+
+# ---- every method's divergence term at its default settings: the textbook value, the teacher unsmoothed ---
+def from_defaults(*overrides: str, epoch: int = 0, epochs: int = 10):
+    """A distiller and the run's loss as conf/ builds them (the YAML defaults), in a stub method context."""
+    cfg = compose(*overrides)
+    distiller = instantiate(cfg.distill)
+    distiller.criterion = build_loss(cfg.loss)
+    distiller.context = SimpleNamespace(progress=Progress(epoch=epoch), epochs=epochs)
+    return distiller
+
+
+def ce_by_hand(logits, labels, smoothing=0.0):
+    k = logits.shape[-1]
+    q = (1 - smoothing) * F.one_hot(labels, k).double() + smoothing / k
+    return float(-(q * softmax_by_hand(logits.double(), 1.0).log()).sum(-1).mean())
+
+
+def kl_by_hand(q, p):
+    return float((q * (q / p).log()).sum(-1).mean())
+
+
+@pytest.mark.parametrize("loss", LOSS_NAMES)
+def test_kd_divergence_term_is_the_textbook_value_for_every_loss(loss):
+    """distill=kd loss=<any>: 0.1 CE + 0.9 T^2 D(p_t, p_s) at T = 4, D at the loss's defaults with the
+    teacher's probabilities as given (rkl's smoothing 0.1 is for labels: T^2 KL(p_s || p_t) exactly)."""
+    torch.manual_seed(10)
+    kd = from_defaults("distill=kd", f"loss={loss}")
+    kd.teacher = ToyTeacher()
+    images, labels, student = torch.randn(6, 5) * 2, torch.tensor([0, 3, 1, 2, 2, 0]), torch.randn(6, 4) * 3
+    p_t = softmax_by_hand((images @ kd.teacher.weight).double(), 4.0)
+    p_s = softmax_by_hand(student.double(), 4.0)
+    expected = 0.1 * ce_by_hand(student, labels) + 0.9 * 16.0 * float(AT_DEFAULTS[loss](p_t, p_s).mean())
+    assert kd.loss(images, labels, torch.arange(6), student).item() == pytest.approx(expected, rel=1e-4)
+    if loss == "rkl":
+        assert kd.criterion.smoothing == 0.1 and kd.temperature ** 2 * kl_by_hand(p_s, p_t) == pytest.approx(
+            (kd.loss(images, labels, torch.arange(6), student).item() - 0.1 * ce_by_hand(student, labels)) / 0.9, rel=1e-4)
+
+
+@pytest.mark.parametrize("loss", ["kl", "rkl"])
+def test_dml_terms_are_the_textbook_divergences_both_ways(loss):
+    """Each network: CE + 1 * T^2 D(other, own) at T = 1 (the paper's KL, or reverse KL unsmoothed)."""
+    torch.manual_seed(11)
+    dml = from_defaults("distill=dml", f"loss={loss}")
+    student, teacher, labels = torch.randn(5, 4) * 2, torch.randn(5, 4) * 2, torch.tensor([1, 0, 3, 2, 1])
+    student_loss, teacher_loss = dml.pair_losses(student, teacher, labels)
+    p_s, p_t = softmax_by_hand(student.double(), 1.0), softmax_by_hand(teacher.double(), 1.0)
+    d = AT_DEFAULTS[loss]
+    assert student_loss.item() == pytest.approx(ce_by_hand(student, labels) + float(d(p_t, p_s).mean()), rel=1e-5)
+    assert teacher_loss.item() == pytest.approx(ce_by_hand(teacher, labels) + float(d(p_s, p_t).mean()), rel=1e-5)
+
+
+def test_bdkd_term_at_its_defaults_ignores_the_loss_groups_smoothing():
+    torch.manual_seed(12)
+    bdkd = from_defaults("distill=bdkd", "loss=rkl")  # T 1, weight 1; its own KLs, never the loss group's
+    student, teacher, labels = torch.randn(3, 4), torch.randn(3, 4), torch.tensor([1, 0, 2])
+    student_loss, _ = bdkd.pair_losses(student, teacher, labels)
+    p_s, p_t = softmax_by_hand(student.double(), 1.0), softmax_by_hand(teacher.double(), 1.0)
+    h_s, h_t = -(p_s * p_s.log()).sum(-1), -(p_t * p_t.log()).sum(-1)
+    forward, reverse = (p_t * (p_t / p_s).log()).sum(-1), (p_s * (p_s / p_t).log()).sum(-1)
+    balanced = float(((h_t * forward + h_s * reverse) / (h_s + h_t)).mean())
+    assert student_loss.item() == pytest.approx(ce_by_hand(student, labels) + balanced, rel=1e-5)
+
+
+def test_nd_kd_term_is_the_textbook_divergence_at_its_defaults():
+    """KD++ defaults (1 : 1 : 2, T 4, warm-up 20) at epoch 10 with loss=rkl: the KD term is
+    0.5 * 16 * KL(p_s || p_t), the teacher unsmoothed."""
+    torch.manual_seed(13)
+    nd = from_defaults("distill=nd", "loss=rkl", epoch=10)
+    to_features, to_logits = torch.randn(5, 6), torch.randn(6, 4)
+    features_and_logits = lambda self, x: (x @ to_features, x @ to_features @ to_logits)  # noqa: E731
+    nd.teacher = type("Teacher", (), {"features_and_logits": features_and_logits})()
+    nd.centers, nd.projector = torch.randn(4, 6), None
+    nd.tap = type("Tap", (), {"features": torch.randn(3, 6)})()
+    images, labels, student = torch.randn(3, 5), torch.tensor([0, 3, 1]), torch.randn(3, 4)
+    teacher_features = images @ to_features
+    p_t = softmax_by_hand((teacher_features @ to_logits).double(), 4.0)
+    p_s = softmax_by_hand(student.double(), 4.0)
+    norm_direction = norm_direction_loss(nd.tap.features, teacher_features, nd.centers, labels).item()
+    expected = ce_by_hand(student, labels) + 0.5 * 16.0 * kl_by_hand(p_s, p_t) + 2.0 * norm_direction
+    assert nd.loss(images, labels, torch.arange(3), student).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_pskd_smooths_the_label_part_only():
+    """loss=rkl (smoothing 0.1) with PS-KD's alpha_T 0.8, epoch 2 of 4: q = (1 - a) LS(y) + a p_prev with
+    p_prev as recorded (unseen samples fall back to LS(y)); the loss is KL(p || q)."""
+    torch.manual_seed(14)
+    pskd = from_defaults("distill=pskd", "loss=rkl", epoch=0, epochs=4)
+    pskd.predictions, pskd.seen, pskd.pending = torch.zeros(30, 4), torch.zeros(30, dtype=torch.bool), None
+    first = torch.randn(2, 4)
+    pskd.loss(None, torch.tensor([1, 3]), torch.tensor([4, 9]), first)
+    pskd.after_step(0, None)
+    pskd.context.progress.epoch = 2
+    labels, logits = torch.tensor([1, 3, 0]), torch.randn(3, 4)
+    loss = pskd.loss(None, labels, torch.tensor([4, 9, 20]), logits)
+    alpha = 0.8 * 3 / 4
+    smoothed = 0.9 * F.one_hot(labels, 4).double() + 0.1 / 4
+    previous = torch.cat([softmax_by_hand(first.double(), 1.0), smoothed[2:]])
+    q = (1 - alpha) * smoothed + alpha * previous
+    assert loss.item() == pytest.approx(kl_by_hand(softmax_by_hand(logits.double(), 1.0), q), rel=1e-5)
+
+
+@pytest.mark.parametrize("method", ["saf", "mesa"])
+def test_trajectory_term_at_defaults_is_the_unsmoothed_kl(method):
+    """SAF (0.3, tau 5, E 3, start 5) and MESA (0.8, tau 5, start 5) at epoch 6: the label loss smooths the
+    labels (loss.smoothing=0.2), the trajectory term lambda tau^2 KL(past || now) uses the past outputs as given."""
+    torch.manual_seed(15)
+    distiller = from_defaults(f"distill={method}", "loss.smoothing=0.2", epoch=6)
+    images, labels, logits, past = torch.randn(3, 5), torch.tensor([2, 0, 1]), torch.randn(3, 4), torch.randn(3, 4) * 4
+    if method == "saf":
+        distiller.outputs, distiller.pending = torch.zeros(4, 10, 4), None
+        distiller.outputs[(6 - 3) % 4, :3] = past  # the logits recorded E = 3 epochs earlier
+        weight = 0.3
+    else:
+        distiller.ema = lambda x: past
+        weight = 0.8
+    loss = distiller.loss(images, labels, torch.arange(3), logits)
+    trajectory = 25.0 * kl_by_hand(softmax_by_hand(past.double(), 5.0), softmax_by_hand(logits.double(), 5.0))
+    assert loss.item() == pytest.approx(ce_by_hand(logits, labels, smoothing=0.2) + weight * trajectory, rel=1e-5)
 
 
 # ---- checkpoints and the workflow -------------------------------------------------------------------------

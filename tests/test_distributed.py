@@ -25,7 +25,7 @@ from runner.validate import problems_of
 
 QUICK = ("model=mlp", "trainer.epochs=1", "logger.progress=false", "trainer.device=cpu")
 RUN_FILES = {"lr_schedule.csv", "lr_schedule.png", "config.yaml", "meta.json", "summary.json", "metrics.jsonl", "grad_norms.csv", "checkpoints", ".hydra",
-             "cli.log"}
+             "cli.log", "curves.png"}
 
 
 def records(run_dir):

@@ -20,6 +20,7 @@ from runner.losses.fdiv import (KL, Alpha, ChiSquare, FDivergence, Hellinger, Je
                                 TotalVariation)
 from runner.losses.robust import LDR, CompSum, ZLoss
 from runner.losses.sinkhorn import Sinkhorn
+from runner.validate import problems_of
 
 from conftest import compose
 
@@ -310,10 +311,118 @@ def test_finite_for_extreme_logits_under_bf16_autocast(name, target_kind):
     ("sinkhorn", {"form": "pairwise"}, "loss.form"), ("compsum", {"tau": -1}, "loss.tau"), ("ldr", {"alpha": 1.0}, "loss.alpha"),
 ])
 def test_bad_settings_fail_at_start_up_with_a_one_line_fix(name, overrides, key):
-    with pytest.raises(ConfigError) as error:
-        built(name, **overrides)
-    message = str(error.value)
-    assert key in message and "\n" not in message
+    """Checked with the whole config before anything is written; the smoothing ones are label rules (below),
+    the others the constructor's own, which also refuses them in code."""
+    found = list(problems_of(compose(f"loss={name}", *(f"loss.{k}={v}" for k, v in overrides.items()))))
+    assert len(found) == 1 and key in found[0] and "\n" not in found[0]
+    if key != "loss.smoothing":
+        with pytest.raises(ConfigError) as error:
+            built(name, **overrides)
+        assert key in str(error.value) and "\n" not in str(error.value)
+
+
+FULL_SUPPORT = [("rkl", {}, "reverse KL"), ("chi2", {}, "Neyman chi^2"),
+                ("alpha", {"alpha": -0.5}, "the alpha-divergence with alpha=-0.5 <= 0"),
+                ("fdiv", {}, "the f-divergence with generator jeffreys (f(0) is infinite)")]
+
+
+@pytest.mark.parametrize("name,overrides,what", FULL_SUPPORT)
+def test_full_support_divergences_refuse_unsmoothed_labels_only(name, overrides, what):
+    """One-hot labels meet a divergence that needs q > 0 in plain training and in pskd/saf/mesa: refused with
+    the one-line fix. A teacher's probabilities (kd, nd, dml; bdkd and dhkd use their own terms) need no
+    smoothing: accepted, and the loss built with smoothing 0 takes probabilities."""
+    settings = [f"loss={name}", "loss.smoothing=0", *(f"loss.{k}={v}" for k, v in overrides.items())]
+    message = (f"loss.smoothing=0: {what} needs q > 0 wherever p > 0, which one-hot labels break; "
+               f"set loss.smoothing > 0 (e.g. loss.smoothing=0.1)")
+    for method in ("none", "pskd", "saf", "mesa"):
+        assert list(problems_of(compose(*settings, f"distill={method}"))) == [message], method
+    assert list(problems_of(compose(*settings, "loss.smoothing=0.1"))) == []  # smoothed labels: fine
+    for method in ("kd", "nd", "dml", "bdkd", "dhkd"):  # (kd, nd and dhkd still ask for their teacher)
+        assert not [p for p in problems_of(compose(*settings, f"distill={method}")) if "loss." in p], method
+    loss = built(name, smoothing=0.0, **overrides)
+    q, p, logits = dists(21)
+    assert torch.isfinite(loss(logits, q)) and loss(logits, q) > 0
+    # on labels (evaluation's val/loss) its true value is inf (fdiv clips the ratio at e^-80: ~80 per unit of mass)
+    on_labels = loss(logits, torch.arange(N) % K)
+    assert on_labels == math.inf or (name == "fdiv" and on_labels > 40)
+
+
+# every conf/loss YAML at its default settings on probability targets: the textbook value, q never smoothed
+def sinkhorn_reference(q, p, eps=0.1, iters=20):
+    """Cuturi's Sinkhorn in probability space, 0-1 ground cost: u = q / (K v), v = p / (K^T u), cost <P, C>."""
+    cost = 1 - torch.eye(q.shape[-1], dtype=q.dtype)
+    kernel = torch.exp(-cost / eps)
+    v = torch.ones_like(p)
+    for _ in range(iters):
+        u = q / (v @ kernel.T)
+        v = p / (u @ kernel)
+    plan = u[:, :, None] * kernel * v[:, None, :]
+    return (plan * cost).sum((-2, -1))
+
+
+def aldr_reference(q, p, lam0=10.0, alpha=2.0, margin=0.1):
+    """ALDR-KL with soft labels: d_k = margin (1 - q_k) + s_k - <q, s>, s the normalised centred scores,
+    lam from the official update iterated to convergence."""
+    s = p.log() - p.log().mean(-1, keepdim=True)
+    s = s / s.abs().mean(-1, keepdim=True)
+    d = margin * (1 - q) + s - (q * s).sum(-1, keepdim=True)
+    k = q.shape[-1]
+    lam = torch.full(q.shape[:-1], lam0, dtype=q.dtype)
+    for _ in range(500):
+        w = torch.softmax(d / lam[:, None], -1)
+        lam = lam0 - lam0 * (w * (k * w).log()).sum(-1) / (alpha * math.log(k))
+    return lam * (d / lam[:, None]).exp().mean(-1).log() - alpha * math.log(k) / (2 * lam0) * (lam - lam0) ** 2
+
+
+def standardised(p):
+    centred = p.log() - p.log().mean(-1, keepdim=True)
+    return centred / centred.square().mean(-1, keepdim=True).sqrt()
+
+
+AT_DEFAULTS = {
+    "ce": lambda q, p: -(q * p.log()).sum(-1),
+    "kl": lambda q, p: kl_ref(q, p),
+    "rkl": lambda q, p: kl_ref(p, q),
+    "js": lambda q, p: 0.5 * kl_ref(q, (q + p) / 2) + 0.5 * kl_ref(p, (q + p) / 2),
+    "tv": lambda q, p: 0.5 * (q - p).abs().sum(-1),
+    "hellinger": lambda q, p: 0.5 * ((q.sqrt() - p.sqrt()) ** 2).sum(-1),
+    "chi2": lambda q, p: ((q - p) ** 2 / q).sum(-1),  # Neyman
+    "alpha": lambda q, p: (1 - (q.sqrt() * p.sqrt()).sum(-1)) / 0.25,
+    "fdiv": lambda q, p: ((q - p) * (q / p).log()).sum(-1),  # Jeffreys
+    "cs": lambda q, p: -((q * p).sum(-1) / (q.norm(dim=-1) * p.norm(dim=-1))).log(),
+    "compsum": lambda q, p: (q * (1 - p ** 0.5) / 0.5).sum(-1),
+    "gce": lambda q, p: (q * (1 - p ** 0.7) / 0.7).sum(-1),
+    "mae": lambda q, p: (q * (1 - p)).sum(-1),
+    "zloss": lambda q, p: (q * F.softplus(2.0 - standardised(p))).sum(-1),
+    "ldr": aldr_reference,
+    "sinkhorn": sinkhorn_reference,
+}
+
+
+def test_every_loss_has_a_default_settings_reference():
+    assert sorted(AT_DEFAULTS) == LOSS_NAMES
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_every_loss_on_probability_targets_is_its_textbook_value_at_default_settings(name):
+    q, p, logits = dists(22)
+    tolerance = {"rtol": 1e-4, "atol": 1e-6} if name == "ldr" else {}  # 10 fixed-point steps vs converged
+    torch.testing.assert_close(built(name)(logits, q), AT_DEFAULTS[name](q, p).mean(), **tolerance)
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_smoothing_applies_to_labels_and_label_mixes_never_to_probabilities(name):
+    """loss(logits, y) = loss(logits, smoothed onehot(y)); a mix of one-hot labels with from_labels=True equals
+    the mix of the smoothed labels (mixup's rule); probability vectors are used as given."""
+    loss, plain = built(name, smoothing=0.3), built(name, smoothing=0.0)
+    q, _, logits = dists(23)
+    torch.testing.assert_close(loss(logits, q), plain(logits, q))
+    labels, other = torch.arange(N) % K, (torch.arange(N) + 2) % K
+    smoothed = lambda y: 0.7 * F.one_hot(y, K).double() + 0.3 / K  # noqa: E731
+    torch.testing.assert_close(loss(logits, labels), plain(logits, smoothed(labels)))
+    mix = 0.6 * F.one_hot(labels, K).double() + 0.4 * F.one_hot(other, K).double()
+    torch.testing.assert_close(loss(logits, mix, from_labels=True),
+                               plain(logits, 0.6 * smoothed(labels) + 0.4 * smoothed(other)))
 
 
 def test_every_yaml_builds_a_loss_whose_divergence_takes_a_teachers_distribution():

@@ -1,6 +1,6 @@
-"""The 8-bit optimizers (bitsandbytes) on CPU tensors: their states really are 8-bit, 20 steps stay close to
-the 32-bit rule, and a state_dict saved mid-run continues bit-identically. Skips without bitsandbytes or where
-it cannot run on the CPU (bitsandbytes < 0.50)."""
+"""The 8-bit optimizers (bitsandbytes) on CPU tensors and on CUDA (`cuda`-marked): their states really are 8-bit,
+20 steps stay close to the 32-bit rule, and a state_dict saved mid-run continues bit-identically. Skips without
+bitsandbytes or where it cannot run on the CPU (bitsandbytes < 0.50)."""
 from __future__ import annotations
 
 import io
@@ -28,17 +28,22 @@ CASES = {"adamw8bit": (partial(adamw8bit, lr=1e-3, weight_decay=0.05),
          "lion8bit": (partial(lion8bit, lr=1e-4, weight_decay=0.5), partial(Lion, lr=1e-4, weight_decay=0.5), 0.12)}
 
 
-def make_net() -> torch.nn.Module:
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def make_net(device: str = "cpu") -> torch.nn.Module:
     """A 256x32 weight (8192 entries: 8-bit states) and smaller tensors (under min_8bit_size: 32-bit states)."""
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(32, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
+    net = torch.nn.Sequential(torch.nn.Linear(32, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
+    return net.to(device if torch.cuda.is_available() else "cpu")  # cuda on the CPU: DIVRUN_CUDA_TESTS_ON_CPU
 
 
 def train(model, optimizer, steps: int, seed: int = 1) -> None:
     generator = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
     for _ in range(steps):
         images, labels = torch.randn(64, 32, generator=generator), torch.randint(0, 10, (64,), generator=generator)
-        F.cross_entropy(model(images), labels).backward()
+        F.cross_entropy(model(images.to(device)), labels.to(device)).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -50,9 +55,10 @@ def build(name: str, model):
         pytest.skip(str(error))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_states_are_8bit_and_the_update_follows_the_32bit_rule(name):
-    model, reference = make_net(), make_net()
+def test_states_are_8bit_and_the_update_follows_the_32bit_rule(name, device):
+    model, reference = make_net(device), make_net(device)
     optimizer = build(name, model)
     start = torch.cat([p.detach().flatten() for p in model.parameters()])
     train(model, optimizer, STEPS)
@@ -69,9 +75,10 @@ def test_states_are_8bit_and_the_update_follows_the_32bit_rule(name):
     assert 0 < relative <= CASES[name][2], f"{name}: 20-step displacement differs by {relative:.3f} from 32-bit"
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_state_dict_resume_is_bit_identical(name):
-    model = make_net()
+def test_state_dict_resume_is_bit_identical(name, device):
+    model = make_net(device)
     optimizer = build(name, model)
     train(model, optimizer, 8)
     buffer = io.BytesIO()
@@ -79,7 +86,7 @@ def test_state_dict_resume_is_bit_identical(name):
     train(model, optimizer, 8, seed=2)
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=False)
-    resumed = make_net()
+    resumed = make_net(device)
     resumed.load_state_dict(saved["model"])
     resumed_optimizer = build(name, resumed)
     resumed_optimizer.load_state_dict(saved["optimizer"])

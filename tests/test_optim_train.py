@@ -30,6 +30,16 @@ RUNS = {
     "asam": ("optimizer.base=adamw", "optimizer.base_overrides={lr:3e-3}"),
     "adamw8bit": ("optimizer.lr=3e-3",),
     "lion8bit": ("optimizer.lr=2e-3",),
+    # the 2025-26 baselines: official defaults except where noted (measured at 2 epochs of batch 32)
+    "muon": (),
+    "schedulefree_adamw": (),
+    "schedulefree_sgd": (),
+    "soap": (),
+    "adopt": ("optimizer.lr=3e-3",),  # lr 1e-3 (official): 0.90, too close to the bar in 90 steps
+    "prodigy": (),
+    "mars": (),
+    "adan": ("optimizer.lr=3e-3",),  # lr 1e-3 (official): 0.88 in 90 steps
+    "lanton": (),
 }
 
 

@@ -15,8 +15,8 @@ from runner.checkpoint import load, save_atomic
 from runner.errors import ConfigError
 from runner.config import update_rule
 from runner.optim import capabilities
-from runner.schedules import (UBA, WSD, Constant, Cosine, Linear, MultiStep, Poly, Refined, Step, median_smooth,
-                              refined_curve)
+from runner.schedules import (UBA, WSD, Constant, Cosine, Linear, MultiStep, Poly, Refined, Step, refined_curve,
+                              smoothed_norms)
 
 FAST = ["dataset.limit_train=512", "trainer.epochs=1"]  # 4 steps of 128 digits
 
@@ -143,28 +143,80 @@ def test_refined_closed_form_hand_vectors():
     assert refined_curve(np.full(5, 3.0), power=2) == pytest.approx([1, .75, .5, .25, 0])
 
 
-def test_median_smooth_matches_the_reference_recipe():
-    """The refinement authors' recipe (scipy median filter, reflect-padded on the right) as the oracle."""
+def reference_pipeline(norms: np.ndarray, power: int, sigma2: float = 0.1) -> np.ndarray:
+    """The refinement authors' pipeline (adaptive_scheduling's README and visual.py, nvals = 10,000), written
+    from its description: up-sample short runs to 10k points, scipy's median filter with the README's padding,
+    down to 10k points, weights G^-power, eta_t = w_t * sum_{s>t} w_s, peak 1."""
     from scipy.ndimage import median_filter
 
-    rng = np.random.default_rng(0)
-    norms = np.linspace(3, 1, 10_000) + rng.random(10_000)
-    width = 2 * (int(0.1 * 10_000) // 2) + 1
+    nvals = 10_000
+    if len(norms) < nvals:
+        norms = np.interp(np.linspace(0, 1, nvals), np.linspace(0, 1, len(norms)), norms)
+    width = 2 * (int(sigma2 * nvals) // 2) + 1
     pad = 2 * width
-    expected = median_filter(np.pad(norms, (0, pad), mode="reflect"), size=width, mode="nearest")[:-pad]
-    assert np.array_equal(median_smooth(norms, 0.1), expected)
-    # a short run is filtered step by step (window 2 * (int(0.1 * 50) // 2) + 1 = 5): a lone spike disappears
+    filtered = median_filter(np.pad(norms, (0, pad), mode="reflect"), size=width, mode="nearest")[:-pad]
+    smooth = np.interp(np.linspace(0, 1, nvals), np.linspace(0, 1, len(filtered)), filtered)
+    w = smooth ** -float(power)
+    schedule = w * (w.sum() - np.cumsum(w))  # sum over s > t
+    return schedule / schedule.max()
+
+
+def noisy_norms(steps: int, seed: int) -> np.ndarray:
+    """A gradient-norm trace like the published ones: a fast early fall, a slow late rise, log-normal noise,
+    rare 10x spikes, and inf where an fp16 step overflowed."""
+    rng = np.random.default_rng(seed)
+    u = np.linspace(0, 1, steps)
+    norms = (1 + 4 * np.exp(-12 * u) + 0.8 * u ** 2) * rng.lognormal(0, 0.35, steps)
+    norms[rng.random(steps) < 0.005] *= 10
+    norms[rng.choice(steps, 3, replace=False)] = np.inf
+    return norms
+
+
+@pytest.mark.parametrize("steps,optimizer,seed", [(2_700, "torch.optim.SGD", 0), (35_000, "torch.optim.AdamW", 1)])
+def test_refined_matches_the_reference_pipeline_on_short_and_long_runs(tmp_path, steps, optimizer, seed):
+    """RCNN-like (2.7k SGD steps, L2 norms, G^-2) and ViT-like (35k AdamW steps, L1 norms, G^-1) sources."""
+    norms = noisy_norms(steps, seed)
+    adam = optimizer.endswith("AdamW")
+    source = make_source(tmp_path, norms if not adam else np.ones(steps), norms if adam else None, optimizer)
+    expected = reference_pipeline(norms[np.isfinite(norms)], power=1 if adam else 2)
+    at_10k = np.array(Refined(10_000, source=source, run_optimizer=optimizer).factors())
+    assert np.abs(at_10k - expected).max() < 1e-3  # the reference's own resolution: no resampling between them
+    # at any other length: the reference curve resampled linearly and scaled to peak 1 (divrun's last step)
+    as_long = np.array(Refined(steps, source=source, run_optimizer=optimizer).factors())
+    resampled = np.interp(np.linspace(0, 1, steps), np.linspace(0, 1, 10_000), expected)
+    assert np.abs(as_long - resampled / resampled.max()).max() < 1e-3
+    # the old reading (window = 10% of the run, 3,501 steps at 35k) is far from it: the test can tell them apart
+    if steps > 10_000:
+        from scipy.ndimage import median_filter
+        finite = norms[np.isfinite(norms)]
+        tenth = 2 * (len(finite) // 20) + 1
+        wide = median_filter(np.pad(finite, (0, 2 * tenth), mode="reflect"), size=tenth, mode="nearest")[:-2 * tenth]
+        assert np.abs(refined_curve(wide, power=1)[::len(finite) // 1000][:1000]
+                      - expected[::10][:1000]).max() > 0.01
+
+
+def test_smoothed_norms_window_edges_and_resolution():
+    from scipy.ndimage import median_filter
+
+    # a lone spike disappears; a 50-step run is filtered on its 10k-point interpolation with a 1,001-point window
     spiky = np.ones(50)
     spiky[20] = 100.0
-    assert np.array_equal(median_smooth(spiky, 0.1), np.ones(50))
-    short = rng.random(50)
-    expected_short = median_filter(np.pad(short, (0, 10), mode="reflect"), size=5, mode="nearest")[:-10]
-    assert np.array_equal(median_smooth(short, 0.1), expected_short)
-    # a long run (here 300k steps) is filtered at 10k points (window 1,001) and interpolated back to its length
-    long = np.repeat(norms, 30)
-    smoothed = median_smooth(long, 0.1)
-    assert len(smoothed) == len(long)
-    assert np.allclose(smoothed[::30], expected, atol=0.05)
+    assert np.array_equal(smoothed_norms(spiky, 0.1), np.ones(10_000))
+    rising = np.linspace(1, 2, 50)
+    dense = np.interp(np.linspace(0, 1, 10_000), np.linspace(0, 1, 50), rising)
+    smoothed = smoothed_norms(rising, 0.1)
+    assert smoothed[0] == dense[0]  # left ('nearest'): 500 copies of the first value hold the median there
+    # right (mirrored tail): the last window holds d[-501..-2] twice and d[-1] once, so its median is d[-251]
+    assert smoothed[-1] == pytest.approx(dense[-251], abs=1e-12) and smoothed[5000] == pytest.approx(dense[5000])
+    # sigma2 sets the window in points of 10,000: 0.02 -> 201 points
+    noisy = np.random.default_rng(2).random(10_000)
+    assert np.array_equal(smoothed_norms(noisy, 0.02),
+                          median_filter(np.pad(noisy, (0, 402), mode="reflect"), size=201, mode="nearest")[:-402])
+    # a long run (300k steps) is filtered at full length (1,001 steps), then sampled down to 10k points
+    long = np.random.default_rng(3).random(300_000)
+    full = median_filter(np.pad(long, (0, 2002), mode="reflect"), size=1001, mode="nearest")[:-2002]
+    sampled = np.interp(np.linspace(0, 1, 10_000), np.linspace(0, 1, 300_000), full)
+    assert np.array_equal(smoothed_norms(long, 0.1), sampled)
 
 
 def make_source(folder, norms_l2, norms_l1=None, optimizer="torch.optim.SGD"):
@@ -315,8 +367,7 @@ def test_refined_workflow_through_divrun(tmp_path):
     assert read_summary(second)["status"] == "finished"
     lr = np.loadtxt(second / "lr_schedule.csv", delimiter=",", skiprows=1)[:, 2]
     assert len(lr) == 12 and lr.max() == pytest.approx(0.1) and lr[-1] == 0.0
-    smoothed = median_smooth(norms[:, 1], 0.1)
-    expected = np.interp(np.linspace(0, 1, 12), np.linspace(0, 1, len(smoothed)), refined_curve(smoothed, 2))
+    expected = np.interp(np.linspace(0, 1, 12), np.linspace(0, 1, 10_000), reference_pipeline(norms[:, 1], power=2))
     assert lr == pytest.approx(0.1 * expected / expected.max())
 
 

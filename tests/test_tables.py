@@ -12,6 +12,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from conftest import compose
 from runner.errors import ConfigError
 from runner.tables import launch, cli, overrides as ov, recipe as recipes, results
+from runner import stats
+from runner.stats import Summary
 from runner.tables.recipe import Metric, PaperValue
 
 RECIPES = recipes.available()
@@ -88,16 +90,30 @@ def test_missing_options_and_keys_are_named():
     assert ov.missing_features(["optimizer=sgd", "optimizer.no_such_key=1"]) == ["key optimizer.no_such_key"]
 
 
+T2 = 4.302652729911275  # Student's t quantile 0.975 at 2 degrees of freedom: the 95% interval of 3 seeds
+
+
 @pytest.mark.parametrize("paper, ours, expected", [
-    (PaperValue(92.0, 0.2, "paper"), results.Estimate(91.85, 0.05, 3), "reproduced"),   # inside the paper's std
-    (PaperValue(92.0, 0.1, "paper"), results.Estimate(91.5, 0.3, 3), "reproduced"),    # inside 2 x ours
-    (PaperValue(92.0, 0.1, "paper"), results.Estimate(91.0, 0.2, 3), "gap -1.00"),
-    (PaperValue(92.0, None, "paper"), results.Estimate(92.5, None, 1), "gap +0.50 (no std to judge: run more seeds)"),
-    (None, results.Estimate(92.5, None, 1), ""),
+    # our interval 91.85 +- T2 * 0.05 / sqrt(3) = [91.73, 91.97] misses 92.0; widened by the paper's 0.2 it holds it
+    (PaperValue(92.0, 0.2, "paper"), Summary.from_moments(91.85, 0.05, 3), "reproduced"),
+    (PaperValue(92.0, None, "paper"), Summary.from_moments(91.85, 0.05, 3), "gap -0.15 (95% CI -0.27 to -0.03)"),
+    (PaperValue(92.0, 0.1, "paper"), Summary.from_moments(91.5, 0.3, 3), "reproduced"),  # [90.75, 92.25] holds 92
+    # [90.50, 91.50] + 0.1 misses 92.0: the gap with its interval, ours - paper
+    (PaperValue(92.0, 0.1, "paper"), Summary.from_moments(91.0, 0.2, 3), "gap -1.00 (95% CI -1.50 to -0.50)"),
+    (PaperValue(92.0, None, "paper"), Summary.from_moments(92.5, None, 1),
+     "gap +0.50 (one seed has no interval: run more seeds)"),
+    (None, Summary.from_moments(92.5, None, 1), ""),
 ])
 def test_verdict(paper, ours, expected):
     assert results.verdict(paper, ours, smoke=False) == expected
     assert results.verdict(paper, ours, smoke=True) == "smoke run: not compared"
+
+
+def test_per_cell_estimates_are_the_shared_statistics():
+    """mean, sample std and the t interval of a cell's seeds, by hand."""
+    ours = stats.describe([91.8, 91.9, 91.85])
+    assert (ours.n, ours.mean, ours.std) == (3, pytest.approx(91.85), pytest.approx(0.05))
+    assert (ours.ci_low, ours.ci_high) == pytest.approx((91.85 - T2 * 0.05 / 3 ** 0.5, 91.85 + T2 * 0.05 / 3 ** 0.5))
 
 
 def test_best_grid_point_follows_the_metric_direction():

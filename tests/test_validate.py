@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from conftest import REPO, compose, divrun
 from runner.checkpoint import Checkpointer
@@ -26,6 +27,13 @@ def test_the_defaults_are_valid():
     assert problems() == []
 
 
+def test_the_airbench_protocol_is_valid_but_for_its_data_folder():
+    """recipes/airbench.yaml's protocol (9.9 epochs and all) passes; only the placeholder root is missing."""
+    protocol = yaml.safe_load((REPO / "recipes" / "airbench.yaml").read_text())["protocol"]
+    found = problems(*[o.replace("${data:}", "/nonexistent") for o in protocol])
+    assert len(found) == 1 and found[0].startswith("dataset.root=/nonexistent: no cifar-10-batches-py/"), found
+
+
 def test_unknown_option_in_a_group_lists_the_valid_ones():
     assert command_error("optimizer=adamx") == f"optimizer=adamx: no such option; choose one of {OPTIMIZERS}"
 
@@ -37,7 +45,7 @@ def test_unknown_key_suggests_the_close_one():
 
 
 @pytest.mark.parametrize("override, expected", [
-    ("trainer.epochs=abc", "trainer.epochs=abc: expected a positive integer; pass e.g. trainer.epochs=30"),
+    ("trainer.epochs=abc", "trainer.epochs=abc: expected a positive number of epochs (9.9 is allowed); pass e.g. trainer.epochs=30"),
     ("trainer.batch_size=1.5", "trainer.batch_size=1.5: expected a positive integer; pass e.g. trainer.batch_size=128"),
     ("trainer.precision=fp8", "trainer.precision=fp8: expected one of auto, fp32, bf16, fp16; "
                               "pass e.g. trainer.precision=auto"),

@@ -16,6 +16,11 @@ A distiller is built from `conf/distill/<name>.yaml`; the run calls
 (a second network, a projector, a head) comes from `context.companion(module)`: the step drives its optimizer
 with the student's, so nothing here steps an optimizer.
 
+Targets: the loss group's loss smooths labels only (`loss.smoothing`); a teacher's or a model's own past
+probabilities reach it as probability vectors and are used as given. `loss_gets_labels` says whether the
+method's objective calls that loss on labels (class indices or a label-derived mix): start-up validation then
+refuses a divergence that needs q > 0 with loss.smoothing=0 (`Loss.validate_config`).
+
 Config rules that involve the rest of the run are the classmethod `validate_config(cfg)`, run by the
 pre-flight (runner/validate.py) before anything is built: a method that divides both models' logits by its
 `temperature` T before the divergence and scales the loss by T^2 (Hinton et al.; `tempered = True`) needs
@@ -36,6 +41,7 @@ class Distiller:
     # what keeps a method off several processes: a trainable second module outside DDP, or a per-sample
     # memory (each rank sees other samples every epoch); None: runs under DDP
     single_process_reason: str | None = None
+    loss_gets_labels = True  # the objective calls the loss group's loss on labels
     tempered = False  # the method's temperature divides both models' logits: loss.temperature must be 1
     per_sample = True  # loss() returns one value per sample (False: a batch scalar that no weighting can split)
 

@@ -22,6 +22,7 @@ from runner.errors import problems_from
 
 class KD(Distiller):
     tempered = True
+    loss_gets_labels = False  # the hard term is plain cross-entropy; the loss sees the teacher's probabilities
 
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> list[str]:

@@ -7,7 +7,8 @@ The model is its own teacher: in epoch e (0-based, of E) each sample's target is
 with p_prev the softmax of the model's own outputs for that sample in the previous epoch (its training
 forward pass, kept in a per-sample memory addressed by the loaders' sample indices; a sample not seen yet
 uses its one-hot label, as the reference does in epoch 0). The loss is the run's `loss` against q (`ce`:
-the reference's soft-target cross-entropy). The memory (N x classes, float32, on the training device) is
+the reference's soft-target cross-entropy); `loss.smoothing` smooths the label part (and the unseen samples'
+fallback), never p_prev. The memory (N x classes, float32, on the training device) is
 part of the checkpoint, so a resumed run continues with the same targets.
 """
 from __future__ import annotations
@@ -35,11 +36,14 @@ class PSKD(Distiller):
         return self.alpha_T * (epoch + 1) / self.context.epochs
 
     def targets(self, labels: torch.Tensor, indices: torch.Tensor, epoch: int) -> torch.Tensor:
-        onehot = labels.new_zeros(len(labels), self.predictions.shape[1], dtype=torch.float32)
-        onehot.scatter_(1, labels[:, None], 1.0)  # unlike F.one_hot, never checks the labels on the host
-        previous = torch.where(self.seen[indices, None], self.predictions[indices], onehot)
+        classes = self.predictions.shape[1]
+        label = labels.new_zeros(len(labels), classes, dtype=torch.float32)
+        label.scatter_(1, labels[:, None], 1.0)  # unlike F.one_hot, never checks the labels on the host
+        smoothing = getattr(self.criterion, "smoothing", 0.0)  # the loss's label smoothing: the label part only
+        label = label * (1 - smoothing) + smoothing / classes if smoothing else label
+        previous = torch.where(self.seen[indices, None], self.predictions[indices], label)
         alpha = self.alpha(epoch)
-        return (1 - alpha) * onehot + alpha * previous
+        return (1 - alpha) * label + alpha * previous
 
     def loss(self, images, labels, indices, logits):
         if self.pending is None:  # a closure's second pass must not overwrite the recorded predictions

@@ -7,6 +7,15 @@ or probability vectors (N, K). Its core is `divergence(log_q, log_p) -> (N,)`, o
 target q and the model's p = softmax(logits / temperature), both given as log-probabilities. Distillation calls it with a
 teacher's log-probabilities as log_q. Everything runs in float32 from log-softmax (never the log of a
 softmax) with autocast off, so it stays finite under bf16 autocast and for extreme logits.
+
+Label smoothing (`smoothing` s: q = (1 - s) onehot + s / K) belongs to label targets only: class indices,
+and a mix of one-hot labels (mixup, cutmix) when the caller says so with `loss(logits, q, from_labels=True)`
+(smoothing the mix equals mixing the smoothed labels: it is affine). Probability vectors (a teacher's, a
+model's own past predictions) are used as given. A divergence that is infinite where q = 0 < p (reverse KL,
+Neyman chi^2, alpha <= 0, f with f(0) infinite) says so in `needs_full_support(**options)`; the pre-flight
+refuses it with smoothing 0 where the run's objective gives it labels (`validate_config`), and accepts it
+where its targets are probabilities (distillation). Called on one-hot labels anyway (evaluation's val/loss), it returns
+its true value, inf.
 """
 from __future__ import annotations
 
@@ -14,6 +23,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import nn
 
 from runner.errors import ConfigError
@@ -56,27 +66,39 @@ class Loss(nn.Module):
             raise ConfigError(f"loss.z_reg={z_reg}: must be >= 0 (1e-4 is the usual log-partition penalty)")
         self.temperature, self.smoothing, self.z_reg = temperature, smoothing, z_reg
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        """The batch mean (`reduction="mean"`) or the (N,) per-sample values (`"none"`)."""
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, from_labels: bool | None = None,
+                reduction: str = "mean") -> torch.Tensor:
+        """The batch mean (`reduction="mean"`) or the (N,) per-sample values (`"none"`). `from_labels`:
+        whether `target` comes from labels and is smoothed; default: class indices are, probability vectors
+        are not. Pass True for a mix of one-hot labels (mixup, cutmix)."""
         with torch.autocast(logits.device.type, enabled=False):
             logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-            loss = self.sample_losses(logits / self.temperature, target, reduction)
+            smoothing = self.target_smoothing(target, from_labels)
+            loss = self.sample_losses(logits / self.temperature, target, smoothing, reduction)
             if self.z_reg:  # z_reg * log(Z)^2 keeps the softmax normaliser near 1 (PaLM's z-loss)
                 penalty = self.z_reg * torch.logsumexp(logits, -1).square()
                 loss = loss + (penalty.mean() if reduction == "mean" else penalty)
             return loss
 
-    def sample_losses(self, logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        """Per-sample values, or their mean; `logits` are already divided by the temperature."""
+    def target_smoothing(self, target: torch.Tensor, from_labels: bool | None = None) -> float:
+        """The smoothing `target` gets: the loss's own for labels, none for probability vectors."""
+        return self.smoothing if (target.ndim == 1 if from_labels is None else from_labels) else 0.0
+
+    def sample_losses(self, logits: torch.Tensor, target: torch.Tensor, smoothing: float,
+                      reduction: str = "mean") -> torch.Tensor:
+        """Per-sample values (`reduction="none"`) or their mean; `logits` are already divided by the temperature."""
         log_p = F.log_softmax(logits, dim=-1)
-        losses = self.divergence(self.log_target(target, logits.shape[-1], log_p.dtype), log_p)
+        losses = self.divergence(self.log_target(target, logits.shape[-1], log_p.dtype, smoothing), log_p)
         return losses.mean() if reduction == "mean" else losses
 
-    def log_target(self, target: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """log q (N, K): -inf where q is zero. Class indices are scattered straight into log space."""
+    def log_target(self, target: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32,
+                   smoothing: float | None = None) -> torch.Tensor:
+        """log q (N, K): -inf where q is zero. Class indices are scattered straight into log space.
+        `smoothing` None: as `target_smoothing` decides for this kind of target."""
+        smoothing = self.target_smoothing(target) if smoothing is None else smoothing
         if target.ndim == 2:
-            return target_distribution(target, num_classes, self.smoothing).log()
-        off, on = self.smoothing / num_classes, 1 - self.smoothing + self.smoothing / num_classes
+            return target_distribution(target, num_classes, smoothing).log()
+        off, on = smoothing / num_classes, 1 - smoothing + smoothing / num_classes
         log_q = torch.full((len(target), num_classes), math.log(off) if off else -math.inf, dtype=dtype,
                            device=target.device)
         return log_q.scatter_(1, target.unsqueeze(1), math.log(on))
@@ -84,8 +106,29 @@ class Loss(nn.Module):
     def divergence(self, log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} defines no per-sample divergence")
 
-    def require_full_support(self, what: str) -> None:
-        """For divergences that are infinite where q = 0 < p: one-hot labels need smoothing."""
-        if self.smoothing <= 0:
-            raise ConfigError(f"loss.smoothing={self.smoothing}: {what} needs q > 0 wherever p > 0, which "
-                              f"one-hot labels break; set loss.smoothing > 0 (e.g. loss.smoothing=0.1)")
+    @classmethod
+    def needs_full_support(cls, **options) -> str | None:
+        """With these options: the divergence's name if it is infinite where q = 0 < p, else None."""
+        return None
+
+    @classmethod
+    def validate_config(cls, cfg: DictConfig) -> list[str]:
+        """One-hot labels have q = 0 off the label: where the training objective gives the loss labels (the
+        distill method's `loss_gets_labels`; no distill group: plain training), a divergence that needs q > 0
+        needs them smoothed. (The constructor's own rules run when the pre-flight builds the loss.)"""
+        from runner.config import locate
+        from runner.validate import options as options_of
+
+        distill = cfg.get("distill")
+        try:
+            if distill and not getattr(locate(distill._target_), "loss_gets_labels", True):
+                return []
+            options = options_of(cfg.loss)
+            what = cls.needs_full_support(**options)
+        except Exception:  # noqa: BLE001 - an unimportable target or a bad option: reported by its own check
+            return []
+        smoothing = options.get("smoothing", 0.0)
+        if what and smoothing <= 0:
+            return [f"loss.smoothing={smoothing}: {what} needs q > 0 wherever p > 0, which one-hot labels break; "
+                    f"set loss.smoothing > 0 (e.g. loss.smoothing=0.1)"]
+        return []

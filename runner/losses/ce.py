@@ -1,4 +1,4 @@
-"""Cross-entropy H(q, p) = -sum_k q_k log p_k with label smoothing (torch's fused kernel)."""
+"""Cross-entropy H(q, p) = -sum_k q_k log p_k, labels smoothed (torch's fused kernel for both target kinds)."""
 from __future__ import annotations
 
 import torch
@@ -10,9 +10,10 @@ from runner.losses.base import Loss
 class CrossEntropy(Loss):
     """H(q, p) = KL(q || p) + H(q): same gradient as KL for fixed q; torch's kernel for both target kinds."""
 
-    def sample_losses(self, logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    def sample_losses(self, logits: torch.Tensor, target: torch.Tensor, smoothing: float,
+                      reduction: str = "mean") -> torch.Tensor:
         target = target if target.ndim == 1 else target.to(logits.dtype)
-        return F.cross_entropy(logits, target, label_smoothing=self.smoothing, reduction=reduction)
+        return F.cross_entropy(logits, target, label_smoothing=smoothing, reduction=reduction)
 
     def divergence(self, log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
         return -(log_q.exp() * log_p).sum(-1)

@@ -40,9 +40,9 @@ class KL(Loss):
 class ReverseKL(Loss):
     """KL(p || q) = sum p log(p / q): reverse, mode-seeking; infinite where q = 0 < p."""
 
-    def __init__(self, **base):
-        super().__init__(**base)
-        self.require_full_support("reverse KL")
+    @classmethod
+    def needs_full_support(cls, **options) -> str | None:
+        return "reverse KL"
 
     def divergence(self, log_q, log_p):
         return kl(log_p, log_q)
@@ -88,9 +88,11 @@ class ChiSquare(Loss):
         super().__init__(**base)
         if form not in ("pearson", "neyman"):
             raise ConfigError(f"loss.form={form}: choose pearson or neyman")
-        if form == "neyman":
-            self.require_full_support("Neyman chi^2")
         self.alpha = 2.0 if form == "pearson" else -1.0  # chi^2 = 2 D_alpha at alpha = 2 / -1
+
+    @classmethod
+    def needs_full_support(cls, form: str = "pearson", **options) -> str | None:
+        return "Neyman chi^2" if form == "neyman" else None
 
     def divergence(self, log_q, log_p):
         return 2 * alpha_divergence(log_q, log_p, self.alpha)
@@ -101,9 +103,11 @@ class Alpha(Loss):
 
     def __init__(self, alpha: float = 0.5, **base):
         super().__init__(**base)
-        if alpha <= 0:
-            self.require_full_support(f"the alpha-divergence with alpha={alpha} <= 0")
         self.alpha = alpha
+
+    @classmethod
+    def needs_full_support(cls, alpha: float = 0.5, **options) -> str | None:
+        return f"the alpha-divergence with alpha={alpha} <= 0" if alpha <= 0 else None
 
     def divergence(self, log_q, log_p):
         return alpha_divergence(log_q, log_p, self.alpha)
@@ -124,14 +128,22 @@ class FDivergence(Loss):
             raise ConfigError(f"loss.generator={generator}: choose one of {', '.join(names)} "
                               f"(or add a function to runner/losses/generators.py)")
         self.f = getattr(generators, generator)
-        at_one, at_zero = (self.f(torch.tensor(x, dtype=torch.float64)).item() for x in (1.0, 0.0))
+        at_one = generator_at(generator, 1.0)
         if abs(at_one) > 1e-12:
             raise ConfigError(f"loss.generator={generator}: f(1) = {at_one}, an f-divergence needs f(1) = 0")
-        if not math.isfinite(at_zero):
-            self.require_full_support(f"the f-divergence with generator {generator} (f(0) is infinite)")
+
+    @classmethod
+    def needs_full_support(cls, generator: str = "jeffreys", **options) -> str | None:
+        infinite = not math.isfinite(generator_at(generator, 0.0))
+        return f"the f-divergence with generator {generator} (f(0) is infinite)" if infinite else None
 
     def divergence(self, log_q, log_p):
         u = (log_q - log_p).clamp(-80.0, MAX_LOG)
         t, q_larger = u.exp(), u > 0
         f_t = self.f(t)
         return torch.where(q_larger, log_q.exp() * f_t / t, log_p.exp() * f_t).sum(-1)
+
+
+def generator_at(name: str, t: float) -> float:
+    """f(t) of the generator `name` of runner/losses/generators.py, in float64."""
+    return getattr(generators, name)(torch.tensor(t, dtype=torch.float64)).item()

@@ -53,14 +53,13 @@ def param_groups(model: torch.nn.Module, decay_bias_and_norm: bool, norm_lr_scal
 def build_optimizer(cfg: DictConfig | dict, model: torch.nn.Module, total_steps: int | None = None):
     options = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     factory = instantiate(optimizer_options(options))
+    accepted = inspect.signature(factory.func).parameters
+    runtime = {key: value for key, value in {"total_steps": total_steps, "model": model}.items() if key in accepted}
     if "base_optimizer" in options:  # a wrapper (SAM, Lookahead): build its base, then wrap it
-        base = build_optimizer(options["base_optimizer"], model, total_steps)
-        accepted = inspect.signature(factory.func).parameters
-        runtime = {"total_steps": total_steps, "model": model}
-        return factory(base, **{key: value for key, value in runtime.items() if key in accepted})
+        return factory(build_optimizer(options["base_optimizer"], model, total_steps), **runtime)
     groups = param_groups(model, bool(options.get("decay_bias_and_norm", False)),
                           float(options.get("norm_lr_scale", 1.0)), options.get("lr"), options.get("weight_decay", 0.0))
-    return factory(groups, **fast_path_defaults(factory, options, groups))
+    return factory(groups, **fast_path_defaults(factory, options, groups), **runtime)
 
 
 def optimizer_options(options: dict) -> dict:

@@ -87,13 +87,17 @@ class Optimizer(torch.optim.Optimizer):
         for bucket in self.buckets(group, params):
             if uses_foreach(group["foreach"], bucket.params[0].device):
                 self.update_foreach(group, bucket)
-            elif self.elementwise:
+            elif self.is_elementwise(group):
                 for param, grad, state in zip(bucket.params, bucket.grads, bucket.states):
                     for param_slice, grad_slice, state_slice in state_slices(param, grad, state):
                         self.update_tensor(group, param_slice, grad_slice, state_slice, bucket.step)
             else:
                 for param, grad, state in zip(bucket.params, bucket.grads, bucket.states):
                     self.update_tensor(group, param, grad, state, bucket.step)
+
+    def is_elementwise(self, group: dict) -> bool:
+        """Whether this group's rule is element-wise (an optimizer with several rules decides per group)."""
+        return self.elementwise
 
     def grad_of(self, param: torch.Tensor) -> torch.Tensor:
         return param.grad.detach()

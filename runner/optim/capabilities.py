@@ -1,6 +1,6 @@
 """What an optimizer tells the train loop and the checks about itself: its capabilities.
 
-Each optimizer class declares three class attributes (a factory function carries them as attributes,
+Each optimizer class declares these class attributes (a factory function carries them as attributes,
 `@declare(...)`; torch's own optimizers are covered by TORCH below):
 
     adaptive       per-coordinate normalised (the Adam family, AdaBelief, RMSprop, ...): such runs record L1
@@ -8,6 +8,9 @@ Each optimizer class declares three class attributes (a factory function carries
                    G^-1 instead of G^-2. None: a wrapper, which reports its base's.
     second_order   the loop runs backward(create_graph=True) (Hessian-vector products): fp32 only, one process.
     needs_closure  step(closure) re-evaluates loss and gradients (SAM): no second trained module beside it.
+    train_eval_mode  trained at other weights than it is evaluated at (schedule-free: y and the average x):
+                   the loop calls optimizer.eval()/train() around evaluation, a checkpoint saves the model at
+                   `optimizer.averaged()`; no wrapper may drive it (the config check refuses one).
 
 `capabilities(x)` reads them from a built optimizer, its class or factory, a `_target_` string or a
 conf/optimizer config (a wrapper's, SAM's or Lookahead's, folded with its base's); everything that needs to
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-FIELDS = ("adaptive", "second_order", "needs_closure")
+FIELDS = ("adaptive", "second_order", "needs_closure", "train_eval_mode")
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class Capabilities:
     adaptive: bool | None
     second_order: bool = False
     needs_closure: bool = False
+    train_eval_mode: bool = False
 
 
 def _torch_table() -> dict[type, Capabilities]:
@@ -47,10 +51,11 @@ def _torch_table() -> dict[type, Capabilities]:
 TORCH = _torch_table()
 
 
-def declare(adaptive: bool, second_order: bool = False, needs_closure: bool = False):
+def declare(adaptive: bool, second_order: bool = False, needs_closure: bool = False, train_eval_mode: bool = False):
     """Give a factory function (one that returns an optimizer of another library) its capabilities."""
     def attach(factory):
         factory.adaptive, factory.second_order, factory.needs_closure = adaptive, second_order, needs_closure
+        factory.train_eval_mode = train_eval_mode
         return factory
     return attach
 
@@ -67,14 +72,12 @@ def declared(target) -> Capabilities:
             if owner in TORCH:
                 values[name] = getattr(TORCH[owner], name)
                 break
-    return Capabilities(values.get("adaptive"), bool(values.get("second_order", False)),
-                        bool(values.get("needs_closure", False)))
+    return Capabilities(values.get("adaptive"), *(bool(values.get(name, False)) for name in FIELDS[1:]))
 
 
 def _fold(wrapper: Capabilities, base: Capabilities) -> Capabilities:
     """A wrapper updates with its base's rule (its adaptivity) and adds its own needs to the base's."""
-    return Capabilities(base.adaptive, wrapper.second_order or base.second_order,
-                        wrapper.needs_closure or base.needs_closure)
+    return Capabilities(base.adaptive, *(getattr(wrapper, name) or getattr(base, name) for name in FIELDS[1:]))
 
 
 def capabilities(optimizer) -> Capabilities:

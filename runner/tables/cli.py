@@ -14,14 +14,14 @@ import sys
 from pathlib import Path
 
 import yaml
-from rich.console import Console
 from rich.table import Table
 
+from runner import terminal
 from runner.errors import ConfigError
 from runner.tables import launch, recipe as recipes, render, results
 from runner.tables import overrides as ov
 
-console = Console(stderr=True)
+console = terminal.console(stderr=True)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -50,7 +50,8 @@ def epochs_of(run: recipes.Run) -> float:
 
 def list_tables(out_root: Path) -> None:
     table = Table(title="Tables (make reproduce-table TABLE=<name> [SCALE=smoke] [SEEDS=n] [DATA=dir])")
-    for column in ("table", "title", "cells", "runs", "run-epochs", "GPU-hours (est.)", "smoke runs", "runnable here"):
+    table.add_column("table", no_wrap=True)  # the name a user types: never broken across lines
+    for column in ("title", "cells", "runs", "run-epochs", "GPU-hours (est.)", "smoke runs", "runnable here"):
         table.add_column(column, overflow="fold")
     for name in recipes.available():
         recipe = recipes.load(name)
@@ -60,7 +61,7 @@ def list_tables(out_root: Path) -> None:
         table.add_row(name, recipe.title, str(len(recipe.cells)), str(len(runs)), f"{sum(map(epochs_of, runs)):.0f}",
                       "-" if recipe.gpu_hours is None else f"{recipe.gpu_hours:g}", str(len(smoke)),
                       f"{runnable}/{len(recipe.cells)} cells")
-    Console().print(table)
+    terminal.console().print(table)
 
 
 def first_run(runs: list[recipes.Run], cell: recipes.Cell) -> recipes.Run:

@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from runner import terminal
 from runner.tables.recipe import Recipe
 from runner.tables.results import Line
 
@@ -58,8 +59,8 @@ def markdown(recipe: Recipe, lines: list[Line], smoke: bool, protocol: list[str]
     if not smoke:
         sources = sorted({line.paper.source for line in lines if line.paper})
         out += ["", "Paper numbers: " + "; ".join(f"{s}: {SOURCE_NOTE[s]}" for s in sources) + "." if sources else "",
-                "Verdict: *reproduced* when our mean lies within the paper's std or twice our std (the larger) "
-                "of the paper's mean; otherwise the gap (ours - paper)."]
+                "Verdict: *reproduced* when the paper's mean lies in our 95% confidence interval (Student's t "
+                "over the seeds) widened by the paper's std; otherwise the gap (ours - paper) with its interval."]
     if recipe.notes:
         out += ["", "## Notes", "", recipe.notes.strip()]
     return "\n".join(out) + "\n"
@@ -91,12 +92,14 @@ def write_csv(path: Path, recipe: Recipe, lines: list[Line], smoke: bool) -> Non
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["table", "scale", "cell", "row", "column", "metric", "paper_mean", "paper_std",
-                         "paper_source", "ours_mean", "ours_std", "n", "diff", "verdict", "variant", "runs"])
+                         "paper_source", "ours_mean", "ours_std", "ours_ci_low", "ours_ci_high", "n", "diff", "verdict",
+                         "variant", "runs"])
         for line in lines:
             paper, ours = (line.paper, line.ours) if not smoke else (None, line.ours)
             writer.writerow([recipe.name, "smoke" if smoke else "full", line.cell.name, line.cell.row, line.cell.column,
                              line.metric.name, paper and paper.mean, paper and paper.std, paper and paper.source,
-                             ours and ours.mean, ours and ours.std, ours.n if ours else 0,
+                             ours and ours.mean, ours and ours.std, ours and ours.ci_low, ours and ours.ci_high,
+                             ours.n if ours else 0,
                              None if smoke else line.diff, line.verdict, line.variant or "", line.runs])
 
 
@@ -147,5 +150,5 @@ def render(recipe: Recipe, lines: list[Line], table_dir: Path, smoke: bool, prot
     (table_dir / "table.md").write_text(markdown(recipe, lines, smoke, protocol))
     write_csv(table_dir / "table.csv", recipe, lines, smoke)
     plot(table_dir / "table.png", recipe, lines, smoke)
-    (console or Console()).print(console_table(recipe, lines, smoke))
+    (console or terminal.console()).print(console_table(recipe, lines, smoke))
     return table_dir / "table.md"

@@ -1,6 +1,8 @@
-"""From run folders to table lines: each cell's metrics as mean +- std over seeds, next to the paper's number.
+"""From run folders to table lines: each cell's metrics over seeds (runner.stats: mean, sample std, 95% t
+interval), next to the paper's number.
 
-Verdict: "reproduced" when |ours - paper| is inside the paper's std or twice ours (the larger), else the gap.
+Verdict: "reproduced" when the paper's mean lies in our 95% confidence interval widened by the paper's
+reported std, else the gap (ours - paper) with its interval. One seed has no interval: the verdict says so.
 A smoke run is never compared. A metric the runs do not record is "not measured"; a cell without finished
 runs shows why (failed, diverged, unavailable in this checkout, blocked, not run).
 """
@@ -12,21 +14,13 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner import stats
 from runner.run_folder import read_metrics, read_summary
+from runner.stats import Summary
 from runner.tables.launch import Outcome
 from runner.tables.recipe import Cell, Metric, PaperValue, Recipe, Run
 
 PROBLEMS = {"failed", "diverged", "unavailable", "blocked"}
-
-
-@dataclass
-class Estimate:
-    mean: float
-    std: float | None  # sample std (n - 1); None for one seed
-    n: int
-
-    def __str__(self) -> str:
-        return f"{self.mean:.2f}" + (f" +- {self.std:.2f}" if self.std is not None else "") + f" (n={self.n})"
 
 
 @dataclass
@@ -35,7 +29,7 @@ class Line:
     cell: Cell
     metric: Metric
     paper: PaperValue | None
-    ours: Estimate | None
+    ours: Summary | None
     runs: str            # "3 finished", "2 finished, 1 failed: <error>"
     variant: str | None  # the grid point reported (the best one)
     verdict: str
@@ -57,22 +51,18 @@ def raw_value(run_dir: Path, metric: Metric) -> float | None:
     return metric.offset + metric.scale * float(value)
 
 
-def estimate(values: list[float]) -> Estimate | None:
-    if not values:
-        return None
-    return Estimate(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
-
-
-def verdict(paper: PaperValue | None, ours: Estimate | None, smoke: bool) -> str:
+def verdict(paper: PaperValue | None, ours: Summary | None, smoke: bool) -> str:
     if smoke:
         return "smoke run: not compared"
     if paper is None or ours is None:
         return ""
     diff = ours.mean - paper.mean
-    tolerance = max(paper.std or 0.0, 2 * (ours.std or 0.0))
-    if tolerance == 0:
-        return f"gap {diff:+.2f} (no std to judge: run more seeds)"
-    return "reproduced" if abs(diff) <= tolerance else f"gap {diff:+.2f}"
+    if ours.ci_low is None:
+        return f"gap {diff:+.2f} (one seed has no interval: run more seeds)"
+    widened = paper.std or 0.0
+    if ours.ci_low - widened <= paper.mean <= ours.ci_high + widened:
+        return "reproduced"
+    return f"gap {diff:+.2f} (95% CI {ours.ci_low - paper.mean:+.2f} to {ours.ci_high - paper.mean:+.2f})"
 
 
 def describe(outcomes: list[Outcome]) -> str:
@@ -96,7 +86,7 @@ def collect(recipe: Recipe, runs: list[Run], outcomes: dict[Path, Outcome], smok
     for name, cell in recipe.cells.items():
         cell_outcomes = [outcomes[r.run_dir] for vruns in by_cell[name].values() for r in vruns]
         for m, metric in recipe.metrics.items():
-            ours = estimate(values[name][best[name]][m])
+            ours = stats.describe(values[name][best[name]][m])
             if ours and metric.relative_to:
                 ours = relative(ours, values.get(f"{cell.row}/{metric.relative_to}"), best, cell.row, metric)
             paper = cell.paper.get(m)
@@ -109,17 +99,17 @@ def collect(recipe: Recipe, runs: list[Run], outcomes: dict[Path, Outcome], smok
 
 def best_variant(variants: dict[str | None, dict[str, list[float]]], primary: Metric) -> str | None:
     """The grid point with the best mean primary metric (the first variant when none has a value)."""
-    scored = [(statistics.fmean(v[primary.name]), variant) for variant, v in variants.items() if v[primary.name]]
+    scored = [(stats.describe(v[primary.name]).mean, variant) for variant, v in variants.items() if v[primary.name]]
     if not scored:
         return next(iter(variants))
     pick = max if primary.higher_is_better else min
     return pick(scored, key=lambda item: item[0])[1]
 
 
-def relative(ours: Estimate, reference: dict | None, best: dict, row: str, metric: Metric) -> Estimate | None:
+def relative(ours: Summary, reference: dict | None, best: dict, row: str, metric: Metric) -> Summary | None:
     """100 * ours / the reference column's mean in the same row (e.g. images/s relative to SGD)."""
     ref_values = reference[best[f"{row}/{metric.relative_to}"]][metric.name] if reference else []
     if not ref_values:
         return None
-    ref = statistics.fmean(ref_values)
-    return Estimate(100 * ours.mean / ref, None if ours.std is None else 100 * ours.std / ref, ours.n)
+    ref = stats.describe(ref_values).mean
+    return Summary.from_moments(100 * ours.mean / ref, None if ours.std is None else 100 * ours.std / ref, ours.n)

@@ -1,0 +1,3 @@
+from runner.comparison.cli import main
+
+main()
