@@ -94,7 +94,7 @@ def tempered_divergence(divergence: torch.nn.Module, student_logits: torch.Tenso
     """T^2 * D(softmax(target / T), softmax(student / T)) with D any loss of the loss group (target fixed):
     the batch mean, or per sample with reduction="none"."""
     target = F.softmax(target_logits.detach().float() / temperature, dim=-1)
-    return temperature ** 2 * divergence(student_logits.float() / temperature, target, reduction)
+    return temperature ** 2 * divergence(student_logits.float() / temperature, target, reduction=reduction)
 
 
 def kl_per_sample(target_log_probs: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
