@@ -22,8 +22,10 @@ each rank keeps the hardest k of its own candidates.
 from __future__ import annotations
 
 import torch
+from omegaconf import DictConfig
 
 from runner.errors import ConfigError
+from runner.weighting import per_sample_problems
 
 
 class Selection:
@@ -43,6 +45,10 @@ class Selection:
 
 class HardSelection(Selection):
     active = True
+
+    @classmethod
+    def validate_config(cls, cfg: DictConfig) -> list[str]:
+        return per_sample_problems(cfg, "selection=hard", False, "pass selection=none")
 
     def __init__(self, candidates: int = 4, fraction: float | None = None):
         if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:

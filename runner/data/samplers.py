@@ -33,9 +33,11 @@ from __future__ import annotations
 import math
 
 import torch
+from omegaconf import DictConfig
 
 from runner.data.sharding import epoch_order
 from runner.errors import ConfigError
+from runner.weighting import per_sample_problems
 
 
 def check_sampling_temperature(temperature: float | None, key: str) -> None:
@@ -110,6 +112,11 @@ class Cooldown(ClassBalanced):
             raise ConfigError(f"sampler.begin={begin}, sampler.finish={finish}: the cooldown runs between two "
                               f"fractions of the run, 0 <= begin < finish <= 1")
         self.start, self.end, self.begin, self.finish, self.upweight = start, end, begin, finish, upweight
+
+    @classmethod
+    def validate_config(cls, cfg: DictConfig) -> list[str]:
+        upweights = cfg.sampler.get("upweight", True)
+        return per_sample_problems(cfg, "sampler=cooldown", True, "pass sampler.upweight=false") if upweights else []
 
     def power(self, epoch: int) -> float:
         progress = epoch / max(self.epochs - 1, 1)

@@ -23,6 +23,7 @@ process with batch N x B does. Their statistics (min and max of m_i, the effecti
 from __future__ import annotations
 
 import torch
+from omegaconf import DictConfig
 
 from runner import distributed
 from runner.errors import ConfigError
@@ -30,13 +31,39 @@ from runner.errors import ConfigError
 
 class Weighting:
     """`weighting=none`: the plain batch mean (the step skips the weighting point)."""
-    active = False
+    name, active = "none", False
+
+    @classmethod
+    def validate_config(cls, cfg: DictConfig) -> list[str]:
+        return (per_sample_problems(cfg, f"weighting={cls.name}", True, "pass weighting=none")
+                if cls.active else [])
 
     def setup(self, context) -> None:
         self.context = context
 
     def multipliers(self, losses: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return torch.ones_like(losses)
+
+
+def per_sample_problems(cfg: DictConfig, what: str, with_distiller: bool, fix: str) -> list[str]:
+    """A method that reads one loss per sample refused where the run's loss (or, `with_distiller`, the distill
+    method's objective) is one value for the whole batch."""
+    from hydra.utils import instantiate
+
+    from runner.config import locate
+
+    distiller = locate(cfg.distill._target_)
+    if with_distiller and not getattr(distiller, "per_sample", True):
+        return [f"{what} weighs each sample's loss, but distill={distiller.__name__.lower()} trains on one loss for "
+                f"the whole batch; {fix}"]
+    try:
+        loss = instantiate(cfg.loss)
+    except Exception:  # noqa: BLE001 - a bad loss option: reported by the loss's own check
+        return []
+    if not getattr(loss, "per_sample", True):
+        return [f"{what} needs one loss per sample, but loss={type(loss).__name__.lower()} with these options is one "
+                f"cost between the batch's sets (loss.form=batch); pass loss.form=sample, or {fix}"]
+    return []
 
 
 def check_temperature(temperature: float, key: str) -> None:

@@ -50,7 +50,7 @@ def class_weights(counts: torch.Tensor, scheme: str = "inverse_frequency", beta:
 
 
 class ClassBalanced(Weighting):
-    active = True
+    name, active = "class_balanced", True
 
     def __init__(self, scheme: str = "inverse_frequency", beta: float = 0.9999, temperature: float | None = None,
                  normalize: str = "classes"):

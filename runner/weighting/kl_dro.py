@@ -18,7 +18,7 @@ from runner.weighting import Weighting, check_temperature, global_batch, softmax
 
 
 class KLDRO(Weighting):
-    active = True
+    name, active = "kl_dro", True
 
     def __init__(self, temperature: float = 1.0):
         check_temperature(temperature, "weighting.temperature")

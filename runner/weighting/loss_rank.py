@@ -46,7 +46,7 @@ def normalized_losses(losses: torch.Tensor, delta: float) -> torch.Tensor:
 
 
 class LossRank(Weighting):
-    active = True
+    name, active = "loss_rank", True
 
     def __init__(self, fn: str = "linupper", temperature: float = 1.0, delta: float = 1.0,
                  warmup: int | float = 0.05):
