@@ -26,7 +26,7 @@ UNREACHABLE = {
     ("runner/tables/", ""): "divrun-table's recipe errors (tests/test_tables.py), not divrun configs",
     ("runner/losses/fdiv.py", "loss.generator={generator}: f(1)"): "every named generator has f(1) = 0; it guards "
                                                                     "a new function in generators.py",
-    ("runner/data/label_noise.py", "dataset.label_noise: cannot read"): "every dataset of the package exposes its "
+    ("runner/data/splits.py", "{needed_by} needs the training labels"): "every dataset of the package exposes its "
                                                                          "labels; it guards a third-party factory",
     ("runner/optim/lookahead.py", "optimizer.power > 0 needs"): "divrun's builder always passes total_steps",
     ("runner/optim/lookahead.py", "optimizer.average_buffers=true needs"): "divrun's builder always passes the model",
@@ -222,6 +222,27 @@ CASES = [
      lambda tmp, mp: {"teacher": teacher_file(tmp, 10)}),
     (["distill=saf", "distill.epochs_back=0"], "distill.epochs_back=0, distill.start_epoch=5", None),
     (["distill=pskd", "trainer.devices=2"], "distill=pskd runs on one process only", None),
+    # which samples: weighting, selection, imbalance, samplers (issue #18)
+    (["weighting=loss_rank", "weighting.fn=cubic"], "weighting.fn=cubic: no such weight function", None),
+    (["weighting=loss_rank", "weighting.delta=0"], "weighting.delta=0: the normalised losses' half-range", None),
+    (["weighting=loss_rank", "weighting.warmup=1.5"], "weighting.warmup=1.5: a step count", None),
+    (["weighting=kl_dro", "weighting.temperature=0"], "weighting.temperature=0: the temperature must be > 0", None),
+    (["weighting=class_balanced", "weighting.scheme=sqrt"], "weighting.scheme=sqrt: choose one of", None),
+    (["weighting=class_balanced", "weighting.beta=1"], "weighting.beta=1: the effective number needs", None),
+    (["weighting=class_balanced", "weighting.normalize=sum"], "weighting.normalize=sum: choose classes", None),
+    (["weighting=class_balanced", "weighting.scheme=temperature", "weighting.temperature=-1"],
+     "weighting.temperature=-1: the sampling temperature must be > 0", None),
+    (["weighting=kl_dro", "distill=dml"], "weighting=kl_dro weighs each sample's loss, but distill=dml", None),
+    (["weighting=loss_rank", "loss=sinkhorn", "loss.form=batch"], "weighting=loss_rank needs one loss per sample", None),
+    (["selection=hard", "selection.fraction=1.5"], "selection.fraction=1.5: the part of the candidates", None),
+    (["selection=hard", "selection.fraction=0"], "selection.fraction=0: the part of the candidates", None),
+    (["selection=hard", "selection.candidates=0"], "selection.candidates=0: the candidate batch is a whole", None),
+    (["dataset.imbalance.ratio=0.5"], "dataset.imbalance.ratio=0.5: must be >= 1", None),
+    (["dataset.imbalance.ratio=10", "dataset.imbalance.profile=linear"], "dataset.imbalance.profile=linear", None),
+    (["sampler=class_balanced", "sampler.temperature=0"], "sampler.temperature=0: the sampling temperature", None),
+    (["sampler=cooldown", "sampler.begin=0.8", "sampler.finish=0.5"], "sampler.begin=0.8, sampler.finish=0.5", None),
+    (["sampler=cooldown", "sampler.start=-1"], "sampler.start=-1: the sampling temperature must be > 0", None),
+    (["sampler=cooldown", "sampler.end=0"], "sampler.end=0: the sampling temperature must be > 0", None),
     # devices, processes, run folders and checkpoints
     (["trainer.devices=2", "trainer.sync_bn=true"], "trainer.sync_bn=true needs CUDA", None),
     (["trainer.nnodes=2", "trainer.node_rank=0"], "trainer.rdzv_endpoint: multi-node runs outside SLURM", outside_slurm),
