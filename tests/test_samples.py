@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from scipy import stats
 from sklearn.metrics import balanced_accuracy_score
 
-from conftest import train
+from conftest import QUICK, divrun, run_folders, train
 from runner.class_accuracy import ClassAccuracy
 from runner.context import Progress
 from runner.data.imbalance import profile_counts
@@ -301,3 +301,19 @@ def test_a_long_tailed_run_weighs_selects_and_reports_per_class(tmp_path):
     assert {"val/class_acc1/0", "val/many_acc1"} <= set(evaluation)
     assert summary["final_val_balanced_acc1"] == pytest.approx(evaluation["val/balanced_acc1"])
 
+
+
+def test_two_gloo_processes_weigh_like_one_process_with_the_global_batch(tmp_path):
+    """kl_dro's softmax runs over the all-gathered losses: 2 ranks of 32 train as one process of 64."""
+    common = (*QUICK, "model=mlp", "weighting=kl_dro", "weighting.temperature=0.5", "trainer.max_steps=12",
+              "trainer.log_every=4", "seed=3")
+    (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
+    divrun(*common, "trainer.devices=1", "trainer.batch_size=64", cwd=tmp_path / "one")
+    divrun(*common, "trainer.devices=2", "trainer.batch_size=32", cwd=tmp_path / "two")
+    [one], [two] = run_folders(tmp_path / "one"), run_folders(tmp_path / "two")
+    weights = [torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"] for run in (one, two)]
+    for key in weights[0]:
+        torch.testing.assert_close(weights[1][key], weights[0][key], rtol=1e-5, atol=1e-6)
+    logged = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (one, two)]
+    ess = [[r["train/weight_ess"] for r in rows if "train/weight_ess" in r] for rows in logged]
+    assert ess[0] and ess[1] == pytest.approx(ess[0], rel=1e-4)
