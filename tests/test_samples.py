@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from scipy import stats
 from sklearn.metrics import balanced_accuracy_score
 
-from conftest import QUICK, divrun, run_folders, train
+from conftest import QUICK, REPO, compose, divrun, run_folders, train
 from runner.class_accuracy import ClassAccuracy
 from runner.context import Progress
 from runner.data.imbalance import profile_counts
@@ -317,3 +317,17 @@ def test_two_gloo_processes_weigh_like_one_process_with_the_global_batch(tmp_pat
     logged = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (one, two)]
     ess = [[r["train/weight_ess"] for r in rows if "train/weight_ess" in r] for rows in logged]
     assert ess[0] and ess[1] == pytest.approx(ess[0], rel=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "conf" / "loss").glob("*.yaml")))
+def test_every_loss_gives_per_sample_values_whose_mean_is_its_batch_loss(name):
+    """The weighting point reads loss(logits, y, reduction="none"): one value per sample, averaging to the loss."""
+    from hydra.utils import instantiate
+
+    loss = instantiate(compose(f"loss={name}", "loss.smoothing=0.1").loss)
+    torch.manual_seed(4)
+    logits, labels = torch.randn(6, 5) * 3, torch.tensor([0, 4, 1, 1, 3, 2])
+    for target in (labels, F.softmax(torch.randn(6, 5), -1)):
+        per_sample = loss(logits, target, reduction="none")
+        assert per_sample.shape == (6,)
+        torch.testing.assert_close(per_sample.mean(), loss(logits, target), rtol=1e-5, atol=1e-6)
