@@ -28,7 +28,7 @@ def templates() -> tuple[dict, dict]:
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    import runner.cli  # noqa: F401 - registers the config resolvers
+    import runner.config  # noqa: F401 - registers the config resolvers
 
     with initialize_config_module("runner.conf", version_base="1.3"):
         cfg = compose("config", return_hydra_config=True)

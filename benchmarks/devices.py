@@ -3,7 +3,6 @@ CUDA), same per-device batch, measured through the `divrun` command. The ratio i
 one-process throughput (ideal: N); on the CPU the processes share the same cores, so expect no gain there."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,6 +10,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from runner import run_folder
 
 
 def images_per_second(devices: int, quick: bool) -> float:
@@ -22,8 +23,8 @@ def images_per_second(devices: int, quick: bool) -> float:
     with tempfile.TemporaryDirectory() as cwd:
         subprocess.run([str(Path(sys.executable).with_name("divrun")), *args], cwd=cwd, check=True, capture_output=True,
                        env={**os.environ, "WANDB_MODE": "disabled"})
-        [metrics] = Path(cwd).rglob("metrics.jsonl")
-        rates = [json.loads(line).get("train/img_per_s") for line in metrics.read_text().splitlines()]
+        [summary] = Path(cwd).rglob(run_folder.SUMMARY)
+        rates = [record.get("train/img_per_s") for record in run_folder.read_metrics(summary.parent)]
         rates = [r for r in rates if r is not None][1:]  # the first interval holds start-up (and compilation)
         return sum(rates) / len(rates)
 

@@ -77,7 +77,7 @@ class Run:
     model: torch.nn.Module
     runtime: Runtime
     train_loader: object
-    val_loader: object
+    eval_loaders: dict       # by split name: "val" (the test split), "holdout" with dataset.holdout
     loss_fn: torch.nn.Module
     schedule: object
     lr_factors: list[float]
@@ -105,9 +105,17 @@ class Run:
     def autocast(self):
         return autocast_for(self.runtime.device, self.runtime.autocast_dtype)()
 
+    @property
+    def holdout(self) -> bool:
+        return "holdout" in self.eval_loaders
+
     def evaluate(self, model: torch.nn.Module | None = None, split: str = "val") -> dict:
-        return evaluate(model or self.model, self.val_loader, self.loss_fn, self.autocast, self.runtime.device,
-                        self.cfg.trainer.tta, split, self.class_counts)
+        return evaluate(model or self.model, self.eval_loaders[split], self.loss_fn, self.autocast,
+                        self.runtime.device, self.cfg.trainer.tta, split, self.class_counts)
+
+    def evaluate_splits(self) -> dict:
+        """The model's metrics on every evaluated split: val/*, and holdout/* with dataset.holdout."""
+        return {key: value for split in self.eval_loaders for key, value in self.evaluate(split=split).items()}
 
     @contextlib.contextmanager
     def evaluation_weights(self):
@@ -160,7 +168,7 @@ def build_run(cfg: DictConfig, print: Callable[[str], None] = lambda message: No
     sampler, selection, weighting = instantiate(cfg.sampler), instantiate(cfg.selection), instantiate(cfg.weighting)
     labels = split_labels(splits.train, f"sampler={sampler.name}") if sampler.needs_labels else None
     sampler.setup(len(splits.train), labels, splits.num_classes, epochs)
-    train_loader, val_loader = build_loaders(splits, trainer.batch_size, trainer.eval_batch_size, runtime.device,
+    train_loader, eval_loaders = build_loaders(splits, trainer.batch_size, trainer.eval_batch_size, runtime.device,
                                              cfg.seed, workers, runtime.channels_last, distributed.rank(),
                                              distributed.world_size(), sampler, selection.candidates)
     if hasattr(model, "init_from_data"):  # data-dependent init (airbench's whitening), before the optimizer
@@ -183,7 +191,7 @@ def build_run(cfg: DictConfig, print: Callable[[str], None] = lambda message: No
         data=DataInfo(splits.name, splits.num_classes, splits.in_channels, len(splits.train), train_loader,
                       splits.class_counts),
         dataset=cfg.dataset, criterion=loss_fn, progress=progress, epochs=epochs, steps=steps,
-        evaluate=lambda other: evaluate(other, val_loader, loss_fn, autocast, runtime.device, trainer.tta,
+        evaluate=lambda other: evaluate(other, eval_loaders["val"], loss_fn, autocast, runtime.device, trainer.tta,
                                         class_counts=counts),
         print=print, optimizer_config=cfg.optimizer, capabilities=declared, lr_factors=lr_factors,
         grad_clip=trainer.grad_clip, scaler=runtime.scaler, model_config=cfg.model, drivers=[driver])
@@ -196,5 +204,5 @@ def build_run(cfg: DictConfig, print: Callable[[str], None] = lambda message: No
     guard = SkipNonFinite(context.drivers, runtime.scaler is not None) if trainer.on_nonfinite == "skip" else None
     step = Step(forward, method, context.drivers, autocast, guard, weightings,
                 selection if selection.active else None)
-    return Run(cfg, splits, model, runtime, train_loader, val_loader, loss_fn, schedule, lr_factors, driver, method,
+    return Run(cfg, splits, model, runtime, train_loader, eval_loaders, loss_fn, schedule, lr_factors, driver, method,
                weighting, selection, sampler, step, progress, steps_per_epoch, steps, epochs, counts)

@@ -199,7 +199,9 @@ def _first_line(error: Exception) -> str:
 
 def main() -> None:
     from runner import sweep
+    from runner.launch import die_with_parent
 
+    die_with_parent()  # a job of divrun-table or divrun-tune stops with it
     args = sys.argv[1:]
     resume_args = [a for a in args if a.startswith("resume=")]
     try:

@@ -1,4 +1,9 @@
-"""One job = one run folder: save the resolved config, train (or continue), write summary.json."""
+"""One job = one run folder. In order: the pre-flight (runner/validate.py), the checkpoint read (a resume), the
+run built (runner/build.py) and restored; only then the folder is written (config.yaml, meta.json,
+summary.json "running", the lr schedule), the loop trains, and summary.json records how it ended. Bad input
+found on the way leaves the folder as it was; a bug while building is recorded in the folder with its
+traceback. Under torchrun the launching process saves the config and starts the workers, which do the rest.
+"""
 from __future__ import annotations
 
 import time

@@ -1,4 +1,5 @@
-"""Where metrics go: metrics.jsonl (always), rich progress bars and tables on the console, and wandb.
+"""Where metrics go: metrics.jsonl and grad_norms.csv (always, through runner/run_folder.py `RecordFiles`), rich
+progress bars and tables on the console, and wandb.
 
 Only the process that owns the run folder logs (rank 0 under DDP); `RunLogger(enabled=False)` is silent.
 """
@@ -79,8 +80,8 @@ class RunLogger:
         table = Table(title=f"divrun: {summary.get('name')}", show_header=True)
         table.add_column("metric")
         table.add_column("value", justify="right")
-        for key in ("status", "final_val_acc1", "best_val_acc1", "final_val_loss", "final_train_loss", "steps",
-                    "epochs", "wall_time_s"):
+        for key in ("status", "final_val_acc1", "best_val_acc1", "final_holdout_acc1", "final_val_loss",
+                    "final_train_loss", "steps", "epochs", "wall_time_s"):
             if summary.get(key) is not None:
                 value = summary[key]
                 table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))

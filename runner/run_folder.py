@@ -43,6 +43,7 @@ class Status(str, enum.Enum):
     DIVERGED = "diverged"        # NaN/Inf with trainer.on_nonfinite=stop
     PREEMPTED = "preempted"      # SIGTERM/SIGUSR1: checkpoint saved, requeue it
     INTERRUPTED = "interrupted"  # Ctrl-C
+    PRUNED = "pruned"            # stopped by divrun-tune's median pruner at an evaluation point (after SIGTERM)
 
     @property
     def exit_code(self) -> int | None:
@@ -54,7 +55,7 @@ class Status(str, enum.Enum):
 
 # 75 is EX_TEMPFAIL (sysexits.h, "try again later": SLURM scripts requeue on it); 130 is 128 + SIGINT
 _EXIT_CODES = {Status.RUNNING: None, Status.FINISHED: 0, Status.FAILED: 1, Status.DIVERGED: 3,
-               Status.PREEMPTED: 75, Status.INTERRUPTED: 130}
+               Status.PREEMPTED: 75, Status.INTERRUPTED: 130, Status.PRUNED: 75}
 
 
 def outcome(error: BaseException) -> tuple[Status, int]:

@@ -25,7 +25,7 @@ from runner.errors import ConfigError
 class Schedule:
     def __init__(self, total_steps: int, steps_per_epoch: int = 1,
                  warmup: int | float = 0, floor: float = 0.0,
-                 warmup_start: float = 0.0):
+                 warmup_start: float = 0.0, search_space: dict | None = None):  # divrun-tune's ranges: unused here
         if total_steps <= 0:
             raise ConfigError(f"schedule: the run has {total_steps} steps; set trainer.epochs or trainer.max_steps > 0")
         if not 0.0 <= floor <= 1.0:

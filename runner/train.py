@@ -49,7 +49,8 @@ class Trainer:
     def fit(self, logger: RunLogger) -> dict:
         run, progress, trainer, self.logger = self.run, self.progress, self.cfg.trainer, logger
         world = distributed.world_size()
-        logger.print(f"divrun: {run.splits.name} ({len(run.splits.train)} train / {len(run.splits.val)} val), "
+        held = f" / {len(run.splits.holdout)} holdout" if run.holdout else ""
+        logger.print(f"divrun: {run.splits.name} ({len(run.splits.train)} train{held} / {len(run.splits.val)} val), "
                      f"{sum(p.numel() for p in run.driver.params):,} parameters, {run.total_steps} steps on "
                      f"{run.runtime.device}, batch {trainer.batch_size} per device x {world} processes = "
                      f"{trainer.batch_size * world} global")
@@ -148,10 +149,11 @@ class Trainer:
         epoch, done = self.progress.epoch, self.progress.step >= self.run.total_steps
         if done or epoch % self.cfg.trainer.eval_every == 0:
             with self.run.evaluation_weights():
-                self.last_eval, method_eval = self.run.evaluate(), self.run.method.evaluate()
+                self.last_eval, method_eval = self.run.evaluate_splits(), self.run.method.evaluate()
             self.best_acc1 = max(self.best_acc1, self.last_eval["val/acc1"])
             self.logger.log({"step": self.progress.step, "epoch": epoch, **self.last_eval, **method_eval})
-            info = f"train loss {self.train_loss:.4f}  val acc {self.last_eval['val/acc1']:.4f}"
+            info = f"train loss {self.train_loss:.4f}  val acc {self.last_eval['val/acc1']:.4f}" + \
+                (f"  holdout acc {self.last_eval['holdout/acc1']:.4f}" if self.run.holdout else "")
             self.logger.set_epoch_info(info)
             if not self.logger.progress:
                 self.logger.print(f"epoch {epoch}/{self.run.epochs}  step {self.progress.step}  {info}")
@@ -167,7 +169,9 @@ class Trainer:
                 **{f"final_val_{name}_acc1": last(f"val/{name}_acc1") for name in ("balanced", "many", "medium", "few")
                    if f"val/{name}_acc1" in self.last_eval},
                 "train_label_noise": self.run.splits.label_noise, "steps": self.progress.step,
-                "epochs": self.progress.epoch, "skipped_steps": self.skipped_steps, **self.run.method.summary()}
+                "epochs": self.progress.epoch, "skipped_steps": self.skipped_steps, **self.run.method.summary(),
+                **({"final_holdout_acc1": last("holdout/acc1"), "final_holdout_loss": finite(last("holdout/loss"))}
+                   if self.run.holdout else {})}
 
     # ---- checkpoints ---------------------------------------------------------------------------------
     def checkpoint(self) -> None:

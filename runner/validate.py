@@ -11,7 +11,9 @@ Each rule lives in one place, and this pass runs all of them:
    factory may define `validate_config(cfg) -> list[str]` for rules that read the whole config (a
    distiller's teacher, its loss temperature, the optimizer it can share the step with), and
    `config_warnings(cfg) -> list[str]` for what is allowed but worth a line before the run (a schedule-free
-   optimizer under a decaying lr schedule): `validate` returns those lines, the run prints them.
+   optimizer under a decaying lr schedule): `validate` returns those lines, the run prints them. An
+   option's `search_space` (divrun-tune's ranges, runner/search_space.py) is checked here too: its format
+   and keys.
 3. Every interpolation resolves (a wrapper's base optimizer: runner/config.py).
 4. The light components are built once on placeholders, so the checks in their constructors run here: the
    model on the meta device, the loss, the optimizer on one parameter, the schedule for the run's length
@@ -134,6 +136,9 @@ def _value_problems(cfg: DictConfig) -> Iterable[str]:
         yield from _check_rule(cfg, key, rule)
     for path, node in _target_nodes(cfg):
         yield from _check_target(cfg, path, node)
+    from runner.search_space import problems_of as search_space_problems
+
+    yield from search_space_problems(cfg)
 
 
 def _interpolation_problems(cfg: DictConfig) -> Iterable[str]:

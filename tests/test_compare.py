@@ -273,6 +273,7 @@ def test_a_partial_baseline_pairs_groups_that_share_the_other_keys(tmp_path):
 @pytest.mark.parametrize("options, message", [
     ({"baseline": "optimizer=sdg"}, "--baseline optimizer=sdg matches no group; choose one of: optimizer=sgd; "
                                     "optimizer=adamw"),
+    ({"baseline": "sgd"}, "--baseline sgd: write KEY=VALUE[,KEY=VALUE], e.g. --baseline optimizer=sgd"),
     ({"baseline": "loss=ce"}, "--baseline loss=ce: loss is not a grouping key (optimizer)"),
     ({"metrics": ["final_val_acc"]}, "--metric final_val_acc: the runs have no such measure; did you mean "
                                      "final_val_acc1?"),

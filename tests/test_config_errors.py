@@ -24,10 +24,18 @@ NO_CUDA = not torch.cuda.is_available()
 # (file, first words of the message) -> why no config reaches it
 UNREACHABLE = {
     ("runner/tables/", ""): "divrun-table's recipe errors (tests/test_tables.py), not divrun configs",
+    ("runner/comparison/", ""): "divrun-compare's options (tests/test_compare.py), not divrun configs",
+    ("runner/results.py", ""): "divrun-compare's paths (tests/test_compare.py), not divrun configs",
+    ("runner/sweep.py", "{run_dir} holds a run"): "a resumed sweep's folder (tests/test_compare.py), not one config",
     ("runner/losses/fdiv.py", "loss.generator={generator}: f(1)"): "every named generator has f(1) = 0; it guards "
                                                                     "a new function in generators.py",
     ("runner/data/splits.py", "{needed_by} needs the training labels"): "every dataset of the package exposes its "
                                                                          "labels; it guards a third-party factory",
+    ("runner/data/splits.py", "dataset.holdout={holdout}: a stratified"): "a class with one training sample; the "
+                                                                           "pre-flight's class count check comes first",
+    ("runner/tune/", ""): "divrun-tune's options and folders (tests/test_tune.py), not divrun configs",
+    ("runner/search_space.py", "--space"): "divrun-tune's --space (tests/test_search_space.py), not divrun configs",
+    ("runner/search_space.py", "{where}: the config has no key"): "divrun-tune's --space (tests/test_search_space.py)",
     ("runner/optim/lookahead.py", "optimizer.power > 0 needs"): "divrun's builder always passes total_steps",
     ("runner/optim/lookahead.py", "optimizer.average_buffers=true needs"): "divrun's builder always passes the model",
     ("runner/schedules.py", "schedule: the run has"): "the batch check makes every epoch at least one step",
@@ -127,6 +135,21 @@ CASES = [
     (["dataset=cifar10", "dataset.download=true", "dataset.flip=sometimes"], "dataset.flip=sometimes: choose", None),
     (["dataset=cifar10", "dataset.download=true", "dataset.pad_mode=wrap"], "dataset.pad_mode=wrap: choose", None),
     (["dataset=imagefolder", "dataset.root={tmp}"], "/train is not a folder", None),
+    (["dataset.holdout=2000"], "dataset.holdout=2000: pass a count below the 1437 training samples", None),
+    (["dataset.holdout=5"], "a stratified split of 10 classes needs at least 10 on each side", None),
+    # divrun-tune's ranges in an option (runner/search_space.py), checked for every run
+    (["+optimizer.search_space.momentum={low:0.1,high:1.0,bad:3}"], "optimizer.search_space.momentum: unknown field bad", None),
+    (["+optimizer.search_space.momentum=3"], "optimizer.search_space.momentum: expected {low: ..., high: ...[, log: true]", None),
+    (["+optimizer.search_space.momentum={choices:[0.9],low:0.5}"], "choices cannot be combined with low", None),
+    (["+optimizer.search_space.momentum={choices:[]}"], "choices must be a non-empty list", None),
+    (["+optimizer.search_space.momentum={low:fast,high:1.0}"], "low must be a number", None),
+    (["+optimizer.search_space.momentum={low:0.1,high:1.0,step:0}"], "step must be a positive number", None),
+    (["+optimizer.search_space.momentum={low:0.1,high:1.0,log:sometimes}"], "log must be true or false", None),
+    (["+optimizer.search_space.momentum={low:1.0,high:0.1}"], "reversed bounds (low 1 > high 0.1); swap them", None),
+    (["+optimizer.search_space.momentum={low:0.0,high:1.0,log:true}"], "log: true needs low > 0", None),
+    (["+optimizer.search_space.momentum={low:0.1,high:1.0,log:true,step:0.1}"], "log and step cannot be combined", None),
+    (["optimizer=lion", "optimizer.search_space.betas=[0.9,0.99]"], "a per-element list needs at least one range", None),
+    (["+optimizer.search_space.lrr={low:0.1,high:1.0}"], "optimizer.search_space.lrr: the option has no key lrr", None),
     (["trainer.batch_size=2000"], "trainer.batch_size=2000 exceeds the 1437 training samples of digits", None),
     (["trainer.batch_size=1000", "trainer.devices=2"], "trainer.batch_size=1000 x 2 processes exceeds", None),
     # models

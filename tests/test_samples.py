@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from collections import Counter
 from types import SimpleNamespace
 
 import numpy as np
@@ -217,6 +218,46 @@ def test_imbalanced_digits_keep_the_profile_and_an_untouched_test_split():
     again = digits(imbalance={"ratio": 10, "seed": 1})
     assert torch.equal(again.train.images, cut.train.images)  # the same images for the same seed
     assert not torch.equal(digits(imbalance={"ratio": 10, "seed": 2}).train.images, cut.train.images)
+
+
+def test_the_holdout_is_drawn_stratified_from_the_long_tailed_training_set():
+    from conftest import compose
+    from runner.data.datasets import digits
+    from runner.validate import problems_of
+
+    samples = lambda split: Counter((img.numpy().tobytes(), int(y)) for img, y in zip(split.images, split.labels))  # noqa: E731
+    cut, both = digits(imbalance={"ratio": 10}), digits(imbalance={"ratio": 10}, holdout=0.2)
+    assert samples(both.train) + samples(both.holdout) == samples(cut.train)  # a partition of the long-tailed set
+    tail = torch.bincount(cut.train.labels, minlength=10).double()
+    held = torch.bincount(both.holdout.labels, minlength=10)
+    assert (held - 0.2 * tail).abs().max() <= 1 and held[0] > 5 * held[-1]  # as long-tailed as training
+    assert torch.equal(both.class_counts("test"), torch.bincount(both.train.labels, minlength=10))
+    options = dict(val_fraction=0.2, split_seed=0, limit_train=None, imbalance={"ratio": 10}, holdout=0.2)
+    assert digits.describe(**options).train_size == len(both.train)  # the pre-flight's size: cut, then held out
+    size = sum(profile_counts(139, 10, 10))
+    problems = list(problems_of(compose("dataset.imbalance.ratio=10", f"dataset.holdout={size}")))
+    assert problems and problems[0].startswith(f"dataset.holdout={size}: pass a count below the {size} training")
+
+
+def test_an_image_folder_is_cut_then_held_out_with_the_holdout_read_at_evaluation_transforms(tmp_path):
+    from test_data_models import write_image_tree
+
+    from runner.data.datasets import imagefolder
+
+    def files(split):  # the image files of a (nested) Subset, and the dataset they are read through
+        index, base = list(range(len(split))), split
+        while isinstance(base, torch.utils.data.Subset):
+            index, base = [base.indices[i] for i in index], base.dataset
+        return [base.samples[i][0] for i in index], base
+
+    root = write_image_tree(tmp_path, per_class=8)
+    splits = imagefolder(str(root), image_size=16, imbalance={"ratio": 2}, holdout=6)
+    (trained, train_view), (held, held_view) = files(splits.train), files(splits.holdout)
+    assert splits.imbalance == 2.0 and len(trained) + len(held) == sum(profile_counts(8, 3, 2)) == 17
+    assert not set(trained) & set(held)
+    per_class = Counter(path.split("/")[-2] for path in trained + held)
+    assert sorted(per_class.values(), reverse=True) == profile_counts(8, 3, 2)  # the cut, shared by both
+    assert held_view is not train_view and "RandomResizedCrop" not in repr(held_view.transform)
 
 
 def test_long_tailed_cifar10_at_ratio_100_has_the_exact_counts(shared_cifar):

@@ -122,6 +122,31 @@ def test_best_grid_point_follows_the_metric_direction():
     assert results.best_variant(variants, Metric("m", "m", "d", "k", higher_is_better=False)) == "lr=0.1"
 
 
+def test_a_grid_cell_reports_the_point_best_on_the_holdout_split_not_on_test(tmp_path):
+    raw = minimal(columns={"a": {"grid": {"optimizer.lr": [0.01, 0.1]}}, "b": {}})
+    recipe = recipes.load(write_recipe(tmp_path, raw))
+    runs = recipe.runs(tmp_path / "tables")
+    assert all("dataset.holdout=0.1" in run.overrides for run in runs if run.cell.grid)
+    assert not any("dataset.holdout=0.1" in run.overrides for run in runs if not run.cell.grid)
+    scores = {"lr=0.01": (0.95, 0.80), "lr=0.1": (0.90, 0.85), None: (0.5, 0.5)}  # (test, holdout)
+    for run in runs:
+        run.run_dir.mkdir(parents=True)
+        test, held = scores[run.variant]
+        (run.run_dir / "summary.json").write_text(json.dumps(
+            {"status": "finished", "final_val_acc1": test, "final_holdout_acc1": held}))
+    lines = {line.cell.name: line for line in results.collect(recipe, runs, launch.inspect(runs), smoke=False)}
+    assert lines["r/a"].variant == "lr=0.1" and lines["r/a"].ours.mean == 0.90  # holdout's pick, its test value
+    from runner.tables import render
+
+    render.render(recipe, list(lines.values()), tmp_path / "out", False, recipe.protocol)
+    text = (tmp_path / "out" / "table.md").read_text()
+    assert "the point in [brackets] has the best top-1 on the holdout split (`final_holdout_acc1`" in text
+    assert "holdout final_holdout_acc1" in (tmp_path / "out" / "table.csv").read_text()
+    raw["metrics"] = {"speed": {"label": "img/s", "key": "images_per_s", "definition": "d"}}
+    with pytest.raises(ConfigError, match="has no holdout counterpart to select grid points on"):
+        recipes.load(write_recipe(tmp_path, raw))
+
+
 def write_recipe(tmp_path: Path, raw: dict) -> Path:
     path = tmp_path / "t.yaml"
     path.write_text(yaml.safe_dump(raw))

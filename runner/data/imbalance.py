@@ -1,5 +1,5 @@
-"""Long-tailed training sets (`dataset.imbalance`: ratio, profile, seed) for every in-memory dataset; the
-validation (test) split is never touched.
+"""Long-tailed training sets (`dataset.imbalance`: ratio, profile, seed) for every dataset (cut first, before
+`dataset.holdout`, runner/data/datasets.py's `finish`); the validation (test) split is never touched.
 
 The profile is Cao et al.'s long-tailed CIFAR (NeurIPS 2019, "Learning Imbalanced Datasets with
 Label-Distribution-Aware Margin Loss"; official code kaidic/LDAM-DRW `imbalance_cifar.py`): with n_max the
@@ -18,8 +18,7 @@ the remaining K - K // 2 classes are the tail.
 from __future__ import annotations
 
 import numpy as np
-import torch
-
+from runner.data.splits import split_labels
 from runner.errors import require
 
 PROFILES = ("exponential", "step")
@@ -45,30 +44,29 @@ def profile_counts(n_max: int, num_classes: int, ratio: float, profile: str = "e
 
 
 def long_tailed_size(class_counts: list[int], imbalance: dict | None) -> int:
-    """The training set's size after `imbalance` (what the pre-flight needs without loading the images)."""
+    """The training set's size after `imbalance` (what the pre-flight needs without loading the images; a bad
+    `imbalance`, which imbalance_problems reports, leaves the size as loaded)."""
     settings = imbalance or {}
     ratio = settings.get("ratio", 1.0)
-    if ratio == 1:
+    if imbalance_problems(imbalance) or ratio == 1:
         return sum(class_counts)
     return sum(profile_counts(min(class_counts), len(class_counts), ratio, settings.get("profile", "exponential")))
 
 
-def long_tailed(splits, imbalance: dict | None):
-    """`splits` with its training split cut to the profile (a no-op at ratio 1); records the ratio."""
+def long_tailed_index(train, num_classes: int, imbalance: dict | None) -> np.ndarray | None:
+    """The sorted indices of the training split `train` that the long-tailed cut keeps; None at ratio 1 (all)."""
     require(imbalance_problems(imbalance))
     settings = imbalance or {}
     ratio = settings.get("ratio", 1.0)
     if ratio == 1:
-        return splits
-    labels = splits.train.labels.numpy()
-    present = np.bincount(labels, minlength=splits.num_classes)
-    counts = profile_counts(int(present.min()), splits.num_classes, ratio, settings.get("profile", "exponential"))
+        return None
+    labels = split_labels(train, "dataset.imbalance").numpy()
+    present = np.bincount(labels, minlength=num_classes)
+    counts = profile_counts(int(present.min()), num_classes, ratio, settings.get("profile", "exponential"))
     state = np.random.RandomState(settings.get("seed", 0))
     kept = []
     for cls, count in enumerate(counts):
         members = np.where(labels == cls)[0]
         state.shuffle(members)
         kept.append(members[:count])
-    splits.train = splits.train.subset(torch.from_numpy(np.sort(np.concatenate(kept))))
-    splits.imbalance = float(ratio)
-    return splits
+    return np.sort(np.concatenate(kept))

@@ -169,9 +169,10 @@ class FolderLoader:
 def build_loaders(splits: Splits, batch_size: int, eval_batch_size: int, device: torch.device, seed: int,
                   num_workers: int, channels_last: bool = False, rank: int = 0, world_size: int = 1,
                   sampler=None, candidates: int = 1):
-    """Train loader (the `sampler`'s order, or shuffled; augmented, full batches) and validation loader (in order,
-    every sample), each yielding this rank's shard; `batch_size` is per device. With `candidates` > 1 (hard
-    selection) each training batch holds candidates x batch_size samples drawn from as many passes of the order."""
+    """Train loader (the `sampler`'s order, or shuffled; augmented, full batches) and the evaluation loaders by
+    split name (in order, every sample): "val" (the test split) and "holdout" when the dataset holds one out;
+    each yields this rank's shard; `batch_size` is per device. With `candidates` > 1 (hard selection) each
+    training batch holds candidates x batch_size samples drawn from as many passes of the order."""
     require(batch_problems(batch_size, world_size, len(splits.train), splits.name))
     if candidates > 1:  # `sampler` set up (runner/build.py's; a uniform one draws what sampler=None draws)
         sampler = Passes(sampler, candidates)
@@ -181,13 +182,14 @@ def build_loaders(splits: Splits, batch_size: int, eval_batch_size: int, device:
                       rank=rank, world_size=world_size)
         train = TensorLoader(splits.train, train_batch, augment=splits.augment, shuffle=True, drop_last=True,
                              sampler=sampler, **common)
-        val = TensorLoader(splits.val, eval_batch_size, **common)
+        loader = TensorLoader
     else:
         common = dict(device=device, seed=seed, num_workers=num_workers, channels_last=channels_last,
                       rank=rank, world_size=world_size)
         train = FolderLoader(splits.train, train_batch, shuffle=True, drop_last=True, sampler=sampler, **common)
-        val = FolderLoader(splits.val, eval_batch_size, **common)
-    return train, val
+        loader = FolderLoader
+    evaluated = {"val": splits.val, "holdout": splits.holdout}
+    return train, {name: loader(split, eval_batch_size, **common) for name, split in evaluated.items() if split is not None}
 
 
 def cpu_count() -> int:

@@ -56,7 +56,8 @@ class Loss(nn.Module):
     """Base class: subclasses define `divergence(log_q, log_p)` (per sample) or override `sample_losses`."""
     per_sample = True  # False for a set-level loss whose rows only mean something averaged (SinKD's batch OT)
 
-    def __init__(self, temperature: float = 1.0, smoothing: float = 0.0, z_reg: float = 0.0):
+    def __init__(self, temperature: float = 1.0, smoothing: float = 0.0, z_reg: float = 0.0,
+                 search_space: dict | None = None):  # divrun-tune's ranges (runner/search_space.py): not the loss's
         super().__init__()
         if temperature <= 0:
             raise ConfigError(f"loss.temperature={temperature}: must be > 0 (1 is plain softmax)")

@@ -1,5 +1,11 @@
 """Model factories: each is the `_target_` of a `conf/model/*.yaml` (with `_partial_: true`) and is called
-with `in_channels` and `num_classes`, which come from the dataset, never from the user."""
+with `in_channels` and `num_classes`, which come from the dataset, never from the user.
+
+One module per family: small (digits' CNN and MLP), resnet_cifar (He et al.'s, the CIFAR ResNet-18/34/50,
+the KD zoo's), preact_resnet, wrn, vgg (both layouts), densenet, mobilenet, shufflenet, airbench, tv
+(torchvision's); layers.py holds the shared pooled-classifier shape and blocks. Every model but torchvision's
+exposes `features(x)` (the penultimate vector) and a linear `head`.
+"""
 from __future__ import annotations
 
 import contextlib

@@ -4,6 +4,9 @@
   with zero-padded channels (option A), e.g. resnet20 (n=3, 0.27M parameters), resnet56, resnet110.
 - `resnet_cifar`: the ImageNet ResNet-18/34/50 layout with a 3x3 stem and no max-pool, as used by most
   CIFAR optimizer papers (kuangliu/pytorch-cifar layout; ResNet-18 has 11.2M parameters).
+- `resnet_kd`: the CIFAR KD zoo's (HobbitLong/RepDistiller `models/`): resnet8x4, resnet32x4, resnet20/32/56/110.
+  Unlike He et al.'s option-A nets their downsampling shortcuts are 1x1 conv + BN, and the x4 nets have a
+  32-channel stem before stages of 64/128/256 (hence the `kd_` prefix of their configs).
 Every model exposes `features(x)` (the penultimate vector) and `head` (the classifier).
 """
 from __future__ import annotations
@@ -13,6 +16,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from runner.errors import ConfigError
+from runner.models.layers import init_like_reference
 
 
 class PadShortcut(nn.Module):
@@ -88,15 +92,7 @@ class ResNet(nn.Module):
                 in_planes = width * block.expansion
         self.stages = nn.Sequential(*stages)
         self.head = nn.Linear(in_planes, num_classes)
-        self._init_weights()
-
-    def _init_weights(self):
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_like_reference(self, linear_std=None)  # torch's default init for the head
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(F.adaptive_avg_pool2d(self.stages(self.stem(x)), 1), 1)
@@ -122,3 +118,13 @@ def resnet_cifar(in_channels: int, num_classes: int, depth: int = 18) -> ResNet:
         raise ConfigError(f"model.depth={depth}: choose one of {sorted(CIFAR_LAYOUTS)}")
     block, layout = CIFAR_LAYOUTS[depth]
     return ResNet(block, layout, [64, 128, 256, 512], in_channels, num_classes)
+
+
+def resnet_kd(in_channels: int, num_classes: int, depth: int = 20, stem_width: int = 16,
+              widths: tuple[int, ...] = (16, 32, 64)) -> ResNet:
+    """RepDistiller's `resnet<depth>` (stem 16, stages 16/32/64) and `resnet<depth>x4` (stem 32, 64/128/256)."""
+    if (depth - 2) % 6:
+        raise ConfigError(f"model.depth={depth}: these CIFAR ResNets have depth 6n+2 (8, 20, 32, 56, 110)")
+    n = (depth - 2) // 6
+    return ResNet(BasicBlock, [n] * 3, list(widths), in_channels, num_classes, shortcut="conv",
+                  stem_width=stem_width)

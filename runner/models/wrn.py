@@ -1,4 +1,5 @@
-"""Wide residual networks (Zagoruyko and Komodakis, 2016): pre-activation blocks, depth 6n+4, width k."""
+"""Wide residual networks (Zagoruyko and Komodakis, 2016): pre-activation blocks, depth 6n+4, width k; also the
+CIFAR KD zoo's wrn_16_2, wrn_40_1 and wrn_40_2 (RepDistiller's layouts and parameter counts)."""
 from __future__ import annotations
 
 import torch

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import queue
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from runner.launch import command as divrun_command, last_error_line, parallel_slots, run as run_divrun
 from runner.run_folder import Status, read_summary
 from runner.tables import overrides as ov
 from runner.tables.recipe import Run
@@ -44,12 +43,6 @@ def read_status(run_dir: Path) -> tuple[str, str]:
     return summary.get("status", Status.FAILED), summary.get("error", "")
 
 
-def last_error_line(log: Path) -> str:
-    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    errors = [line for line in lines if "error" in line.lower()]
-    return (errors or lines or ["no output"])[-1].strip()[:300]
-
-
 def inspect(runs: list[Run]) -> dict[Path, Outcome]:
     """Each run's outcome as the folders and this checkout stand: done, failed, unavailable, or not run."""
     outcomes = {}
@@ -64,22 +57,13 @@ def inspect(runs: list[Run]) -> dict[Path, Outcome]:
 
 
 def command(run: Run) -> list[str]:
-    return [sys.executable, "-m", "runner.cli", *run.overrides, f"hydra.run.dir={ov.quote(str(run.run_dir))}",
-            "logger.progress=false"]
+    return divrun_command(run.overrides, run.run_dir)
 
 
-def launch(run: Run, device: str | None) -> Outcome:
-    run.run_dir.mkdir(parents=True, exist_ok=True)
+def launch(run: Run, slot: dict[str, str]) -> Outcome:
+    (run.run_dir / LOG_FILE).unlink(missing_ok=True)  # one attempt's output per log
     env = {"WANDB_RUN_GROUP": run.group, **os.environ}  # wandb groups a table's runs (unless a group is set)
-    if device is not None:
-        env["CUDA_VISIBLE_DEVICES"] = device
-    with open(run.run_dir / LOG_FILE, "w") as log:
-        log.write("$ " + " ".join(command(run)) + "\n")
-        log.flush()
-        subprocess.run(command(run), stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
-    status, detail = read_status(run.run_dir)
-    if status == Status.RUNNING:  # killed before it could write its final status
-        status, detail = Status.FAILED, last_error_line(run.run_dir / LOG_FILE)
+    status, detail = run_divrun(run.overrides, run.run_dir, slot, LOG_FILE, env=env)
     return Outcome(run, status, detail)
 
 
@@ -89,7 +73,7 @@ def run_all(runs: list[Run], jobs: int = 1, devices: list[str] | None = None,
     console = console or Console(stderr=True)
     outcomes = inspect(runs)  # composes configs: done here, once, not in the worker threads
     slots: queue.Queue = queue.Queue()
-    for slot in (devices or [None] * jobs):
+    for slot in parallel_slots(jobs, devices):
         slots.put(slot)
     total, counter = len(runs), iter(range(1, len(runs) + 1))
 
@@ -109,7 +93,7 @@ def run_all(runs: list[Run], jobs: int = 1, devices: list[str] | None = None,
         report(console, next(counter), total, outcome)
         return outcome
 
-    with ThreadPoolExecutor(max_workers=len(devices) if devices else max(1, jobs)) as pool:
+    with ThreadPoolExecutor(max_workers=slots.qsize()) as pool:
         for _, stage in groupby(runs, key=lambda r: r.stage):
             for outcome in pool.map(one, list(stage)):
                 outcomes[outcome.run.run_dir] = outcome

@@ -4,12 +4,17 @@ A cell is a (row, column) pair named `row/column`; its overrides are the protoco
 and the cell's own, merged in that order (a later value of a key wins). A `grid` (on a row, column or cell)
 turns a cell into several variants of which the table reports the best, as papers that print "the best of
 a learning-rate sweep" do. A cell whose overrides name `${cell:other}` runs after `other`, in a later stage.
+
+A grid point is selected on held-out training data, never on the test split: the runs of a grid cell hold
+out `holdout` of the training set (the recipe's key, default 0.1: `dataset.holdout`) and the table reports
+the point with the best first metric measured there (its holdout counterpart: final_val_acc1 ->
+final_holdout_acc1, val/nll -> holdout/nll), with that point's test numbers.
 """
 from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -19,6 +24,7 @@ from runner.errors import ConfigError
 from runner.tables import overrides as ov
 
 NAME = re.compile(r"^[a-z0-9_]+$")
+DEFAULT_HOLDOUT = 0.1  # the share of the training set a grid cell's runs hold out to select their point on
 SOURCES = {"paper", "repository", "check"}  # how sure a printed number is
 SCALES = ("full", "smoke")
 
@@ -91,10 +97,21 @@ class Recipe:
     smoke: dict
     notes: str = ""
     gpu_hours: float | None = None
+    holdout: float | int = DEFAULT_HOLDOUT
 
     @property
     def primary(self) -> Metric:
         return next(iter(self.metrics.values()))
+
+    @property
+    def selection(self) -> Metric | None:
+        """The primary metric measured on the holdout split: what a grid cell's point is chosen by."""
+        key = holdout_key(self.primary.key)
+        return None if key is None else replace(self.primary, key=key)
+
+    @property
+    def has_grid(self) -> bool:
+        return any(cell.grid for cell in self.cells.values())
 
     def table_dir(self, out_root: Path, scale: str) -> Path:
         return Path(out_root) / self.name / ("smoke" if scale == "smoke" else "")
@@ -129,8 +146,9 @@ class Recipe:
         for name in sorted(self.cells, key=lambda n: stages[n]):
             cell = self.cells[name]
             budget = self.smoke_overrides(name) if scale == "smoke" else []
+            held = [f"dataset.holdout={self.holdout}"] if cell.grid else []  # select the point on held-out data
             for (variant, point), seed in itertools.product(cell.variants(), range(seeds)):
-                merged = ov.merge(cell.overrides, point, budget, list(extra), [f"seed={seed}"])
+                merged = ov.merge(held, cell.overrides, point, budget, list(extra), [f"seed={seed}"])
                 filled = [ov.fill(o, Path(data_root), lambda c, s=seed: table_dir / c / f"seed{s}") for o in merged]
                 run_dir = table_dir / name / (variant or "") / f"seed{seed}"
                 group = self.name + ("-smoke" if scale == "smoke" else "")
@@ -227,6 +245,18 @@ def parse(path: Path, raw: dict) -> Recipe:
     recipe = Recipe(name=path.stem, path=path, title=raw["title"], citation=raw["citation"],
                     caption=raw.get("caption", ""), source=raw.get("source", ""), seeds=int(raw["seeds"]),
                     protocol=list(raw["protocol"]), metrics=metrics, cells=cells, smoke=raw["smoke"] or {},
-                    notes=raw.get("notes", ""), gpu_hours=raw.get("gpu_hours"))
+                    notes=raw.get("notes", ""), gpu_hours=raw.get("gpu_hours"),
+                    holdout=raw.get("holdout", DEFAULT_HOLDOUT))
     recipe.stages()  # rejects dependency loops now, not halfway through a table
+    if recipe.has_grid and recipe.selection is None:
+        fail(f"the first metric ({recipe.primary.key}) has no holdout counterpart to select grid points on; "
+             f"put a val metric (final_val_acc1, final_val_loss or val/...) first")
     return recipe
+
+
+def holdout_key(key: str) -> str | None:
+    """A test-split metric key's counterpart on the holdout split (None when the runs record none)."""
+    for test, held in (("final_val_acc1", "final_holdout_acc1"), ("final_val_loss", "final_holdout_loss")):
+        if key == test:
+            return held
+    return "holdout/" + key.removeprefix("val/") if key.startswith("val/") else None

@@ -24,6 +24,12 @@ def fmt(value: float | None, std: float | None = None, sign: str = "") -> str:
     return f"{value:{sign}.2f}" + (f" +- {std:.2f}" if std is not None else "")
 
 
+def selection_note(recipe: Recipe) -> str:
+    return (f"Grid cells: the point in [brackets] has the best {recipe.primary.label} on the holdout split "
+            f"(`{recipe.selection.key}`: dataset.holdout={recipe.holdout} of the training set, stratified, fixed by "
+            f"the dataset's split seed), never on the test split; its numbers are that point's test values.")
+
+
 def paper_text(line: Line) -> str:
     return fmt(line.paper.mean, line.paper.std) + ("" if line.paper.source == "paper" else f" ({line.paper.source})") \
         if line.paper else "-"
@@ -56,6 +62,8 @@ def markdown(recipe: Recipe, lines: list[Line], smoke: bool, protocol: list[str]
     out += ["| " + " | ".join(c.replace("|", "/") for c in cells_of(line, smoke)) + " |" for line in lines]
     out += ["", "## Metrics", ""]
     out += [f"- **{m.label}** (`{m.key}`): {m.definition}" for m in recipe.metrics.values()]
+    if recipe.has_grid:
+        out += ["", selection_note(recipe)]
     if not smoke:
         sources = sorted({line.paper.source for line in lines if line.paper})
         out += ["", "Paper numbers: " + "; ".join(f"{s}: {SOURCE_NOTE[s]}" for s in sources) + "." if sources else "",
@@ -93,14 +101,15 @@ def write_csv(path: Path, recipe: Recipe, lines: list[Line], smoke: bool) -> Non
         writer = csv.writer(handle)
         writer.writerow(["table", "scale", "cell", "row", "column", "metric", "paper_mean", "paper_std",
                          "paper_source", "ours_mean", "ours_std", "ours_ci_low", "ours_ci_high", "n", "diff", "verdict",
-                         "variant", "runs"])
+                         "variant", "selected_by", "runs"])
         for line in lines:
             paper, ours = (line.paper, line.ours) if not smoke else (None, line.ours)
             writer.writerow([recipe.name, "smoke" if smoke else "full", line.cell.name, line.cell.row, line.cell.column,
                              line.metric.name, paper and paper.mean, paper and paper.std, paper and paper.source,
                              ours and ours.mean, ours and ours.std, ours and ours.ci_low, ours and ours.ci_high,
                              ours.n if ours else 0,
-                             None if smoke else line.diff, line.verdict, line.variant or "", line.runs])
+                             None if smoke else line.diff, line.verdict, line.variant or "",
+                             f"holdout {recipe.selection.key}" if line.cell.grid else "", line.runs])
 
 
 def plot(path: Path, recipe: Recipe, lines: list[Line], smoke: bool) -> None:
@@ -134,7 +143,8 @@ def plot(path: Path, recipe: Recipe, lines: list[Line], smoke: bool) -> None:
 
 
 def console_table(recipe: Recipe, lines: list[Line], smoke: bool) -> Table:
-    table = Table(title=recipe.title + (" [SMOKE: not compared with the paper]" if smoke else ""))
+    table = Table(title=recipe.title + (" [SMOKE: not compared with the paper]" if smoke else ""),
+                  caption=selection_note(recipe) if recipe.has_grid else None)
     for column in columns(smoke):
         table.add_column(column, overflow="fold")
     for line in lines:

@@ -3,7 +3,8 @@ interval), next to the paper's number.
 
 Verdict: "reproduced" when the paper's mean lies in our 95% confidence interval widened by the paper's
 reported std, else the gap (ours - paper) with its interval. One seed has no interval: the verdict says so.
-A smoke run is never compared. A metric the runs do not record is "not measured"; a cell without finished
+A smoke run is never compared. A grid cell reports the point selected on the holdout split (recipe.py). A metric
+the runs do not record is "not measured"; a cell without finished
 runs shows why (failed, diverged, unavailable in this checkout, blocked, not run).
 """
 from __future__ import annotations
@@ -81,7 +82,7 @@ def collect(recipe: Recipe, runs: list[Run], outcomes: dict[Path, Outcome], smok
                                for m, metric in recipe.metrics.items()}
                      for variant, vruns in variants.items()}
               for name, variants in by_cell.items()}
-    best = {name: best_variant(variants, recipe.primary) for name, variants in values.items()}
+    best = {name: selected_variant(recipe, by_cell[name], outcomes) for name in values}
     lines = []
     for name, cell in recipe.cells.items():
         cell_outcomes = [outcomes[r.run_dir] for vruns in by_cell[name].values() for r in vruns]
@@ -95,6 +96,16 @@ def collect(recipe: Recipe, runs: list[Run], outcomes: dict[Path, Outcome], smok
                 text = "not measured"
             lines.append(Line(cell, metric, paper, ours, describe(cell_outcomes), best[name], text))
     return lines
+
+
+def selected_variant(recipe: Recipe, variants: dict[str | None, list[Run]], outcomes: dict[Path, Outcome]) -> str | None:
+    """A grid cell's reported point: the best primary metric on the holdout split (never the test split)."""
+    if len(variants) == 1:
+        return next(iter(variants))
+    held = {variant: {recipe.primary.name: [v for r in runs if outcomes[r.run_dir].status == "finished"
+                                            and (v := raw_value(r.run_dir, recipe.selection)) is not None]}
+            for variant, runs in variants.items()}
+    return best_variant(held, recipe.primary)
 
 
 def best_variant(variants: dict[str | None, dict[str, list[float]]], primary: Metric) -> str | None:
