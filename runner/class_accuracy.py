@@ -31,19 +31,20 @@ class ClassAccuracy:
         self.counts[0].index_add_(0, labels, correct.float())
         self.counts[1].index_add_(0, labels, torch.ones_like(labels, dtype=self.counts.dtype))
 
-    def metrics(self, split: str, train_counts: torch.Tensor | None = None) -> dict:
-        """The balanced accuracy, and with the training class counts the per-class and shot-group accuracies."""
+    def metrics(self, train_counts: torch.Tensor | None = None) -> dict:
+        """The balanced accuracy, and with the training class counts the per-class and shot-group accuracies
+        (unprefixed: the evaluation names them `<split>/...`)."""
         correct, samples = distributed.all_reduce_sum(self.counts).cpu().double()
         present = samples > 0
         accuracy = correct / samples.clamp_min(1)
-        result = {f"{split}/balanced_acc1": accuracy[present].mean().item()}
+        result = {"balanced_acc1": accuracy[present].mean().item()}
         if train_counts is None:
             return result
-        result |= {f"{split}/class_acc1/{k}": accuracy[k].item() for k in range(len(accuracy)) if present[k]}
+        result |= {f"class_acc1/{k}": accuracy[k].item() for k in range(len(accuracy)) if present[k]}
         train_counts = train_counts.cpu()
         groups = {"many": train_counts > MANY_SHOT, "few": train_counts < FEW_SHOT}
         groups["medium"] = ~(groups["many"] | groups["few"])
         for name, members in groups.items():
             if (members & present).any():
-                result[f"{split}/{name}_acc1"] = accuracy[members & present].mean().item()
+                result[f"{name}_acc1"] = accuracy[members & present].mean().item()
         return result

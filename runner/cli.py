@@ -88,6 +88,23 @@ def resume(run_dir: str, overrides: list[str]) -> None:
     run_job(cfg, Path(run_dir), resolved=not overrides, resume=True)
 
 
+def with_calibration_holdout(args: list[str]) -> list[str]:
+    """`eval.calibrate` fits its temperature on the holdout split: a command that names no `dataset.holdout`
+    holds DEFAULT_HOLDOUT of the training set out (said on stderr; an explicit dataset.holdout=null is refused
+    by the pre-flight), so `divrun eval.calibrate=temperature` runs as typed, as divrun-tune does."""
+    from runner.calibration import CALIBRATION_OBJECTIVES
+    from runner.tune.spec import DEFAULT_HOLDOUT
+
+    values = {key.lstrip("+~"): value for key, _, value in (a.partition("=") for a in args if not a.startswith("-"))}
+    calibrated = set(values.get("eval.calibrate", "").split(",")) & set(CALIBRATION_OBJECTIVES)  # a sweep's too
+    if not calibrated or "dataset.holdout" in values:
+        return args
+    print(f"divrun: eval.calibrate fits the temperature on the holdout split: {DEFAULT_HOLDOUT:.0%} of the "
+          f"training set is held out (dataset.holdout={DEFAULT_HOLDOUT}; pass dataset.holdout=N to change it)",
+          file=sys.stderr)
+    return [*args, f"dataset.holdout={DEFAULT_HOLDOUT}"]
+
+
 # ---- validation of the whole command before Hydra runs ----------------------------------------------
 def jobs_of(args: list[str]) -> list[list[str]] | None:
     """The overrides of every job the command runs; None when other Hydra flags (--cfg, --help, -cn, ...)
@@ -211,6 +228,7 @@ def main() -> None:
                 resume(folder, others)
                 return
             args = sys.argv[1:] = sweep.command_of(folder) + others  # a sweep folder: its command, resumed
+        args = sys.argv[1:] = with_calibration_holdout(args)
         check_command(args)
     except BaseException as error:  # noqa: BLE001 - report() exits with the right code or re-raises
         report(error)

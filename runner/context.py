@@ -41,6 +41,7 @@ class Progress:
     """Where the run is: the loop advances it, methods read it."""
     step: int = 0
     epoch: int = 0
+    samples: int = 0  # trained on so far, over all ranks (batch=adaptive's schedules follow it)
 
 
 @dataclass(frozen=True)

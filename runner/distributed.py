@@ -183,6 +183,19 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def average_gradients(params: list[torch.Tensor]) -> None:
+    """Average the parameters' gradients over the ranks in one all-reduce (what DDP does on a synced backward;
+    for steps whose backward passes all ran inside no_sync)."""
+    if world_size() == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch._utils._flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    flat /= world_size()
+    for grad, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+        grad.copy_(synced)
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over ranks in place (a no-op on one process)."""
     if world_size() > 1:
@@ -219,3 +232,17 @@ def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     if world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor
+
+
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows (shards may differ in length by a sample), concatenated in rank order on every rank."""
+    if world_size() == 1:
+        return tensor
+    sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(world_size())]
+    dist.all_gather(sizes, torch.tensor([len(tensor)], device=tensor.device))
+    longest = max(int(s.item()) for s in sizes)
+    padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    padded[:len(tensor)] = tensor
+    pieces = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(pieces, padded)
+    return torch.cat([piece[:int(size.item())] for piece, size in zip(pieces, sizes)])

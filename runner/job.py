@@ -17,6 +17,7 @@ from runner.checkpoint import Checkpointer
 from runner.curves import write_run_curves
 from runner.errors import ConfigError, require
 from runner.logger import RunLogger, console
+from runner.optim.scaling import apply_lr_scaling
 from runner.preemption import PreemptionWatch
 from runner.run_folder import Status
 from runner.validate import validate
@@ -38,9 +39,10 @@ def run_job(cfg: DictConfig, run_dir: Path, name: str | None = None, group: str 
     require(overwrite_problems(run_dir, resume))
     if distributed.should_launch(cfg.trainer):  # the torchrun workers build the run and read the checkpoint
         run_dir.mkdir(parents=True, exist_ok=True)
-        return launch_workers(cfg if resolved else run_folder.save_config(cfg, run_dir), run_dir, name, group)
+        return launch_workers(cfg if resolved else run_folder.save_config(apply_lr_scaling(cfg), run_dir), run_dir,
+                              name, group)
     payload = checkpointer.load() if resume else None
-    cfg = cfg if resolved else run_folder.resolved_config(cfg)
+    cfg = cfg if resolved else run_folder.resolved_config(apply_lr_scaling(cfg))
     name, group = run_name(run_dir, name, group)
     summary = {"name": name, "group": group, "status": Status.RUNNING, "run_dir": str(run_dir),
                **env.provenance(str(env.resolve_device(cfg.trainer.device)), distributed.world_size())}
@@ -65,6 +67,7 @@ def run_job(cfg: DictConfig, run_dir: Path, name: str | None = None, group: str 
             if payload:
                 logger.print(f"divrun: resuming {run_dir} at step {trainer.progress.step} (epoch {trainer.progress.epoch})")
             summary |= trainer.fit(logger)
+            folder.figures(trainer)
             summary["status"] = Status.FINISHED
         except BaseException as error:
             summary |= trainer.results() | outcome(error)
@@ -97,8 +100,19 @@ class RunFolderWriter:
         run_folder.write_meta(self.run_dir, name=self.summary["name"], group=self.summary["group"])
         run_folder.write_summary(self.run_dir, self.summary)
         if run is not None:
-            run_folder.write_lr_schedule(self.run_dir, run.lr_factors, run.driver.base_lrs[0], run.steps_per_epoch,
-                                         type(run.schedule).__name__)
+            factors, positions, unit, per_epoch = run.schedule_points()
+            run_folder.write_lr_schedule(self.run_dir, factors, run.driver.base_lrs[0], per_epoch,
+                                         type(run.schedule).__name__, positions, unit)
+
+    def figures(self, trainer) -> None:
+        """The finished run's reliability.png (eval.reliability) and curvature.png (trainer.curvature)."""
+        if not self.main:
+            return
+        if self.cfg.eval.reliability and trainer.reliability:
+            run_folder.write_reliability(self.run_dir, trainer.reliability, f"{self.summary['name']}: "
+                                         f"epoch {trainer.progress.epoch}, step {trainer.progress.step}")
+        if self.cfg.trainer.curvature.every:
+            run_folder.write_curvature(self.run_dir)
 
     def finish(self, outcome_fields: dict | None = None, logger: RunLogger | None = None) -> None:
         summary = self.summary

@@ -47,6 +47,10 @@ class RunLogger:
         if self.enabled:
             self.files.write_grad_norms(first_step, rows)
 
+    def log_sample_losses(self, step: int, samples: list[int], losses: list[float]) -> None:
+        if self.enabled:
+            self.files.write_sample_losses(step, samples, losses)
+
     def print(self, message: str) -> None:
         if self.enabled:
             (self.progress.console if self.progress else console).print(message)

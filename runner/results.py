@@ -77,7 +77,7 @@ def find_runs(paths: Paths) -> list[Path]:
         if root not in searched and not any(str(parent) in searched for parent in Path(root).parents):
             searched.add(root)
             _search(root, found)
-    return sorted(map(Path, found), key=natural_key)
+    return sorted(map(Path, found), key=lambda path: (natural_key(path), str(path)))  # ties: not set order
 
 
 def _search(folder: str, found: set) -> None:

@@ -8,6 +8,9 @@ ends with (each with the exit code `divrun` returns for it).
     lr_schedule.csv, .png      the lr of every update and its plot
     curves.png                 train loss, val accuracy and loss, lr against steps (when the run ends)
     meta.json                  the run's name, group and wandb id
+    reliability.png            the last evaluation's reliability diagram (eval.reliability), calibrated beside it
+    curvature.png              hessian/* against 2/lr over the steps (trainer.curvature)
+    sample_losses.csv          step, then one column per tracked training sample (trainer.curvature.track)
     checkpoints/               step_<step>.pt files and last.pt (their format: runner/checkpoint.py)
 
 Everything here is plain Python and OmegaConf (no torch), so `divrun` reads folders quickly and other tools
@@ -31,6 +34,7 @@ SCHEDULE_CSV, SCHEDULE_PNG = "lr_schedule.csv", "lr_schedule.png"
 CURVES = "curves.png"  # drawn by runner/curves.py when the run ends
 CHECKPOINTS, LAST_CHECKPOINT = "checkpoints", "last.pt"
 GRAD_NORMS_HEADER = "step,l2,l1\n"
+RELIABILITY_PNG, CURVATURE_PNG, SAMPLE_LOSSES = "reliability.png", "curvature.png", "sample_losses.csv"
 # config keys that hold paths: stored absolute, so a folder works from anywhere (resume, teacher, source)
 PATH_KEYS = {"root", "path", "source", "teacher", "checkpoint"}
 
@@ -160,11 +164,13 @@ class RecordFiles:
             _truncate_after(metrics, resume_step, lambda line: json.loads(line)["step"])
             # row t is update t: kept when t < step
             _truncate_after(norms, resume_step, lambda line: int(line.split(",")[0]) + 1)
+            _truncate_after(Path(run_dir) / SAMPLE_LOSSES, resume_step, lambda line: int(line.split(",")[0]))
         self.metrics = open(metrics, "a", buffering=1)
         new_norms = not norms.exists()
         self.norms = open(norms, "a", buffering=1)
         if new_norms:
             self.norms.write(GRAD_NORMS_HEADER)
+        self.run_dir, self.sample_losses = Path(run_dir), None
 
     def write_record(self, record: dict) -> None:
         self.metrics.write(json.dumps(record) + "\n")
@@ -172,34 +178,65 @@ class RecordFiles:
     def write_grad_norms(self, first_step: int, rows: list[tuple[float, float]]) -> None:
         self.norms.write("".join(f"{first_step + i},{l2:.6g},{l1:.6g}\n" for i, (l2, l1) in enumerate(rows)))
 
+    def write_sample_losses(self, step: int, samples: list[int], losses: list[float]) -> None:
+        """One row of sample_losses.csv: the step, then each tracked sample's loss (its header names the
+        samples by their position in the training split)."""
+        if self.sample_losses is None:
+            path = self.run_dir / SAMPLE_LOSSES
+            new = not path.exists()
+            self.sample_losses = open(path, "a", buffering=1)
+            if new:
+                self.sample_losses.write("step," + ",".join(f"sample_{i}" for i in samples) + "\n")
+        self.sample_losses.write(f"{step}," + ",".join(f"{loss:.6g}" for loss in losses) + "\n")
+
     def close(self) -> None:
         self.metrics.close()
         self.norms.close()
+        if self.sample_losses is not None:
+            self.sample_losses.close()
 
 
 # ---- lr_schedule.csv and .png ----------------------------------------------------------------------------
-def write_lr_schedule(run_dir: Path, factors, base_lr: float, steps_per_epoch: int, title: str) -> None:
-    """Every update's factor and group-0 lr (lr_schedule.csv) and a plot of it (lr_schedule.png)."""
+def write_lr_schedule(run_dir: Path, factors, base_lr: float, steps_per_epoch: int, title: str,
+                      positions=None, unit: str = "step") -> None:
+    """Every update's factor and group-0 lr (lr_schedule.csv) and a plot of it (lr_schedule.png); a schedule
+    indexed by samples seen (batch=adaptive) gives its `positions` with unit "samples" (then per epoch)."""
     import numpy as np
 
     factors = np.asarray(factors)
-    rows = "".join(f"{t},{f:.10g},{base_lr * f:.10g}\n" for t, f in enumerate(factors))
-    (Path(run_dir) / SCHEDULE_CSV).write_text("step,factor,lr\n" + rows)
-    _plot_lr_schedule(Path(run_dir) / SCHEDULE_PNG, base_lr * factors, steps_per_epoch, title)
+    positions = np.arange(len(factors)) if positions is None else np.asarray(positions)
+    rows = "".join(f"{t},{f:.10g},{base_lr * f:.10g}\n" for t, f in zip(positions, factors))
+    (Path(run_dir) / SCHEDULE_CSV).write_text(f"{unit},factor,lr\n" + rows)
+    _plot_lr_schedule(Path(run_dir) / SCHEDULE_PNG, positions, base_lr * factors, steps_per_epoch, title, unit)
 
 
-def _plot_lr_schedule(path: Path, lrs, steps_per_epoch: int, title: str) -> None:
-    import numpy as np
+def _plot_lr_schedule(path: Path, positions, lrs, steps_per_epoch: int, title: str, unit: str) -> None:
     from matplotlib.figure import Figure  # the Agg canvas, without pyplot's global state: no display needed
 
     fig = Figure(figsize=(6, 3.4), dpi=110)
     fig.subplots_adjust(left=0.13, right=0.97, bottom=0.15, top=0.78)  # fixed margins: tight_layout costs more
     ax = fig.add_subplot()
-    ax.plot(np.arange(len(lrs)), lrs, linewidth=1.2)
-    ax.set(xlabel="optimizer step", ylabel="lr (param group 0)",
-           xlim=(0, max(1, len(lrs) - 1)), ylim=(0, 1.05 * max(lrs.max(), 1e-12)))
-    ax.set_title(f"{title}: {len(lrs)} steps", y=1.16)  # placed above the epoch axis: no layout pass to find it
+    ax.plot(positions, lrs, linewidth=1.2)
+    ax.set(xlabel="optimizer step" if unit == "step" else f"{unit} seen", ylabel="lr (param group 0)",
+           xlim=(0, max(1, positions[-1])), ylim=(0, 1.05 * max(lrs.max(), 1e-12)))
+    span = f"{len(lrs)} steps" if unit == "step" else f"{positions[-1] + 1:.0f} {unit}"
+    ax.set_title(f"{title}: {span}", y=1.16)  # placed above the epoch axis: no layout pass to find it
     ax.grid(alpha=0.3)
     epochs = ax.secondary_xaxis("top", functions=(lambda s: s / steps_per_epoch, lambda e: e * steps_per_epoch))
     epochs.set_xlabel("epoch")
     fig.savefig(path, pil_kwargs={"compress_level": 1})  # zlib level 1: a few KB larger, several ms faster
+
+
+# ---- the evaluation's and the curvature's figures -------------------------------------------------------
+def write_reliability(run_dir: Path, panels: dict, title: str) -> None:
+    """reliability.png from the last evaluation's bins (runner/calibration.py)."""
+    from runner.calibration import reliability_diagram
+
+    reliability_diagram(Path(run_dir) / RELIABILITY_PNG, panels, title)
+
+
+def write_curvature(run_dir: Path) -> bool:
+    """curvature.png from metrics.jsonl's hessian records (runner/curvature.py); False when it holds none."""
+    from runner.curvature import plot_curvature
+
+    return plot_curvature(read_metrics(run_dir), Path(run_dir) / CURVATURE_PNG)

@@ -3,7 +3,8 @@ before the forward pass that carries gradients.
 
 `selection=hard` scores `candidates` x batch samples without gradients and trains on the highest-loss part:
 
-    l_i = loss(model(x_i), y_i)  for the C x B candidates (eval mode, torch.inference_mode, the run's autocast),
+    l_i = loss(model(x_i), y_i)  for the C x B candidates (eval mode, torch.inference_mode, the run's autocast;
+                                 y_i a mixup/cutmix mix of labels where the loaders mix),
     S   = the k = round(fraction x C x B) candidates of largest l_i  (fraction default 1 / C: k = B),
 
 then the ordinary step on S. Its idea is that of Sahayam, Zakkam & Jayaraman, "Can we learn better with hard
@@ -17,7 +18,9 @@ weights right before the step, and the candidate batches come from `candidates` 
 as many optimizer steps as with `selection=none`). The scoring pass runs the unwrapped model in eval mode
 (BatchNorm's running statistics, no dropout, nothing updated), so selecting never changes the model. Cost per
 step: one inference forward of C x B on top of the ordinary step (`python -m benchmarks samples`). Under DDP
-each rank keeps the hardest k of its own candidates.
+each rank keeps the hardest k of its own candidates. With trainer.accumulate the candidates are scored in as many
+chunks as the step has micro-batches, and the kept batch is split into them. `batch=adaptive` is refused: its
+sample budget counts drawn samples, of which selection trains on a part.
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ class Selection:
         """How many of `drawn` samples a step trains on."""
         return drawn
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor):
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, chunks: int = 1):
         return images, labels, indices
 
 
@@ -48,7 +51,11 @@ class HardSelection(Selection):
 
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> list[str]:
-        return per_sample_problems(cfg, "selection=hard", False, "pass selection=none")
+        problems = per_sample_problems(cfg, "selection=hard", False, "pass selection=none")
+        if cfg.get("batch") and cfg.batch.get("_target_", "").endswith("AdaptiveBatch"):
+            problems.append("selection=hard with batch=adaptive: the adaptive batch's budget counts the samples drawn, "
+                            "of which selection trains on a part; pass batch=fixed or selection=none")
+        return problems
 
     def __init__(self, candidates: int = 4, fraction: float | None = None):
         if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
@@ -63,17 +70,19 @@ class HardSelection(Selection):
         fraction = 1 / self.candidates if self.fraction is None else self.fraction
         return max(1, round(fraction * drawn))
 
-    def scores(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Each candidate's loss at the current weights, without gradients and without touching the model."""
-        model = self.context.model
+    def scores(self, images: torch.Tensor, labels: torch.Tensor, chunks: int = 1) -> torch.Tensor:
+        """Each candidate's loss at the current weights, without gradients and without touching the model, in
+        `chunks` forward passes (the step's micro-batches: accumulation bounds the scoring pass's memory too)."""
+        model, criterion = self.context.model, self.context.criterion
         was_training = model.training
         model.eval()
         with torch.inference_mode(), self.context.autocast():
-            losses = self.context.criterion(model(images), labels, reduction="none")
+            losses = torch.cat([criterion(model(x), y, from_labels=True, reduction="none")
+                                for x, y in zip(images.tensor_split(chunks), labels.tensor_split(chunks))])
         model.train(was_training)
         return losses.clone()  # a normal tensor again: usable outside inference mode
 
-    def __call__(self, images, labels, indices):
-        hardest = self.scores(images, labels).topk(self.kept(len(labels))).indices
+    def __call__(self, images, labels, indices, chunks: int = 1):
+        hardest = self.scores(images, labels, chunks).topk(self.kept(len(labels))).indices
         memory_format = torch.channels_last if self.context.channels_last else torch.contiguous_format
         return images[hardest].contiguous(memory_format=memory_format), labels[hardest], indices[hardest]

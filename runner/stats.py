@@ -12,6 +12,7 @@ below and tested on hand-computed values.
     confidence_interval(m, s, n)     -> (low, high), numpy-broadcast (curves' bands use it per epoch)
     difference(treatment, baseline, paired) -> Difference(kind, n, mean, ci, p_t, p_wilcoxon, note)
     holm(p_values)                   -> Holm-adjusted p-values, same order
+    power_law(xs, ys)                -> (k, stderr) of y ~ x^k: linregress of log y on log x (lr* against batch)
 
 Fewer than MIN_SEEDS_TO_TEST values (pairs, or per group for Welch) are "too few to test": the difference and
 its interval are given where they exist, the p-values are not.
@@ -177,3 +178,13 @@ def holm(p_values: list[float | None]) -> list[float | None]:
         running = max(running, min(1.0, (len(order) - rank) * p))
         adjusted[index] = running
     return adjusted
+
+
+def power_law(xs, ys) -> tuple[float | None, float | None]:
+    """The exponent k of y ~ x^k (the least-squares slope of log y on log x, `scipy.stats.linregress`) and its
+    standard error; (None, None) with fewer than two distinct x, the error None with two points (no residual)."""
+    xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+    if len(np.unique(xs)) < 2:
+        return None, None
+    fit = stats.linregress(np.log(xs), np.log(ys))
+    return float(fit.slope), float(fit.stderr) if len(xs) > 2 else None

@@ -15,13 +15,19 @@ module and no optimizer state.
 
 Which samples drive the step:
 - per-sample weighting: `Step.batch_loss` is the one point where a method's per-sample losses (a vector) become
-  the batch's loss: mean_i m_i l_i with each weighting's multipliers (runner/weighting/, and a sampler's
-  per-class correction), computed from detached losses; their min, max and sums join the step's record.
+  a micro-batch's loss: mean_i m_i l_i with each weighting's multipliers (runner/weighting/, and a sampler's
+  per-class correction), computed from detached losses; their min, max and sums join the step's record. The
+  loss-based weightings normalise over the micro-batch a backward pass is formed from (with
+  trainer.accumulate=1: the step's batch), over every rank; class-based multipliers do not depend on the batch.
 - data selection: `selection` (runner/selection.py) replaces the drawn batch before the forward pass
-  (`selection=hard` scores a larger candidate batch under torch.inference_mode); mixup/cutmix soft targets fit
-  the same place (the loss and the accuracy count already take (N, K) targets).
-- gradient accumulation: `forward_backward` (K micro-batches, under DDP's no_sync for all but the last) and
-  `update` (once per optimizer step) are separate for that.
+  (`selection=hard` scores a larger candidate batch under torch.inference_mode, micro-batch by micro-batch).
+  Mixup/CutMix's probability targets come from the loaders; the loss, the weightings' class multipliers and the
+  accuracy count take (N, K) targets.
+
+Gradient accumulation (runner/accumulate.py): `forward_backward` runs the batch as the `BatchState`'s
+micro-batches (trainer.accumulate, or what batch=adaptive needs), each loss scaled by its share of the samples,
+under DDP's no_sync for all but the last; `update` steps once. On an adaptive batch's test step the micro-batch
+gradients feed its statistics (runner/batch_size.py) and the step's row carries the proposed batch.
 """
 from __future__ import annotations
 
@@ -31,9 +37,12 @@ from typing import Callable, NamedTuple
 import torch
 
 from runner import distributed
+from runner.accumulate import MicroBatch, no_sync_of, run_micro_batches, split
+from runner.batch_size import GroupGradients, squared_norm
+from runner.losses.stablemax import softmax_collapsed
 from runner.nonfinite import SkipNonFinite, first_nonfinite_index
 from runner.optim import Capabilities
-from runner.weighting import weight_statistics
+from runner.weighting import combined_statistics, weight_statistics
 
 
 class StepRecord(NamedTuple):
@@ -43,6 +52,8 @@ class StepRecord(NamedTuple):
     grad_l2: float          # global L2 norm of the student's gradients, before clipping
     grad_l1: float          # L1 norm (0 unless recorded: trainer.grad_norm_l1)
     nonfinite_param: float  # index of the first student parameter with a non-finite gradient (0 when none)
+    collapsed: float        # samples of this rank's batch whose float32 softmax collapsed (runner/losses/stablemax.py)
+    batch_proposal: float   # batch=adaptive's test: the global batch it asks for (0: no test this step)
     weight_min: float       # the per-sample loss multipliers m_i of this rank's batch (runner/weighting/): min,
     weight_max: float       # max,
     weight_sum: float       # sum and sum of squares (0 without weighting): the effective sample size
@@ -53,7 +64,7 @@ class StepStats:
     """Per-step records kept on the device until the logging interval."""
     FIELDS = StepRecord._fields
     # over ranks: loss and norms averaged, counts and sums summed, extremes kept; the non-finite index is per rank
-    RANK_MEAN, RANK_SUM = ("loss", "grad_l2", "grad_l1"), ("correct", "weight_sum", "weight_sq_sum")
+    RANK_MEAN, RANK_SUM = ("loss", "grad_l2", "grad_l1"), ("correct", "collapsed", "weight_sum", "weight_sq_sum")
     RANK_MIN, RANK_MAX = "weight_min", "weight_max"
 
     def __init__(self, capacity: int, device: torch.device):
@@ -173,8 +184,9 @@ class Step:
     batch `selection` keeps, with the loss `weightings` weigh."""
 
     def __init__(self, forward, method, drivers: list[OptimizerDriver], autocast, guard: SkipNonFinite | None,
-                 weightings: tuple = (), selection=None):
+                 batching=None, batch=None, ema=None, weightings: tuple = (), selection=None):
         self.forward, self.method, self.drivers, self.autocast, self.guard = forward, method, drivers, autocast, guard
+        self.batching, self.batch, self.ema = batching, batch, ema
         self.weightings, self.selection = tuple(weightings), selection
         student = drivers[0]
         self.scaler, self.second_order = student.scaler, student.capabilities.second_order
@@ -182,21 +194,33 @@ class Step:
         self.unweighted = torch.zeros(4, device=student.params[0].device)  # weight statistics without weighting
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, step: int) -> torch.Tensor:
+        micro_batches = self.batch.micro_batches if self.batch else 1
         if self.selection is not None:
-            images, labels, indices = self.selection(images, labels, indices)
+            images, labels, indices = self.selection(images, labels, indices, micro_batches)
         for driver in self.drivers:
             driver.set_lr(step)
         if self.guard:
             self.guard.snapshot()
-        loss, logits, weights = self.forward_backward(images, labels, indices)
-        (l2, l1, nonfinite), kept = self.update(loss, images, labels, indices)
+        testing = bool(self.batching and self.batching.adaptive and self.batching.test_due(step, self.batch))
+        world = distributed.world_size()
+        count = self.batching.test_parts(self.batch, world) if testing else micro_batches
+        parts = split(images, labels, indices, count)
+        groups = GroupGradients(self.drivers[0].params, self.batching.needs_inner_products) if testing else None
+        loss, logits, weights = self.forward_backward(
+            parts, manual_sync=testing and world > 1,
+            after_each=groups and (lambda m: groups.add(len(m.indices), len(indices))))
+        proposal = self.proposal(groups) if testing else torch.zeros((), device=loss.device)
+        (l2, l1, nonfinite), kept = self.update(loss, parts)
         self.method.after_step(step, kept)  # per-sample memories, EMA: `kept` False where the guard skipped
-        correct = self.correct(logits, labels)
-        return torch.cat([torch.stack([loss.detach().float(), correct.float(), l2.float(), l1.float(),
-                                       nonfinite.float()]), weights])
+        if self.ema is not None:
+            self.ema.step(step + 1)
+        correct = sum(self.correct(out, micro.targets) for out, micro in zip(logits, parts))
+        collapsed = sum(softmax_collapsed(out).sum() for out in logits)
+        return torch.cat([torch.stack([loss, correct.float(), l2.float(), l1.float(), nonfinite.float(),
+                                       collapsed.float(), proposal.float()]), weights])
 
     def loss(self, images, labels, indices) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(the batch's loss, the logits, the statistics of its weights)."""
+        """(the micro-batch's loss, the logits, the statistics of its weights)."""
         with self.autocast():
             logits = self.forward(images)
             loss, weights = self.batch_loss(self.method.loss(images, labels, indices, logits), labels)
@@ -214,23 +238,48 @@ class Step:
                 multipliers = multipliers * weighting.multipliers(detached, labels)
         return (multipliers * losses).mean(), weight_statistics(multipliers)
 
-    def forward_backward(self, images, labels, indices) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        loss, logits, weights = self.loss(images, labels, indices)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-        else:
-            loss.backward(create_graph=self.second_order)
-        return loss, logits, weights
+    def forward_backward(self, parts: list[MicroBatch], manual_sync: bool = False, after_each=None,
+                         scaled: bool = True) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """Forward and backward over the micro-batches (DDP syncs on the last one only, or not at all with
+        `manual_sync`, which averages the gradients over the ranks itself afterwards): the step's mean loss
+        (detached), each micro-batch's logits and the statistics of all their weights."""
+        scaler = self.scaler if scaled else None
+        weights = []
 
-    def update(self, loss: torch.Tensor, images, labels, indices):
+        def loss_of(micro: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
+            loss, logits, statistics = self.loss(micro.images, micro.targets, micro.indices)
+            weights.append(statistics)
+            return loss, logits
+
+        def backward(loss: torch.Tensor) -> None:
+            if scaler is not None:
+                scaler.scale(loss).backward()
+            else:
+                loss.backward(create_graph=self.second_order)
+
+        no_sync = no_sync_of(getattr(self.forward, "eager", self.forward))
+        loss, logits = run_micro_batches(parts, loss_of, backward, no_sync, "manual" if manual_sync else "last",
+                                         after_each)
+        if manual_sync:
+            distributed.average_gradients(self.drivers[0].params)
+        return loss, logits, combined_statistics(weights)
+
+    def proposal(self, groups: GroupGradients) -> torch.Tensor:
+        """batch=adaptive's test on this step's micro-batch gradients, summed over the ranks (no host sync)."""
+        grads = groups.grads()
+        totals = groups.totals(grads)
+        distributed.all_reduce_sum(totals)
+        return self.batching.proposal(totals, squared_norm(grads), self.batch.global_batch)
+
+    def update(self, loss: torch.Tensor, parts: list[MicroBatch]):
         """Unscale, clip and step every driver, the guard skipping them together: (the student's gradient norms,
         the device flag `kept`, None without a guard)."""
         norms = [driver.unscale_and_clip() for driver in self.drivers]
-        closure = self.closure(images, labels, indices) if self.needs_closure else None
+        closure = self.closure(parts) if self.needs_closure else None
         do_step = lambda: [driver.step(closure) for driver in self.drivers]  # noqa: E731
         kept = None
         if self.guard:
-            kept = torch.isfinite(loss.detach())
+            kept = torch.isfinite(loss)
             for l2, _, _ in norms:
                 kept &= torch.isfinite(l2)
             self.guard.step(kept, do_step)
@@ -242,20 +291,19 @@ class Step:
             driver.zero_grad()
         return norms[0], kept
 
-    def closure(self, images, labels, indices):
+    def closure(self, parts: list[MicroBatch]):
         """Re-evaluates loss and gradients at the optimizer's current weights (SAM's second pass)."""
         def evaluate_again():
             with torch.enable_grad():
-                loss, _, _ = self.loss(images, labels, indices)
-                loss.backward()
+                loss, _, _ = self.forward_backward(parts, scaled=False)
             return loss
         return evaluate_again
 
     @staticmethod
-    def correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if labels.ndim != 1:  # soft targets: no correct count
-            return logits.new_zeros(())
-        return (logits.detach().argmax(-1) == labels).sum()
+    def correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Top-1 hits; against a probability target (mixup, cutmix) its largest class, the dominant label."""
+        labels = targets.argmax(-1) if targets.ndim == 2 else targets
+        return (logits.argmax(-1) == labels).sum()
 
 
 def autocast_for(device: torch.device, dtype: torch.dtype | None):

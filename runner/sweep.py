@@ -5,7 +5,7 @@ its `on_multirun_end` in the launching process once every job has returned, what
 gpus, slurm); it prints the comparison of the sweep folder's runs and writes comparison.{md,csv,json,png}
 there, failed jobs listed with their status. A launcher that aborts the sweep on a job's failure (a job
 process killed by the system) skips that callback: `after_abort` writes the comparison of what is there.
-Its options (`hydra.callbacks.compare.by`, `.pool`, `.metric`, `.baseline`, `.target`, `.enabled`) are
+Its options (`hydra.callbacks.compare.by`, `.pool`, `.metric`, `.baseline`, `.target`, `.sensitivity`, `.enabled`) are
 `divrun-compare`'s flags.
 
 Resume: the same `divrun -m ...` command with `hydra.sweep.dir=<the sweep folder>` (or `divrun resume=<the
@@ -40,11 +40,13 @@ def split(text: str | None) -> list[str] | None:
 
 
 class CompareAtEnd(Callback):
-    def __init__(self, enabled: bool = True, by=None, pool=None, metric=None, baseline=None, target=None):
+    def __init__(self, enabled: bool = True, by=None, pool=None, metric=None, baseline=None, target=None,
+                 sensitivity=False):
         self.enabled = enabled
         listed = lambda value: None if value is None else split(value) if isinstance(value, str) else list(value)
         self.options = {"by": listed(by), "pool": listed(pool) or (), "metrics": listed(metric),
-                        "baseline": baseline, "targets": [target] if isinstance(target, str) else list(target or ())}
+                        "baseline": baseline, "targets": [target] if isinstance(target, str) else list(target or ()),
+                        "sensitivity": sensitivity}
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         folder = Path(str(config.hydra.sweep.dir)).resolve()

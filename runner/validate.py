@@ -80,6 +80,12 @@ RULES: dict[str, Rule] = {
     "trainer.epochs": (lambda v: _number(v) and v > 0, "a positive number of epochs (9.9 is allowed)", 30),
     "trainer.max_steps": (_optional(_positive_int), "a positive integer or null", 1000),
     "trainer.batch_size": (_positive_int, "a positive integer", 128),
+    "trainer.accumulate": (_positive_int, "a positive integer (micro-batches per step)", 4),
+    "trainer.ema.decay": (_optional(lambda v: _number(v) and 0 < v < 1), "a number in (0, 1) or null", 0.9999),
+    "trainer.ema.warmup": _BOOL,
+    "trainer.ema.warmup_gamma": (lambda v: _number(v) and v > 0, "a positive number", 1.0),
+    "trainer.ema.warmup_power": (lambda v: _number(v) and v > 0, "a positive number", 0.6667),
+    "trainer.ema.every": (_positive_int, "a positive integer (steps)", 1),
     "trainer.eval_batch_size": (_positive_int, "a positive integer", 512),
     "trainer.eval_every": (_positive_int, "a positive integer", 1),
     "trainer.log_every": (_positive_int, "a positive integer", 10),
@@ -100,6 +106,16 @@ RULES: dict[str, Rule] = {
     "trainer.deterministic": _BOOL,
     "trainer.on_nonfinite": _one_of("stop", "skip"),
     "trainer.resume": _one_of(None, "auto"),
+    "trainer.curvature.every": (lambda v: _int(v) and v >= 0, "an integer >= 0 (0: off)", 200),
+    "trainer.curvature.top_k": (lambda v: _int(v) and v >= 0, "an integer >= 0", 1),
+    "trainer.curvature.iters": (_positive_int, "a positive integer", 20),
+    "trainer.curvature.tol": (lambda v: _number(v) and v > 0, "a positive number", 1e-3),
+    "trainer.curvature.trace_probes": (lambda v: _int(v) and v >= 0, "an integer >= 0 (0: no trace)", 10),
+    "trainer.curvature.samples": (_positive_int, "a positive integer", 256),
+    "trainer.curvature.track": (lambda v: _int(v) and v >= 0, "an integer >= 0", 0),
+    "eval.ece_bins": (_positive_int, "a positive integer", 15),
+    "eval.calibrate": _one_of(None, "temperature", "temperature_ca"),
+    "eval.reliability": _BOOL,
     "trainer.sync_debug": _one_of(None, "warn", "error"),
     "logger.progress": _BOOL,
     "logger.wandb.mode": _one_of("auto", "online", "offline", "disabled"),
@@ -310,6 +326,18 @@ def component_problems(cfg: DictConfig) -> Iterable[str]:
     yield from _built_problems(cfg, shape, world_size, device)
     yield from _capability_problems(cfg, device, world_size)
     yield from _process_problems(cfg, device, world_size)
+    yield from _calibration_problems(cfg)
+    yield from _recipe_problems(cfg)
+
+
+def _recipe_problems(cfg: DictConfig) -> Iterable[str]:
+    """The batch-size and training-recipe rules across groups: lr scaling, mixed targets, a second EMA."""
+    from runner import ema, mixing
+    from runner.optim import scaling
+
+    yield from scaling.check(cfg)
+    yield from mixing.check(cfg)
+    yield from ema.check(cfg)
 
 
 def _caught(work: Callable[[], Any]):
@@ -334,7 +362,8 @@ def _batch_problems(cfg: DictConfig, shape, world_size: int) -> Iterable[str]:
     from runner.data.sharding import batch_problems
 
     if shape.train_size is not None:
-        yield from batch_problems(cfg.trainer.batch_size, world_size, shape.train_size, shape.name)
+        yield from batch_problems(cfg.trainer.batch_size, world_size, shape.train_size, shape.name,
+                                  cfg.trainer.get("accumulate", 1))
 
 
 def run_length(cfg: DictConfig, shape, world_size: int) -> tuple[int, int] | None:
@@ -344,7 +373,8 @@ def run_length(cfg: DictConfig, shape, world_size: int) -> tuple[int, int] | Non
 
     if shape.train_size is None:
         return None
-    steps_per_epoch = batches_per_epoch(shape.train_size, cfg.trainer.batch_size, 0, world_size, drop_last=True)
+    per_device = cfg.trainer.batch_size * cfg.trainer.get("accumulate", 1)
+    steps_per_epoch = batches_per_epoch(shape.train_size, per_device, 0, world_size, drop_last=True)
     return (total_steps(cfg.trainer, steps_per_epoch), steps_per_epoch) if steps_per_epoch else None
 
 
@@ -369,6 +399,7 @@ def _built_problems(cfg: DictConfig, shape, world_size: int, device) -> Iterable
         "schedule": lambda: instantiate(cfg.schedule)(total_steps=total, steps_per_epoch=steps_per_epoch),
         "distill": lambda: instantiate(cfg.distill),
         **{group: (lambda group=group: instantiate(cfg[group])) for group in ("weighting", "selection", "sampler")},
+        "batch": lambda: instantiate(cfg.batch) if cfg.get("batch") else None,
     }
     for group, build in builds.items():
         try:
@@ -408,6 +439,13 @@ def _capability_problems(cfg: DictConfig, device, world_size: int) -> Iterable[s
     if declared.second_order and world_size > 1:
         yield (f"optimizer={name} needs Hessian-vector products through backward(create_graph=True), which "
                f"DDP's gradient all-reduce cuts; run it with trainer.devices=1 trainer.nnodes=1")
+
+
+def _calibration_problems(cfg: DictConfig) -> Iterable[str]:
+    """Post-hoc calibration is fitted on held-out training data, never on the test split."""
+    if cfg.eval.calibrate and not cfg.dataset.get("holdout"):
+        yield (f"eval.calibrate={cfg.eval.calibrate} fits the temperature on the holdout split, never the test "
+               f"split; pass dataset.holdout=<count or fraction> (e.g. dataset.holdout=0.1)")
 
 
 def _process_problems(cfg: DictConfig, device, world_size: int) -> Iterable[str]:

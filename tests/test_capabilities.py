@@ -18,7 +18,7 @@ ADAPTIVE = {"adabelief": True, "adabelief_cifar": True, "adabelief_imagenet": Tr
             # orthogonalised / layerwise-normalised matrices, not coordinates
             "muon": False, "lanton": False, "schedulefree_sgd": False,
             # wrappers around their default base, sgd
-            "sam": False, "asam": False, "lookahead": False}
+            "sam": False, "asam": False, "lookahead": False, "perpgrad": False}
 
 
 @pytest.mark.parametrize("option", OPTIONS)
@@ -36,7 +36,7 @@ def test_second_order_and_closure_driven_optimizers():
     assert capabilities(torch.optim.LBFGS).needs_closure
 
 
-@pytest.mark.parametrize("wrapper", ["sam", "lookahead"])
+@pytest.mark.parametrize("wrapper", ["sam", "lookahead", "perpgrad"])
 def test_a_wrapper_reports_its_base_and_adds_its_own_needs(wrapper):
     for base, adaptive in (("adamw", True), ("lion", False)):
         cfg = compose(f"optimizer={wrapper}", f"optimizer.base={base}").optimizer

@@ -78,6 +78,15 @@ def test_load_gives_one_row_per_run_with_config_choices_overrides_summary_and_st
     assert "hydra/launcher" not in runs.columns  # Hydra's own choices are not the experiment's
 
 
+def test_folders_that_tie_in_natural_order_load_in_one_order(tmp_path):
+    """lr=0.001 and lr=0.01 both read as 0 . 1 to the natural key: the tie breaks on the name, not on set order
+    (which changes with PYTHONHASHSEED, so a comparison's ties changed from one process to the next)."""
+    for name in ("lr=0.01", "lr=0.001", "lr=0.0001"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text("{}")
+    assert [p.name for p in results.find_runs(str(tmp_path))] == ["lr=0.0001", "lr=0.001", "lr=0.01"]
+
+
 def test_load_records_in_long_form_skipping_a_line_cut_short(tmp_path):
     folder = run(tmp_path, 0)
     with open(folder / "metrics.jsonl", "a") as handle:
@@ -391,3 +400,59 @@ def test_the_command_of_a_sweep_folder_is_read_back_from_its_multirun_yaml(tmp_p
     assert sweep.is_sweep_folder(str(tmp_path)) and not sweep.is_sweep_folder(str(tmp_path / "x"))
     assert sweep.command_of(str(tmp_path)) == ["-m", "optimizer=sgd,adamw", "seed=0,1", "hydra/launcher=gpus",
                                                f"hydra.sweep.dir={tmp_path.resolve()}"]
+
+
+# ---- lr x batch grids (--by trainer.batch_size) -------------------------------------------------------------
+
+def grid_sweep(root):
+    """SGD and Adam over an lr grid (factors of 2) at batches 64, 256, 1024, two seeds each. The final training
+    loss is |log2(lr / lr*(B))| + 0.1 * seed, with lr* = 0.05 (B / 64) for SGD (k = 1) and 2.5e-4 (B / 64)^(1/2)
+    for Adam (k = 1/2, whose lr* at 1024 is its grid's top); the val accuracy falls with the same distance."""
+    best = {"sgd": lambda b: 0.05 * b / 64, "adam": lambda b: 2.5e-4 * (b / 64) ** 0.5}
+    grids = {"sgd": [0.025 * 2 ** i for i in range(7)], "adam": [1.25e-4 * 2 ** i for i in range(4)]}
+    job = 0
+    for name, target in (("sgd", "torch.optim.SGD"), ("adam", "torch.optim.Adam")):
+        for batch in (64, 256, 1024):
+            for lr in grids[name]:
+                for seed in (0, 1):
+                    distance = abs(math.log2(lr / best[name](batch)))
+                    cfg = {"optimizer": {"_target_": target, "lr": lr}, "trainer": {"epochs": 3, "batch_size": batch},
+                           "seed": seed}
+                    records = [{"step": 10, "epoch": 1.0, "train/loss": distance + 0.1 * seed},
+                               {"step": 10, "epoch": 1, "val/acc1": 0.9 - 0.1 * distance}]
+                    write_run_folder(root / f"{job}", cfg, {"status": "finished"}, records,
+                                     [f"optimizer={name}", f"optimizer.lr={lr}", f"trainer.batch_size={batch}",
+                                      f"seed={seed}"], {"optimizer": name})
+                    job += 1
+    return root
+
+
+def test_by_batch_size_tabulates_each_lr_x_batch_grid_and_fits_the_scaling_exponent(tmp_path):
+    c = comparison.compare(results.load(grid_sweep(tmp_path)), by=["trainer.batch_size"])
+    assert c.grouping.keys == ["optimizer", "optimizer.lr", "trainer.batch_size"]  # nothing pooled over the lr
+    assert c.grouping.describe() == "--by trainer.batch_size with optimizer, optimizer.lr (what else differs)"
+    sections = {s.title: s for s in c.sections}
+    grid = sections["lr x batch: final_train_loss (optimizer=sgd)"].frame.set_index("optimizer.lr")
+    assert list(grid.columns) == ["trainer.batch_size=64", "trainer.batch_size=256", "trainer.batch_size=1024"]
+    assert len(grid) == 7 and grid.at["0.05", "trainer.batch_size=64"] == "0.0500 ± 0.0707 (2) *"
+    assert grid.at["0.2", "trainer.batch_size=256"].endswith(" *") and grid.at["0.8", "trainer.batch_size=1024"].endswith(" *")
+    assert grid.at["0.1", "trainer.batch_size=64"] == "1.0500 ± 0.0707 (2)"  # one factor of 2 away: loss 1 + seed's
+    accuracy = sections["lr x batch: final_val_acc1 (optimizer=adam)"].frame.set_index("optimizer.lr")
+    assert accuracy.at["0.001", "trainer.batch_size=1024"] == "0.9000 ± 0.0000 (2) *"  # selected on the train loss
+    fits = sections["lr* ~ B^k"].frame.set_index("optimizer")
+    assert fits.at["sgd", "k (fitted)"] == "1.00 ± 0.00" and fits.at["sgd", "k (rule)"] == "1"
+    assert fits.at["adam", "k (fitted)"] == "0.50 ± 0.00" and fits.at["adam", "k (rule)"] == "0.5"
+    assert fits.at["sgd", "lr* at trainer.batch_size=1024"] == "0.8"
+    assert fits.at["adam", "lr* at trainer.batch_size=1024"] == "0.001^"  # the grid's top: a bound
+    assert "training objective, never the test split" in sections["lr* ~ B^k"].note
+
+
+def test_divrun_compare_by_batch_size_prints_and_writes_the_grids(tmp_path, capsys):
+    folder = grid_sweep(tmp_path / "sweep")
+    cli.main([str(folder), "--by", "trainer.batch_size", "--out", str(tmp_path / "out")])
+    printed = capsys.readouterr().out
+    assert "lr x batch: final_train_loss (optimizer=sgd)" in printed and "lr* ~ B^k" in printed
+    markdown = (tmp_path / "out" / "comparison.md").read_text()
+    assert "## lr x batch: final_val_acc1 (optimizer=adam)" in markdown and "| sgd | 1.00 ± 0.00 | 1 |" in markdown
+    sections = json.loads((tmp_path / "out" / "comparison.json").read_text())["sections"]
+    assert sections[-1]["title"] == "lr* ~ B^k" and sections[-1]["rows"][1]["k (fitted)"] == "0.50 ± 0.00"

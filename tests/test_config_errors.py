@@ -177,6 +177,7 @@ CASES = [
     (["loss=sinkhorn", "loss.form=plan"], "loss.form=plan: choose sample", None),
     (["loss=sinkhorn", "loss.cost=l2"], "loss.cost=l2: choose zero_one or ordinal", None),
     (["loss=sinkhorn", "loss.eps=0"], "loss.eps=0, loss.iters=20: need eps > 0", None),
+    (["loss.normalizer=sparsemax"], "loss.normalizer=sparsemax: choose softmax or stablemax", None),
     # schedules
     (["schedule.floor=2"], "schedule.floor=2: the final lr fraction must lie in [0, 1]", None),
     (["schedule.warmup_start=2"], "schedule.warmup_start=2: the first warmup lr fraction", None),
@@ -209,6 +210,8 @@ CASES = [
      "declare whether it is adaptive", None),
     (["optimizer=lion", "optimizer.betas=[1.5,0.9]"], "optimizer=Lion: need lr >= 0, betas in [0, 1)", None),
     (["optimizer=sam", "optimizer.base=adahessian"], "optimizer=sam cannot wrap AdaHessian", None),
+    (["optimizer=perpgrad", "optimizer.base=adahessian"], "optimizer=perpgrad cannot wrap AdaHessian", None),
+    (["optimizer=perpgrad", "optimizer.eps=0.0"], "optimizer.eps=0.0: must be > 0", None),
     (["optimizer=lookahead", "optimizer.base=schedulefree_adamw"], "optimizer=Lookahead cannot wrap "
      "schedulefree_adamw: it trains at other weights than it is evaluated at", None),
     (["optimizer=lookahead", "optimizer.k=0"], "optimizer.k=0: the slow weights sync every k >= 1 steps", None),
@@ -219,6 +222,12 @@ CASES = [
     (["optimizer=adahessian", "trainer.precision=bf16"], "optimizer=AdaHessian is second-order (Hessian-vector "
      "products) and needs fp32", None),
     (["optimizer=adahessian", "trainer.devices=2"], "which DDP's gradient all-reduce cuts", None),
+    # evaluation and curvature
+    (["eval.calibrate=temperature", "dataset.holdout=null"], "eval.calibrate=temperature fits the temperature on "
+     "the holdout split", None),
+    (["eval.calibrate=platt"], "eval.calibrate=platt: expected one of null, temperature, temperature_ca", None),
+    (["eval.ece_bins=0"], "eval.ece_bins=0: expected a positive integer", None),
+    (["trainer.curvature.every=-1"], "trainer.curvature.every=-1: expected an integer >= 0", None),
     # distillation
     (["distill=kd"], "distill.teacher: set it to the teacher's run folder", None),
     (["distill=kd", "distill.teacher={tmp}/nowhere"], "no such run folder or checkpoint file", None),
@@ -266,6 +275,29 @@ CASES = [
     (["sampler=cooldown", "sampler.begin=0.8", "sampler.finish=0.5"], "sampler.begin=0.8, sampler.finish=0.5", None),
     (["sampler=cooldown", "sampler.start=-1"], "sampler.start=-1: the sampling temperature must be > 0", None),
     (["sampler=cooldown", "sampler.end=0"], "sampler.end=0: the sampling temperature must be > 0", None),
+    # batch size and training recipes
+    (["trainer.accumulate=0"], "trainer.accumulate=0: expected a positive integer (micro-batches per step)", None),
+    (["trainer.batch_size=512", "trainer.accumulate=4"], "trainer.batch_size=512 x trainer.accumulate=4 x 1 "
+     "processes exceeds the 1437 training samples of digits", None),
+    (["trainer.ema.decay=1.5"], "trainer.ema.decay=1.5: expected a number in (0, 1) or null", None),
+    (["optimizer.reference_batch=256"], "optimizer.reference_batch=256 is set but no scaling rule", None),
+    (["optimizer.lr_scaling=sqrt"], "optimizer.lr_scaling=sqrt needs the global batch its lr was tuned at", None),
+    (["optimizer.lr_scaling=cubic", "optimizer.reference_batch=256"], "optimizer.lr_scaling=cubic: choose none", None),
+    (["batch=adaptive", "optimizer.lr_scaling=sqrt", "optimizer.reference_batch=256"],
+     "optimizer.lr_scaling=sqrt with batch=adaptive: the batch changes during the run", None),
+    (["batch=adaptive", "trainer.max_steps=10"], "trainer.max_steps=10 with batch=adaptive", None),
+    (["batch=adaptive", "schedule.warmup=5"], "schedule.warmup=5 counts optimizer steps", None),
+    (["batch=adaptive", "schedule=refined", "schedule.source={source}"], "schedule=refined with batch=adaptive",
+     lambda tmp, mp: {"source": refined_source(tmp)}),
+    (["batch=adaptive", "batch.test=foo"], "batch.test=foo: choose norm, ip (inner product) or ip+orth", None),
+    (["batch=adaptive", "batch.groups=1"], "batch.groups=1 (>= 2: a variance needs two groups)", None),
+    (["dataset.augment=autoaugment"], "dataset.augment=autoaugment: choose none, randaugment or trivialaugment", None),
+    (["dataset.augment=randaugment", "dataset.augment_magnitude=40"], "dataset.augment_magnitude=40: a bin in", None),
+    (["dataset.random_erasing=2"], "dataset.random_erasing=2: the probability of erasing an image", None),
+    (["dataset.mixup=-1"], "dataset.mixup=-1: Beta(a, a) parameters are >= 0", None),
+    (["distill=pskd", "dataset.mixup=0.8"], "dataset.mixup/cutmix with distill=pskd", None),
+    (["distill=mesa", "trainer.ema.decay=0.999"], "MESA's teacher is already an EMA of the weights", None),
+    (["distill=mesa", "distill.decay=1.5"], "distill.decay=1.5: the decay per update lies in (0, 1)", None),
     # devices, processes, run folders and checkpoints
     (["trainer.devices=2", "trainer.sync_bn=true"], "trainer.sync_bn=true needs CUDA", None),
     (["trainer.nnodes=2", "trainer.node_rank=0"], "trainer.rdzv_endpoint: multi-node runs outside SLURM", outside_slurm),

@@ -107,3 +107,15 @@ def test_real_cifar10_learns(tmp_path, shared_cifar):
                        "trainer.batch_size=128")
     assert summary["status"] == "finished"
     assert summary["final_val_acc1"] > 0.25  # chance is 0.10
+
+
+RECIPE = ["dataset.augment=randaugment", "dataset.random_erasing=0.5", "dataset.mixup=0.8", "dataset.cutmix=1.0"]
+
+
+@pytest.mark.parametrize("name, policy", [("digits", "randaugment"), ("cifar10", "trivialaugment"),
+                                          ("imagefolder", "randaugment"), ("hf", "trivialaugment")])
+def test_every_data_path_trains_with_the_policy_erasing_and_mixing(tmp_path, name, policy):
+    """In-memory data (digits 1 channel, CIFAR 3) on the device; folder and Hugging Face data with torchvision v2."""
+    summary, run = train(tmp_path, f"dataset={name}", *DATASETS[name](tmp_path), *RECIPE, f"dataset.augment={policy}",
+                         "trainer.max_steps=2", "trainer.batch_size=8", "trainer.num_workers=0")
+    assert summary["status"] == "finished" and summary["steps"] == 2

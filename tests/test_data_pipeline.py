@@ -28,7 +28,8 @@ def unnormalize(images: torch.Tensor) -> torch.Tensor:
 def test_each_image_is_its_padded_window_mirrored_when_flipped():
     split = numbered_split()
     data = loader(split)
-    order, offsets, flips = data.epoch_plan(3)  # one row per slot of the epoch's order
+    plan = data.epoch_plan(3)  # one row per slot of the epoch's order
+    order, offsets, flips = plan.order, plan.offsets, plan.flips
     padded = F.pad(split.images, (4, 4, 4, 4))
     slot = 0
     for images, labels, index in data.epoch(3):
@@ -45,7 +46,8 @@ def test_each_image_is_its_padded_window_mirrored_when_flipped():
 
 def test_flip_rate_and_offsets_are_uniform_enough():
     data = loader(numbered_split(n=4000))
-    _, offsets, flips = data.epoch_plan(0)
+    plan = data.epoch_plan(0)
+    offsets, flips = plan.offsets, plan.flips
     assert abs(flips.float().mean().item() - 0.5) < 0.03
     assert offsets.min() == 0 and offsets.max() == 8
     assert abs(offsets.float().mean().item() - 4) < 0.15

@@ -225,12 +225,12 @@ def test_saf_memory_returns_the_outputs_from_e_epochs_earlier(tmp_path):
 def test_mesa_teacher_is_the_ema_of_the_weights(tmp_path):
     trainer = make_trainer(tmp_path, "distill=mesa", "distill.decay=0.9")
     mesa, model = trainer.run.method, trainer.model
-    before = [p.detach().clone() for p in mesa.ema.parameters()]
+    before = [p.detach().clone() for p in mesa.ema.module.parameters()]
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
     mesa.after_step(0, None)
-    for old, ema, new in zip(before, mesa.ema.parameters(), model.parameters()):
+    for old, ema, new in zip(before, mesa.ema.module.parameters(), model.parameters()):
         torch.testing.assert_close(ema, 0.9 * old + 0.1 * new)
 
 

@@ -25,7 +25,7 @@ from runner.validate import problems_of
 
 QUICK = ("model=mlp", "trainer.epochs=1", "logger.progress=false", "trainer.device=cpu")
 RUN_FILES = {"lr_schedule.csv", "lr_schedule.png", "config.yaml", "meta.json", "summary.json", "metrics.jsonl", "grad_norms.csv", "checkpoints", ".hydra",
-             "cli.log", "curves.png"}
+             "cli.log", "curves.png", "reliability.png"}
 
 
 def records(run_dir):
@@ -108,6 +108,32 @@ def test_two_gloo_processes_train_like_one_process_with_the_global_batch(tmp_pat
     assert logged["val/acc1"] * 359 == pytest.approx(round(logged["val/acc1"] * 359))  # counts over 359 samples
     assert logged["val/loss"] == pytest.approx(single["val/loss"], rel=1e-6)
     assert logged["val/ece"] == pytest.approx(single["val/ece"], abs=1e-6)
+
+
+def test_two_processes_accumulating_and_growing_the_batch_train_like_one_process(tmp_path):
+    """DDP with accumulation (16 per micro-batch x 2 micro-batches x 2 ranks) takes the one-process step of 64.
+    Under batch=adaptive the test steps keep every micro-batch local and average the gradients once: while the
+    two runs' groups are the same samples (8 groups of 4 from a global 32), they propose the same batch at the
+    same step; past it the batch's split into groups differs (100 = 8 x 12.5 on one process, 2 x 4 x 12.5 on two),
+    and so do the estimates, a little."""
+    common = (*QUICK, "seed=3", "trainer.log_every=2")
+    adaptive = ("batch=adaptive", "batch.eta=0.5", "batch.max=512", "batch.micro=32", "trainer.epochs=2")
+    for name, overrides in {"one": ["trainer.batch_size=64"],
+                            "two": ["trainer.devices=2", "trainer.batch_size=16", "trainer.accumulate=2"],
+                            "one_adaptive": ["trainer.batch_size=32", *adaptive],
+                            "two_adaptive": ["trainer.devices=2", "trainer.batch_size=16", *adaptive]}.items():
+        (tmp_path / name).mkdir()
+        divrun(*common, *overrides, cwd=tmp_path / name)
+    runs = {name: run_folders(tmp_path / name)[0] for name in ("one", "two", "one_adaptive", "two_adaptive")}
+    weights = [torch.load(runs[n] / "checkpoints" / "last.pt", weights_only=True)["model"] for n in ("one", "two")]
+    for key in weights[0]:
+        torch.testing.assert_close(weights[1][key], weights[0][key], rtol=1e-5, atol=1e-6, msg=key)
+    trained = {name: [r for r in records(runs[name]) if "train/batch_size" in r] for name in ("one_adaptive", "two_adaptive")}
+    for one, two in zip(*(trained[name][:2] for name in trained)):
+        assert (one["step"], one["train/batch_size"]) == (two["step"], two["train/batch_size"])
+        assert one["train/loss"] == pytest.approx(two["train/loss"], rel=1e-5)
+    assert trained["one_adaptive"][1]["train/batch_size"] > 32  # grown at the first logging boundary
+    assert all(run[-1]["train/batch_size"] > 2 * run[1]["train/batch_size"] for run in trained.values())
 
 
 def test_multirun_jobs_each_get_their_own_process_group(tmp_path):

@@ -58,3 +58,13 @@ def test_evaluate_survives_a_diverged_model():
     metrics = evaluate(torch.nn.Identity(), FixedLoader(logits, torch.zeros(8, dtype=torch.long), 4), CrossEntropy(),
                        contextlib.nullcontext, torch.device("cpu"))
     assert np.isnan(metrics["val/nll"]) and np.isnan(metrics["val/ece"])
+
+
+def test_evaluate_takes_the_bins_and_reports_aurc():
+    gen = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 10, (500,), generator=gen)
+    logits = torch.randn(500, 10, generator=gen) * 3
+    metrics = evaluate(torch.nn.Identity(), FixedLoader(logits, labels, batch_size=64), CrossEntropy(),
+                       contextlib.nullcontext, torch.device("cpu"), bins=10)
+    assert abs(metrics["val/ece"] - reference_metrics(logits.double().numpy(), labels.numpy(), bins=10)["val/ece"]) < 1e-5
+    assert 0 < metrics["val/eaurc"] < metrics["val/aurc"] < 1

@@ -18,6 +18,7 @@ from torch import nn
 
 from runner.optim import base, param_groups
 from runner.optim.adabelief import AdaBelief
+from runner.optim.adagrad_norm import AdaGradNorm
 from runner.optim.adahessian import AdaHessian
 from runner.optim.adamp import AdamP
 from runner.optim.diffgrad import DiffGrad
@@ -286,6 +287,17 @@ def stable_spam_reference(groups, states, t, counters):
             p.copy_(p - h["lr"] / (1 - beta1 ** k) * st["m"] / (st["v"].sqrt() / math.sqrt(1 - b2 ** k) + eps))
 
 
+@torch.no_grad()
+def adagrad_norm_reference(groups, states, t, counters):
+    """b^2 += ||g + wd p||^2 over the whole model (one scalar); p -= lr (g + wd p) / (b + eps)."""
+    grads = {p: p.grad + h["weight_decay"] * p for h, params in groups for p in params}
+    initial = groups[0][0]["initial_accumulator_value"]
+    states["b2"] = states.get("b2", initial) + sum((g * g).sum() for g in grads.values())
+    for h, params in groups:
+        for p in params:
+            p.copy_(p - h["lr"] * grads[p] / (states["b2"].sqrt() + h["eps"]))
+
+
 def adahessian_reference(groups, states, t, counters):
     """Hutchinson: z Rademacher (one flat draw over all parameters, in order), D = |z * Hz|, averaged over
     the spatial window of conv kernels."""
@@ -340,6 +352,8 @@ CASES = {
     "stable_spam": (StableSPAM, stable_spam_reference, dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1,
                                                             gamma1=0.7, gamma2=0.9, gamma3=0.9, total_T=30,
                                                             eta_min=0.5, reset_interval=9)),
+    "adagrad_norm": (AdaGradNorm, adagrad_norm_reference, dict(lr=0.3, initial_accumulator_value=0.05, eps=1e-10,
+                                                               weight_decay=0.1)),
     "adahessian": (AdaHessian, adahessian_reference, dict(lr=0.05, betas=(0.9, 0.999), eps=1e-4, weight_decay=1e-2,
                                                            hessian_power=1.0)),
     "adahessian_power": (AdaHessian, adahessian_reference, dict(lr=0.02, betas=(0.8, 0.99), eps=1e-4,
@@ -436,7 +450,7 @@ def test_adamp_layer_view_projection():
 
 # ---- state_dict round trip ---------------------------------------------------------------------------
 ROUND_TRIP = {name: CASES[name] for name in ("lion", "adamp", "sgdp", "adabelief", "diffgrad", "sgd_sai", "spam",
-                                             "stable_spam", "adahessian")}
+                                             "stable_spam", "adahessian", "adagrad_norm")}
 
 
 def train_steps(model, optimizer, steps, second_order=False, closure=False):
@@ -477,7 +491,8 @@ def test_state_dict_resume_is_bit_identical(case):
 
 def test_optimizers_leave_gradients_alone():
     """The trainer logs gradient norms before step(); the clipping optimizers must not write p.grad either."""
-    for optimizer_class, options in ((SPAM, CASES["spam"][2]), (StableSPAM, CASES["stable_spam"][2])):
+    for optimizer_class, options in ((SPAM, CASES["spam"][2]), (StableSPAM, CASES["stable_spam"][2]),
+                                     (AdaGradNorm, CASES["adagrad_norm"][2])):
         model = make_net()
         optimizer = optimizer_class(param_groups(model, False), **options)
         for batch in batches(12):

@@ -70,11 +70,14 @@ def records(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if k != "train/img_per_s"} for line in lines]
 
 
-def assert_same_run(run_dir: Path, reference: Path, context: str) -> None:
+def assert_same_run(run_dir: Path, reference: Path, context: str, total_steps: int | None = TOTAL_STEPS) -> None:
     got, want = load(run_dir / "checkpoints" / "last.pt"), load(reference / "checkpoints" / "last.pt")
-    assert got["step"] == want["step"] == TOTAL_STEPS, context
+    assert got["step"] == want["step"] == (total_steps or want["step"]), context
     for name, tensor in want["model"].items():
         assert torch.equal(got["model"][name], tensor), f"{context}: weights differ in {name}"
+    for name, tensor in want.get("ema", {}).get("model", {}).items():
+        assert torch.equal(got["ema"]["model"][name], tensor), f"{context}: the EMA differs in {name}"
+    assert got.get("batch") == want.get("batch"), f"{context}: the batch differs"
     for index, state in want["optimizer"]["state"].items():
         for key, value in state.items():
             same = torch.equal if torch.is_tensor(value) else (lambda a, b: a == b)
@@ -82,7 +85,7 @@ def assert_same_run(run_dir: Path, reference: Path, context: str) -> None:
     assert records(run_dir) == records(reference), f"{context}: metrics.jsonl differs"
     assert (run_dir / "grad_norms.csv").read_text() == (reference / "grad_norms.csv").read_text(), context
     summary = read_summary(run_dir)
-    assert summary["status"] == "finished" and summary["steps"] == TOTAL_STEPS, context
+    assert summary["status"] == "finished" and summary["steps"] == want["step"], context
     for key in ("final_val_acc1", "best_val_acc1", "final_train_loss", "final_val_loss"):
         assert summary[key] == read_summary(reference)[key], f"{context}: {key}"
 
@@ -133,6 +136,33 @@ def test_sigterm_saves_a_checkpoint_exits_for_requeue_and_resume_auto_is_exact(r
     result = divrun(f"hydra.run.dir={run_dir}", *RUN, *overrides, "trainer.resume=auto", cwd=tmp_path)
     assert resumed_at(result) == summary["steps"], context
     assert_same_run(run_dir, reference, context)
+
+
+# every batch-size and recipe feature on: accumulation, lr scaling, EMA, RandAugment, erasing, mixup and CutMix;
+# and the adaptive batch (its growth, sample-indexed schedule and test steps), killed inside an epoch
+FEATURES = {
+    "recipe": (["trainer.batch_size=32", "trainer.accumulate=2", "optimizer.lr_scaling=linear",
+                "optimizer.reference_batch=64", "trainer.ema.decay=0.99", "dataset.augment=randaugment",
+                "dataset.random_erasing=0.25", "dataset.mixup=0.8", "dataset.cutmix=1.0"], 4 * (1437 // 64)),
+    "adaptive": (["batch=adaptive", "batch.eta=0.5", "batch.max=512", "trainer.batch_size=32",
+                  "trainer.ema.decay=0.99"], None),
+}
+
+
+@pytest.mark.parametrize("feature", sorted(FEATURES))
+def test_sigkill_then_resume_is_exact_with_the_batch_and_recipe_features_on(feature, tmp_path):
+    overrides, total_steps = FEATURES[feature]
+    overrides = [*overrides, "trainer.checkpoint_every=null", "trainer.checkpoint_every_steps=3", "trainer.keep_checkpoints=1"]
+    reference_dir = tmp_path / "reference" / "run"
+    reference_dir.parent.mkdir()
+    divrun(f"hydra.run.dir={reference_dir}", *RUN, *overrides, cwd=reference_dir.parent)
+    steps = load(reference_dir / "checkpoints" / "last.pt")["step"]
+    run_dir, kill_at = tmp_path / "run", DRAW.randrange(3, steps - 3, 3)
+    kill_after_checkpoint(start(run_dir, *overrides), run_dir, kill_at)
+    result = divrun(f"resume={run_dir}", cwd=tmp_path)
+    step, context = resumed_at(result), f"{feature}: killed after the checkpoint at step >= {kill_at}"
+    assert 0 < step < steps, context
+    assert_same_run(run_dir, reference_dir, f"{context}, resumed at {step}", total_steps)
 
 
 @pytest.mark.parametrize("optimizer", ["schedulefree_adamw", "prodigy"])

@@ -22,6 +22,7 @@ from runner.context import Progress
 from runner.data.imbalance import profile_counts
 from runner.data.samplers import ClassBalanced as ClassBalancedSampler
 from runner.data.samplers import Cooldown, Passes, Uniform
+from runner.accumulate import split
 from runner.data.sharding import epoch_generator, epoch_order
 from runner.losses.ce import CrossEntropy
 from runner.selection import HardSelection
@@ -321,11 +322,11 @@ def test_balanced_and_shot_accuracies_match_scikit_learn_and_the_hand_count():
     accuracy = ClassAccuracy(3, torch.device("cpu"))
     accuracy.add(labels[:5], (predicted == labels)[:5])
     accuracy.add(labels[5:], (predicted == labels)[5:])
-    metrics = accuracy.metrics("val", torch.tensor([500, 50, 5]))  # many, medium, few
-    assert metrics["val/balanced_acc1"] == pytest.approx(balanced_accuracy_score(labels, predicted))
-    assert [metrics[f"val/class_acc1/{k}"] for k in range(3)] == [0.75, 0.5, 0.5]
-    assert (metrics["val/many_acc1"], metrics["val/medium_acc1"], metrics["val/few_acc1"]) == (0.75, 0.5, 0.5)
-    assert set(accuracy.metrics("val")) == {"val/balanced_acc1"}  # balanced runs: the balanced accuracy only
+    metrics = accuracy.metrics(torch.tensor([500, 50, 5]))  # many, medium, few
+    assert metrics["balanced_acc1"] == pytest.approx(balanced_accuracy_score(labels, predicted))
+    assert [metrics[f"class_acc1/{k}"] for k in range(3)] == [0.75, 0.5, 0.5]
+    assert (metrics["many_acc1"], metrics["medium_acc1"], metrics["few_acc1"]) == (0.75, 0.5, 0.5)
+    assert set(accuracy.metrics()) == {"balanced_acc1"}  # balanced runs: the balanced accuracy only
 
 
 # ---- a run ---------------------------------------------------------------------------------------------
@@ -358,6 +359,82 @@ def test_two_gloo_processes_weigh_like_one_process_with_the_global_batch(tmp_pat
     logged = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (one, two)]
     ess = [[r["train/weight_ess"] for r in rows if "train/weight_ess" in r] for rows in logged]
     assert ess[0] and ess[1] == pytest.approx(ess[0], rel=1e-4)
+
+
+# ---- beside accumulation, mixup/cutmix and the adaptive batch ----------------------------------------------
+def test_loss_based_weights_normalise_over_each_micro_batch():
+    """With 3 micro-batches the step's gradient is sum_j share_j * mean_i m_ij l_ij, each micro-batch's m from
+    its own losses (the losses of later micro-batches do not exist when its backward runs)."""
+    torch.manual_seed(0)
+    model, by_hand = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
+    by_hand.load_state_dict(model.state_dict())
+    images, labels = torch.randn(12, 5), torch.randint(0, 3, (12,))
+    capabilities = SimpleNamespace(second_order=False, needs_closure=False)
+    driver = SimpleNamespace(scaler=None, capabilities=capabilities, params=list(model.parameters()))
+    method = SimpleNamespace(loss=lambda x, y, i, logits: F.cross_entropy(logits, y, reduction="none"))
+    weighting = KLDRO(0.5)
+    weighting.setup(context())
+    step = Step(model, method, [driver], contextlib.nullcontext, None, weightings=[weighting])
+    _, _, statistics = step.forward_backward(split(images, labels, torch.arange(12), 3))
+    total, multipliers = 0.0, []
+    for x, y in zip(images.split(4), labels.split(4)):
+        losses = F.cross_entropy(by_hand(x), y, reduction="none")
+        m = torch.tensor([4 * w for w in softmax_by_hand((losses.detach() / 0.5).tolist(), 1.0)])
+        total, multipliers = total + (m * losses).mean() * 4 / 12, multipliers + m.tolist()
+    total.backward()
+    for p, q in zip(model.parameters(), by_hand.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7)
+    m = torch.tensor(multipliers)
+    torch.testing.assert_close(statistics, torch.stack([m.min(), m.max(), m.sum(), m.square().sum()]))
+
+
+def test_class_weights_and_sampling_under_accumulation_end_at_the_large_batch_runs_weights(tmp_path):
+    """Class multipliers do not depend on the batch: weighting=class_balanced with sampler=class_balanced at
+    trainer.batch_size=32 x trainer.accumulate=4 trains as batch 128 (mlp: no BatchNorm)."""
+    common = ("model=mlp", "dataset.imbalance.ratio=5", "weighting=class_balanced", "sampler=class_balanced",
+              "sampler.temperature=2", "trainer.deterministic=true", "trainer.log_every=5")
+    (tmp_path / "large").mkdir(), (tmp_path / "micro").mkdir()
+    large, large_dir = train(tmp_path / "large", *common, "trainer.batch_size=128")
+    micro, micro_dir = train(tmp_path / "micro", *common, "trainer.batch_size=32", "trainer.accumulate=4")
+    assert large["steps"] == micro["steps"] > 0
+    weights = [torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"] for run in (large_dir, micro_dir)]
+    for key in weights[0]:
+        torch.testing.assert_close(weights[1][key], weights[0][key], rtol=1e-5, atol=1e-6, msg=key)
+    ess = [[r["train/weight_ess"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if "train/weight_ess" in r] for run in (large_dir, micro_dir)]
+    assert ess[0] and ess[1] == pytest.approx(ess[0], rel=1e-5)  # the step's statistics, not a micro-batch's
+
+
+def test_hard_selection_scores_in_chunks_alike_and_trains_accumulated_mixed_batches(tmp_path):
+    """Scoring in the step's micro-batches picks what one pass picks (eval mode); a run selecting from
+    mixup/cutmix batches with accumulation and class weights trains on batch x accumulate samples per step."""
+    torch.manual_seed(3)
+    selection = HardSelection(4)
+    selection.setup(selection_context(Scorer().train()))
+    images, labels, indices = torch.randn(32, 5), torch.randint(0, 3, (32,)), torch.arange(32)
+    assert torch.equal(selection(images, labels, indices, 3)[2], selection(images, labels, indices)[2])
+    summary, run = train(tmp_path, "selection=hard", "selection.candidates=2", "weighting=class_balanced",
+                         "dataset.mixup=0.8", "dataset.cutmix=1.0", "trainer.batch_size=16", "trainer.accumulate=2",
+                         "trainer.log_every=5")
+    assert summary["status"] == "finished" and summary["steps"] == 2 * (1437 // 32)
+    rows = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "train/batch_size" in r]
+    assert rows and all(r["train/batch_size"] == 32 and r["train/weight_max"] > 0 for r in rows)
+
+
+def test_a_sampler_under_the_adaptive_batch_spends_the_sample_budget(tmp_path):
+    summary, run = train(tmp_path, "batch=adaptive", "batch.eta=0.1", "batch.max=512", "sampler=class_balanced",
+                         "dataset.imbalance.ratio=10", "trainer.batch_size=16", "trainer.log_every=5")
+    from hydra.utils import instantiate
+
+    long_tailed = len(instantiate(compose(*QUICK, "dataset.imbalance.ratio=10").dataset).train)
+    assert summary["status"] == "finished" and summary["samples"] >= 2 * long_tailed  # trainer.epochs=2
+
+
+def test_hard_selection_with_the_adaptive_batch_is_a_one_line_error():
+    from runner.validate import problems_of
+
+    assert "selection=hard with batch=adaptive" in " ".join(problems_of(compose(
+        "trainer.device=cpu", "selection=hard", "batch=adaptive")))
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "conf" / "loss").glob("*.yaml")))

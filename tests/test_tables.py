@@ -142,6 +142,11 @@ def test_a_grid_cell_reports_the_point_best_on_the_holdout_split_not_on_test(tmp
     text = (tmp_path / "out" / "table.md").read_text()
     assert "the point in [brackets] has the best top-1 on the holdout split (`final_holdout_acc1`" in text
     assert "holdout final_holdout_acc1" in (tmp_path / "out" / "table.csv").read_text()
+    raw["metrics"] = {"train": {"label": "train loss", "key": "final_train_loss", "definition": "d",
+                                "higher_is_better": False}}
+    recipe = recipes.load(write_recipe(tmp_path, raw))  # the training objective selects itself, without a holdout
+    assert recipe.selection.key == "final_train_loss"
+    assert not any("dataset.holdout" in " ".join(run.overrides) for run in recipe.runs(tmp_path / "tables"))
     raw["metrics"] = {"speed": {"label": "img/s", "key": "images_per_s", "definition": "d"}}
     with pytest.raises(ConfigError, match="has no holdout counterpart to select grid points on"):
         recipes.load(write_recipe(tmp_path, raw))
@@ -234,3 +239,32 @@ def test_kuangliu_models_have_the_reference_sizes(option, millions):
     with torch.no_grad():
         logits = model(x)
         assert logits.shape == (1, 10) and torch.allclose(logits, model.head(model.features(x)))
+
+
+# ---- an lr x batch grid's fitted exponent ------------------------------------------------------------------
+
+def test_scaling_fit_recovers_the_exponent_of_the_best_lrs_and_flags_grid_edges(tmp_path):
+    """Hand-made run folders where the training loss is lowest at lr = 0.1 (B / 64) for SGD and at
+    1e-3 sqrt(B / 64) for Adam: the fitted exponents are 1 and 1/2."""
+    from runner.tables import scaling
+
+    recipe = recipes.load("batch_scaling_cifar10")
+    runs = recipe.runs(tmp_path / "tables")
+    best = {"sgd": lambda b: 0.1 * b / 64, "adam": lambda b: 1e-3 * (b / 64) ** 0.5}
+    outcomes = {}
+    for run in runs:
+        batch = int(dict(ov.split(o) for o in run.overrides)["trainer.batch_size"])
+        lr = float(dict(ov.split(o) for o in run.overrides)["optimizer.lr"])
+        loss = abs(__import__("math").log2(lr / best[run.cell.row](batch)))  # 0 at the best lr, grows away from it
+        run.run_dir.mkdir(parents=True)
+        (run.run_dir / "config.yaml").write_text(yaml.safe_dump({"trainer": {"batch_size": batch}, "optimizer": {"lr": lr}}))
+        (run.run_dir / "summary.json").write_text(json.dumps({"status": "finished", "final_train_loss": loss,
+                                                              "final_val_acc1": 0.9}))
+        outcomes[run.run_dir] = launch.Outcome(run, "finished")
+    lines = results.collect(recipe, runs, outcomes, smoke=False)
+    fits = {row.row: row for row in scaling.fit(recipe, runs, outcomes, lines)}
+    assert fits["sgd"].exponent == pytest.approx(1.0, abs=1e-9) and fits["sgd"].expected == 1.0
+    assert fits["adam"].exponent == pytest.approx(0.5, abs=0.06)  # sqrt(2) steps fall between grid points
+    assert [edge for _, _, edge in sorted(fits["sgd"].points)] == [False, False, False, False, True]  # 1.6 at B=1024
+    text = scaling.markdown(list(fits.values()), recipe.scaling)
+    assert "| SGD | 1.00" in text and "1024: 1.6*" in text

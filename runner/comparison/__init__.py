@@ -20,7 +20,9 @@ The one mechanism behind the end of every sweep, `divrun-compare` and (through r
 - `runs`: a frame from `results.load` (or paths); `records`: `results.load_records(runs)`, read when None.
 - `by`: the grouping keys; None: the rule of `runner.comparison.grouping` (what varies except the seed, named
   as the user chose it). `pool`: keys allowed to differ inside a group. A key that differs outside the
-  grouping raises ConfigError naming it and `--pool`.
+  grouping raises ConfigError naming it and `--pool`. A batch-size key (`trainer.batch_size`) makes lr x batch
+  grids: what else varies joins the grouping, and sections tabulate each lr x batch grid and fit lr* ~ B^k
+  (runner.comparison.grid).
 - `metrics`: the measures tested against the baseline, the first one the primary (figure, ordering); names
   from `runner.comparison.measures` (`final_val_acc1`, `best_val_loss`, `epochs_to_val_acc1>=0.9`, any numeric
   column of `runs`; `val/acc1` means `final_val_acc1`). None: `final_val_acc1` and each target's epochs.
@@ -29,6 +31,8 @@ The one mechanism behind the end of every sweep, `divrun-compare` and (through r
   leaves out pair groups that share them (with by=optimizer,loss, `optimizer=sgd` compares each loss's
   optimizers with that loss's SGD). None: the first group; False: no comparison.
 - `targets`: "val/acc1=0.9" or `measures.Target`s: steps, epochs and seconds to reach each.
+- `sensitivity`: True or an lr key (`optimizer.lr`, a grouping key): the lr-sensitivity section, one row per
+  sweep (the groups without the lr key); `runner.comparison.sensitivity`.
 
 Statistics (runner.stats, scipy): per group and measure over the finished runs' values: n, mean, sample std,
 95% t interval, median, min, max. Against the baseline: paired by seed when both groups hold the same seeds
@@ -37,7 +41,8 @@ Holm's correction across the groups compared with each metric's baseline; under 
 Failed, diverged, preempted and running runs are listed with their status and never enter a statistic.
 
 Extending: a per-run measure is a column of `runs` (named in `metrics` to be tested); a group-level measure
-(expected max over k trials, sensitivity to the lr) is a section built from `c.runs` / `c.stats`.
+(expected max over k trials; the sensitivity to the lr, runner.comparison.sensitivity) is a section built from
+`c.runs` / `c.stats`.
 """
 from __future__ import annotations
 
@@ -50,8 +55,10 @@ from pathlib import Path
 import pandas as pd
 
 from runner import results, stats
+from runner.comparison import grid
 from runner.comparison.grouping import SEED, Grouping, format_value, group_runs
 from runner.comparison.measures import TARGET_KINDS, Target, column_name, measure_runs, suggest
+from runner.comparison.sensitivity import add_lr_sensitivity
 from runner.errors import ConfigError
 
 PRIMARY = "final_val_acc1"
@@ -166,14 +173,17 @@ def describe_statuses(statuses: pd.Series) -> str:
 
 
 def compare(runs, records: pd.DataFrame | None = None, by: list[str] | None = None, pool=(),
-            metrics: list[str] | None = None, baseline=None, targets=()) -> Comparison:
+            metrics: list[str] | None = None, baseline=None, targets=(), sensitivity: str | bool = False) -> Comparison:
     """The comparison of the runs; see the module docstring."""
     runs = runs if isinstance(runs, pd.DataFrame) else results.load(runs)
     records = results.load_records(runs) if records is None else records
     record_metrics = list(records["metric"].unique())  # in order of appearance
     targets = tuple(t if isinstance(t, Target) else Target.parse(t, record_metrics) for t in targets)
     measured = with_measures(runs, measure_runs(runs, records, targets))
-    grouping = group_runs(measured, list(by) if by is not None else None, list(pool))
+    batch = grid.batch_key(by)
+    keys, found = grid.grouping_keys(measured, list(by), pool) if batch else (by, [])
+    grouping = group_runs(measured, list(keys) if keys is not None else None, list(pool))
+    grouping.found = found
     measured = measured.assign(group=grouping.labels.to_numpy())
     measures = measure_order(measured, targets)
     tested = tested_metrics(measured, metrics, targets, measures)
@@ -181,8 +191,13 @@ def compare(runs, records: pd.DataFrame | None = None, by: list[str] | None = No
     finished = measured[measured["status"] == results.FINISHED]
     summaries = stats.describe_groups(finished, "group", measures)
     chosen, pairs = baseline_pairs(grouping, measured, baseline)
-    return Comparison(measured, grouping, measures, tested, summaries, differences(finished, pairs, tested),
-                      chosen, targets, record_metrics, records)
+    c = Comparison(measured, grouping, measures, tested, summaries, differences(finished, pairs, tested),
+                   chosen, targets, record_metrics, records)
+    if sensitivity:
+        add_lr_sensitivity(c, sensitivity)
+    if batch:
+        grid.add_sections(c, batch)
+    return c
 
 
 def with_measures(runs: pd.DataFrame, measures: pd.DataFrame) -> pd.DataFrame:

@@ -3,6 +3,7 @@
     divrun-compare outputs/multirun/2026-12-01/10-00-00-abc          a sweep folder (its comparison again)
     divrun-compare 'outputs/**' --by optimizer,loss --metric final_val_acc1 --baseline optimizer=sgd
     divrun-compare RUN_A RUN_B ... --target val/acc1=0.9                steps / epochs / seconds to a target
+    divrun-compare SWEEP --by optimizer,optimizer.lr --sensitivity      the lr sensitivity per optimizer
 
 Prints the tables and writes comparison.{md,csv,json,png} into --out: by default the folder given when it
 is one folder holding runs (a sweep), else outputs/comparisons/<date>/<time>.
@@ -33,6 +34,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                            "(default: the first group)")
     parser.add_argument("--target", action="append", default=[], metavar="METRIC=VALUE",
                         help="time to a target, e.g. val/acc1=0.9 (repeatable)")
+    parser.add_argument("--sensitivity", action="store_true",
+                        help="the lr sensitivity of each lr sweep (Wortsman et al. 2023): the mean rise of the final "
+                             "val loss over the best lr's; group by the lr, e.g. --by optimizer.lr")
     parser.add_argument("--out", help="where comparison.{md,csv,json,png} go")
     parser.add_argument("--no-files", action="store_true", help="print the tables only")
     return parser.parse_args(argv)
@@ -50,7 +54,7 @@ def run(args: argparse.Namespace) -> None:
 
     runs = results.load(args.paths)
     result = comparison.compare(runs, by=split(args.by), pool=split(args.pool) or (), metrics=split(args.metric),
-                                baseline=args.baseline, targets=args.target)
+                                baseline=args.baseline, targets=args.target, sensitivity=args.sensitivity)
     console = terminal.console()
     result.print(console)
     if not args.no_files:

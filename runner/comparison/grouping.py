@@ -61,14 +61,18 @@ class Grouping:
     labels: pd.Series        # each run's group label ("optimizer=adamw"), aligned with the runs frame
     explicit: bool           # keys given by the user (--by) rather than found
     pooled: list[str] = field(default_factory=list)
+    found: list[str] = field(default_factory=list)  # keys joined to --by by the default rule (a batch grid's rows)
 
     @property
     def groups(self) -> list[str]:
         return list(dict.fromkeys(self.labels))
 
     def describe(self) -> str:
-        how = f"--by {','.join(self.keys)}" if self.explicit else \
-            (", ".join(self.keys) + " (what differs across the runs, seeds pooled)" if self.keys else "nothing differs")
+        if not self.explicit:
+            how = ", ".join(self.keys) + " (what differs across the runs, seeds pooled)" if self.keys else "nothing differs"
+        else:
+            how = f"--by {','.join(k for k in self.keys if k not in self.found)}"
+            how += f" with {', '.join(self.found)} (what else differs)" if self.found else ""
         return how + (f"; pooled over {', '.join(self.pooled)}" if self.pooled else "")
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from runner.augment import train_augment, train_augment_problems
 from runner.data.imbalance import imbalance_problems, long_tailed_index, long_tailed_size
 from runner.data.label_noise import add_label_noise, label_noise_problems
 from runner.data.splits import (Augment, DataShape, Splits, TensorSplit, augment_problems, hold_out, holdout_count,
@@ -44,12 +45,14 @@ def described_by(describe):
     return attach
 
 
-def _common_problems(limit_train, limit_val, label_noise, num_classes, imbalance, holdout,
-                     train_size=None) -> list[str]:
-    """The options every factory shares; `train_size`: the training set after the long-tailed cut (None: only
-    the data can tell), the set the holdout is drawn from."""
+def _common_problems(limit_train, limit_val, label_noise, num_classes, options: dict, imbalance=None,
+                     holdout=None, train_size=None) -> list[str]:
+    """Every dataset's: limits, label noise, the long-tailed cut, the holdout and the training augmentations
+    (runner/augment.py); `train_size`: the training set after the long-tailed cut (None: only the data can tell),
+    the set the holdout is drawn from."""
     return (limit_problems(limit_train, limit_val) + label_noise_problems(label_noise, num_classes)
-            + imbalance_problems(imbalance) + holdout_problems(holdout, train_size, num_classes))
+            + imbalance_problems(imbalance) + holdout_problems(holdout, train_size, num_classes)
+            + train_augment_problems(**options))
 
 
 def _training_size(size: int | None, holdout, limit_train) -> int | None:
@@ -102,11 +105,11 @@ def _digits_train_size(val_fraction: float, split_seed: int, imbalance) -> int:
 
 
 def _digits_problems(val_fraction, split_seed, image_size, limit_train, limit_val, label_noise, imbalance, holdout,
-                     **_) -> list[str]:
+                     **options) -> list[str]:
     if not 0 < val_fraction < 1:
         return [f"dataset.val_fraction={val_fraction}: must lie strictly between 0 and 1; pass e.g. 0.2"]
     problems = ["dataset.image_size: digits are 8x8; leave dataset.image_size=8"] if image_size != 8 else []
-    return problems + _common_problems(limit_train, limit_val, label_noise, 10, imbalance, holdout,
+    return problems + _common_problems(limit_train, limit_val, label_noise, 10, options, imbalance, holdout,
                                        _digits_train_size(val_fraction, split_seed, imbalance))
 
 
@@ -119,14 +122,17 @@ def _describe_digits(val_fraction, split_seed, limit_train, imbalance, holdout, 
 @checked_by(_digits_problems)
 def digits(val_fraction: float = 0.2, split_seed: int = 0, image_size: int = 8,
            limit_train: int | None = None, limit_val: int | None = None, label_noise: dict | None = None,
-           imbalance: dict | None = None, holdout: int | float | None = None) -> Splits:
+           imbalance: dict | None = None, holdout: int | float | None = None,
+           augment: str = "none", augment_ops: int = 2, augment_magnitude: int = 9,
+           random_erasing: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0) -> Splits:
     """scikit-learn's bundled 8x8 digits (1,797 images), split once, stratified, with a fixed seed."""
     bunch, train_idx, val_idx = _digits_split(val_fraction, split_seed)
     images = torch.from_numpy(np.round(bunch.images * (255 / 16)).astype(np.uint8)).unsqueeze(1)
     labels = torch.from_numpy(bunch.target.astype(np.int64))
     splits = Splits("digits", TensorSplit(images[train_idx], labels[train_idx]),
                     TensorSplit(images[val_idx], labels[val_idx]), num_classes=10, in_channels=1,
-                    image_size=8, mean=(0.5,), std=(0.5,))
+                    image_size=8, mean=(0.5,), std=(0.5,),
+                    train_augment=train_augment(augment, augment_ops, augment_magnitude, random_erasing, mixup, cutmix))
     return finish(splits, imbalance, holdout, split_seed, limit_train, limit_val, label_noise)
 
 
@@ -136,8 +142,8 @@ def _synthetic_train_size(num_classes, train_size, imbalance) -> int:
 
 
 def _synthetic_problems(num_classes, train_size, limit_train, limit_val, label_noise, imbalance, holdout,
-                        **_) -> list[str]:
-    return _common_problems(limit_train, limit_val, label_noise, num_classes, imbalance, holdout,
+                        **options) -> list[str]:
+    return _common_problems(limit_train, limit_val, label_noise, num_classes, options, imbalance, holdout,
                             _synthetic_train_size(num_classes, train_size, imbalance))
 
 
@@ -151,7 +157,9 @@ def _describe_synthetic(num_classes, in_channels, train_size, limit_train, imbal
 def synthetic(num_classes: int = 10, image_size: int = 32, in_channels: int = 3, train_size: int = 2048,
               val_size: int = 512, noise: float = 0.5, data_seed: int = 0,
               limit_train: int | None = None, limit_val: int | None = None, label_noise: dict | None = None,
-              imbalance: dict | None = None, holdout: int | float | None = None) -> Splits:
+              imbalance: dict | None = None, holdout: int | float | None = None,
+              augment: str = "none", augment_ops: int = 2, augment_magnitude: int = 9,
+              random_erasing: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0) -> Splits:
     """Learnable generated images: a smooth random prototype per class plus per-sample noise."""
     gen = torch.Generator().manual_seed(data_seed)
     coarse = torch.rand(num_classes, in_channels, 4, 4, generator=gen)
@@ -164,7 +172,8 @@ def synthetic(num_classes: int = 10, image_size: int = 32, in_channels: int = 3,
         return TensorSplit((pixels.clamp(0, 1) * 255).round().to(torch.uint8), labels)
 
     splits = Splits("synthetic", draw(train_size), draw(val_size), num_classes, in_channels, image_size,
-                    mean=(0.5,) * in_channels, std=(0.25,) * in_channels, augment=Augment(0, False))
+                    mean=(0.5,) * in_channels, std=(0.25,) * in_channels, augment=Augment(0, False),
+                    train_augment=train_augment(augment, augment_ops, augment_magnitude, random_erasing, mixup, cutmix))
     return finish(splits, imbalance, holdout, data_seed, limit_train, limit_val, label_noise)
 
 
@@ -174,7 +183,7 @@ def _cifar_train_size(num_classes, imbalance) -> int:
 
 
 def _cifar_problems(num_classes, root, download, flip, pad_mode, limit_train, limit_val, label_noise, imbalance,
-                    holdout, **_) -> list[str]:
+                    holdout, **options) -> list[str]:
     if num_classes not in CIFAR_ARCHIVES:
         return [f"dataset.num_classes={num_classes}: CIFAR has 10 or 100 classes"]
     folder = CIFAR_ARCHIVES[num_classes][1]
@@ -182,7 +191,8 @@ def _cifar_problems(num_classes, root, download, flip, pad_mode, limit_train, li
         f"dataset.root={Path(root).expanduser().resolve()}: no {folder}/ there; pass "
         f"dataset.root=<folder holding {folder}> or dataset.download=true"]
     return problems + augment_problems(flip, pad_mode) + _common_problems(
-        limit_train, limit_val, label_noise, num_classes, imbalance, holdout, _cifar_train_size(num_classes, imbalance))
+        limit_train, limit_val, label_noise, num_classes, options, imbalance, holdout,
+        _cifar_train_size(num_classes, imbalance))
 
 
 def _describe_cifar(num_classes, limit_train, imbalance, holdout, **_) -> DataShape:
@@ -195,7 +205,9 @@ def _describe_cifar(num_classes, limit_train, imbalance, holdout, **_) -> DataSh
 def cifar(num_classes: int = 10, root: str = "data", download: bool = False, crop_padding: int = 4,
           flip: bool | str = True, pad_mode: str = "zeros", image_size: int = 32,
           limit_train: int | None = None, limit_val: int | None = None, label_noise: dict | None = None,
-          imbalance: dict | None = None, holdout: int | float | None = None, split_seed: int = 0) -> Splits:
+          imbalance: dict | None = None, holdout: int | float | None = None, split_seed: int = 0,
+          augment: str = "none", augment_ops: int = 2, augment_magnitude: int = 9,
+          random_erasing: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0) -> Splits:
     """CIFAR-10/100 read straight from the python pickle batches under `root` (as the fast loaders do).
 
     With `download: true` torchvision's download code fetches and unpacks the archive first.
@@ -209,7 +221,8 @@ def cifar(num_classes: int = 10, root: str = "data", download: bool = False, cro
     label_key = "labels" if num_classes == 10 else "fine_labels"
     train, val = (_read_cifar_batches(base, files, label_key) for files in names)
     splits = Splits(f"cifar{num_classes}", train, val, num_classes, 3, 32, CIFAR_MEAN[num_classes],
-                    CIFAR_STD[num_classes], Augment(crop_padding, flip, pad_mode))
+                    CIFAR_STD[num_classes], Augment(crop_padding, flip, pad_mode),
+                    train_augment=train_augment(augment, augment_ops, augment_magnitude, random_erasing, mixup, cutmix))
     return finish(splits, imbalance, holdout, split_seed, limit_train, limit_val, label_noise)
 
 
@@ -225,12 +238,12 @@ def _read_cifar_batches(base: Path, files: list[str], label_key: str) -> TensorS
 
 # ---- image folders -------------------------------------------------------------------------------------
 def _imagefolder_problems(root, train_dir, val_dir, limit_train, limit_val, label_noise, imbalance, holdout,
-                          **_) -> list[str]:
+                          **options) -> list[str]:
     base = Path(root).expanduser()
     missing = [f"dataset.root={base.resolve()}: {base / sub} is not a folder; point dataset.root at a tree with "
                f"{train_dir}/<class>/*.jpg and {val_dir}/<class>/*.jpg" for sub in (train_dir, val_dir)
                if not (base / sub).is_dir()][:1]
-    return missing + _common_problems(limit_train, limit_val, label_noise, None, imbalance, holdout)
+    return missing + _common_problems(limit_train, limit_val, label_noise, None, options, imbalance, holdout)
 
 
 def _describe_imagefolder(root, train_dir, name, **_) -> DataShape:
@@ -244,7 +257,8 @@ def imagefolder(root: str, train_dir: str = "train", val_dir: str = "val", image
                 resize_size: int | None = None, name: str = "imagefolder",
                 limit_train: int | None = None, limit_val: int | None = None,
                 label_noise: dict | None = None, imbalance: dict | None = None, holdout: int | float | None = None,
-                split_seed: int = 0) -> Splits:
+                split_seed: int = 0, augment: str = "none", augment_ops: int = 2, augment_magnitude: int = 9,
+                random_erasing: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0) -> Splits:
     """Any class-per-folder train/val tree with ImageNet-style transforms.
 
     Images are decoded by torchvision.io straight to uint8 tensors and transformed as tensors (transforms
@@ -254,12 +268,15 @@ def imagefolder(root: str, train_dir: str = "train", val_dir: str = "val", image
 
     base = Path(root).expanduser()
     to_float = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    train_tf = v2.Compose([v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip(), *to_float])
+    augmentation = train_augment(augment, augment_ops, augment_magnitude, random_erasing, mixup, cutmix)
+    policy, erasing = augmentation.torchvision()
+    train_tf = v2.Compose([v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip(), *policy,
+                           *to_float, *erasing])
     val_tf = v2.Compose([v2.Resize(resize_size or int(image_size * 256 / 224), antialias=True),
                          v2.CenterCrop(image_size), *to_float])
     train = datasets.ImageFolder(str(base / train_dir), transform=train_tf, loader=decode_rgb)
     val = datasets.ImageFolder(str(base / val_dir), transform=val_tf, loader=decode_rgb)
-    splits = Splits(name, train, val, len(train.classes), 3, image_size)
+    splits = Splits(name, train, val, len(train.classes), 3, image_size, train_augment=augmentation)
     held_view = datasets.ImageFolder(str(base / train_dir), transform=val_tf, loader=decode_rgb) if holdout else None
     return finish(splits, imbalance, holdout, split_seed, limit_train, limit_val, label_noise, held_view)
 
@@ -292,12 +309,12 @@ def _hf_table_problems(loaded, path, image_column, label_column, train_split, va
 
 
 def _hf_problems(path, image_column, label_column, train_split, val_split, limit_train, limit_val,
-                 label_noise, imbalance, holdout, **_) -> list[str]:
+                 label_noise, imbalance, holdout, **options) -> list[str]:
     """A local dataset's splits and columns are read here; a hub dataset's when the run loads it."""
     loaded = _local_hf(path)
     problems = [] if loaded is None else _hf_table_problems(loaded, path, image_column, label_column, train_split,
                                                              val_split)
-    return problems + _common_problems(limit_train, limit_val, label_noise, None, imbalance, holdout)
+    return problems + _common_problems(limit_train, limit_val, label_noise, None, options, imbalance, holdout)
 
 
 def _describe_hf(path, label_column, train_split, in_channels, name, limit_train, imbalance, holdout,
@@ -318,7 +335,8 @@ def hf(path: str, image_column: str = "image", label_column: str = "label", trai
        val_split: str = "test", image_size: int = 32, in_channels: int = 3, name: str | None = None,
        limit_train: int | None = None, limit_val: int | None = None,
        label_noise: dict | None = None, imbalance: dict | None = None, holdout: int | float | None = None,
-       split_seed: int = 0) -> Splits:
+       split_seed: int = 0, augment: str = "none", augment_ops: int = 2, augment_magnitude: int = 9,
+       random_erasing: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0) -> Splits:
     """Any Hugging Face `datasets` name (downloaded by `datasets`) or local path (`save_to_disk` or files)."""
     import datasets as hf_datasets
     from torchvision import transforms as T
@@ -331,11 +349,15 @@ def hf(path: str, image_column: str = "image", label_column: str = "label", trai
     num_classes = getattr(features[label_column], "num_classes", None) or \
         int(max(loaded[train_split][label_column])) + 1
     mode = "L" if in_channels == 1 else "RGB"
-    to_tensor = T.Compose([T.Resize((image_size, image_size), antialias=True), T.ToTensor(),
-                           T.Normalize((0.5,) * in_channels, (0.5,) * in_channels)])
-    train = HFImages(loaded[train_split], image_column, label_column, mode, to_tensor)
+    to_float = [T.ToTensor(), T.Normalize((0.5,) * in_channels, (0.5,) * in_channels)]
+    to_tensor = T.Compose([T.Resize((image_size, image_size), antialias=True), *to_float])
+    augmentation = train_augment(augment, augment_ops, augment_magnitude, random_erasing, mixup, cutmix)
+    policy, erasing = augmentation.torchvision()  # v2 transforms take PIL images as v1's do
+    train_tf = T.Compose([T.Resize((image_size, image_size), antialias=True), *policy, *to_float, *erasing])
+    train = HFImages(loaded[train_split], image_column, label_column, mode, train_tf)
     val = HFImages(loaded[val_split], image_column, label_column, mode, to_tensor)
-    splits = Splits(name or Path(path).name, train, val, num_classes, in_channels, image_size)
+    splits = Splits(name or Path(path).name, train, val, num_classes, in_channels, image_size,
+                    train_augment=augmentation)
     return finish(splits, imbalance, holdout, split_seed, limit_train, limit_val, label_noise)
 
 

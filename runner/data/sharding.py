@@ -42,10 +42,13 @@ def batches_per_epoch(num_samples: int, batch_size: int, rank: int, world_size: 
     return -(-len(shard(torch.arange(num_samples), batch_size, rank, world_size, False)) // batch_size)
 
 
-def batch_problems(batch_size: int, world_size: int, train_size: int, dataset: str) -> list[str]:
-    """A training epoch needs one full global batch (batch_size per process x processes)."""
-    if batch_size * world_size <= train_size:
+def batch_problems(batch_size: int, world_size: int, train_size: int, dataset: str, accumulate: int = 1) -> list[str]:
+    """A training epoch needs one full global batch (batch_size per process x accumulate x processes)."""
+    if batch_size * accumulate * world_size <= train_size:
         return []
+    if accumulate > 1:
+        return [f"trainer.batch_size={batch_size} x trainer.accumulate={accumulate} x {world_size} processes exceeds "
+                f"the {train_size} training samples of {dataset}; lower trainer.batch_size or trainer.accumulate"]
     if world_size == 1:
         return [f"trainer.batch_size={batch_size} exceeds the {train_size} training samples of {dataset}; "
                 f"pass trainer.batch_size={train_size} or less"]

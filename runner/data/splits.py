@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from runner.augment import TrainAugment
 from runner.errors import ConfigError, require
 
 FLIP_MODES = {True: "random", False: "none", "random": "random", "none": "none", "alternate": "alternate"}
@@ -71,6 +72,7 @@ class Splits:
     label_noise: float = 0.0  # fraction of training labels corrupted by `dataset.label_noise`
     imbalance: float = 1.0    # `dataset.imbalance.ratio` the training split was cut to (1: as loaded)
     holdout: TensorSplit | Dataset | None = None  # `dataset.holdout`: training data held out for selection
+    train_augment: TrainAugment = field(default_factory=TrainAugment)  # policy, erasing, mixing (runner/augment.py)
 
     @property
     def in_memory(self) -> bool:

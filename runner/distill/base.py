@@ -17,7 +17,8 @@ A distiller is built from `conf/distill/<name>.yaml`; the run calls
 with the student's, so nothing here steps an optimizer.
 
 Targets: the loss group's loss smooths labels only (`loss.smoothing`); a teacher's or a model's own past
-probabilities reach it as probability vectors and are used as given. `loss_gets_labels` says whether the
+probabilities reach it as probability vectors and are used as given; the batch's labels, class indices or
+mixup/cutmix's mix of them, go through `label_loss` (smoothed). `loss_gets_labels` says whether the
 method's objective calls that loss on labels (class indices or a label-derived mix): start-up validation then
 refuses a divergence that needs q > 0 with loss.smoothing=0 (`Loss.validate_config`).
 
@@ -41,6 +42,8 @@ class Distiller:
     # what keeps a method off several processes: a trainable second module outside DDP, or a per-sample
     # memory (each rank sees other samples every epoch); None: runs under DDP
     single_process_reason: str | None = None
+    # why a method needs class indices as targets (not mixup/cutmix's probability targets); None: it takes either
+    class_labels_reason: str | None = None
     loss_gets_labels = True  # the objective calls the loss group's loss on labels
     tempered = False  # the method's temperature divides both models' logits: loss.temperature must be 1
     per_sample = True  # loss() returns one value per sample (False: a batch scalar that no weighting can split)
@@ -70,7 +73,12 @@ class Distiller:
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
              logits: torch.Tensor) -> torch.Tensor:
-        return self.criterion(logits, labels, reduction="none")
+        return self.label_loss(logits, labels)
+
+    def label_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss group's per-sample loss on the batch's labels: class indices, or mixup/cutmix's mix of one-hot labels
+        (N, K), which `loss.smoothing` smooths as it does the labels they mix."""
+        return self.criterion(logits, labels, from_labels=True, reduction="none")
 
     def after_step(self, step: int, kept: torch.Tensor | None) -> None:
         pass

@@ -62,6 +62,7 @@ def class_centers(teacher, loader, num_classes: int, autocast) -> torch.Tensor:
 
 class ND(KD):
     single_process_reason = "it trains a projector that DDP does not synchronise"
+    class_labels_reason = "its norm-direction term picks each sample's class centre by its label"
 
     @classmethod
     def trains_companion(cls, cfg: DictConfig) -> bool:

@@ -21,6 +21,7 @@ from runner.distill.base import Distiller, kept_where
 
 class PSKD(Distiller):
     single_process_reason = "it keeps per-sample predictions, and each rank sees other samples every epoch"
+    class_labels_reason = "its targets mix each sample's one-hot label with its past prediction"
 
     def __init__(self, alpha_T: float = 0.8):
         self.alpha_T = alpha_T

@@ -51,7 +51,7 @@ class SAF(Distiller):
         epoch = self.context.progress.epoch
         if self.pending is None:  # a closure's second pass must not overwrite the recorded outputs
             self.pending = (indices, logits.detach().float(), epoch)
-        loss = self.criterion(logits, labels, reduction="none")
+        loss = self.label_loss(logits, labels)
         if epoch > self.start_epoch:
             loss = loss + self.weight * trajectory_loss(logits, self.past_outputs(indices, epoch), self.temperature)
         return loss

@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from runner.errors import ConfigError
+from runner.losses.stablemax import NORMALIZERS, log_stablemax
 
 # Divergences that grow like exp(log-ratio) (Pearson/Neyman chi^2, alpha outside [0, 1], comp-sum with
 # tau < 1) continue linearly past exp(MAX_LOG) ~ 4.9e8: finite in float32, gradient still pointing home.
@@ -57,15 +58,18 @@ class Loss(nn.Module):
     per_sample = True  # False for a set-level loss whose rows only mean something averaged (SinKD's batch OT)
 
     def __init__(self, temperature: float = 1.0, smoothing: float = 0.0, z_reg: float = 0.0,
+                 normalizer: str = "softmax",
                  search_space: dict | None = None):  # divrun-tune's ranges (runner/search_space.py): not the loss's
         super().__init__()
+        if normalizer not in NORMALIZERS:
+            raise ConfigError(f"loss.normalizer={normalizer}: choose softmax or stablemax")
         if temperature <= 0:
             raise ConfigError(f"loss.temperature={temperature}: must be > 0 (1 is plain softmax)")
         if not 0 <= smoothing < 1:
             raise ConfigError(f"loss.smoothing={smoothing}: must be in [0, 1)")
         if z_reg < 0:
             raise ConfigError(f"loss.z_reg={z_reg}: must be >= 0 (1e-4 is the usual log-partition penalty)")
-        self.temperature, self.smoothing, self.z_reg = temperature, smoothing, z_reg
+        self.temperature, self.smoothing, self.z_reg, self.normalizer = temperature, smoothing, z_reg, normalizer
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, from_labels: bool | None = None,
                 reduction: str = "mean") -> torch.Tensor:
@@ -88,9 +92,14 @@ class Loss(nn.Module):
     def sample_losses(self, logits: torch.Tensor, target: torch.Tensor, smoothing: float,
                       reduction: str = "mean") -> torch.Tensor:
         """Per-sample values (`reduction="none"`) or their mean; `logits` are already divided by the temperature."""
-        log_p = F.log_softmax(logits, dim=-1)
+        log_p = F.log_softmax(self.scores(logits), dim=-1)
         losses = self.divergence(self.log_target(target, logits.shape[-1], log_p.dtype, smoothing), log_p)
         return losses.mean() if reduction == "mean" else losses
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """What log_softmax turns into the model's log p: the logits, or log StableMax(logits), which
+        log_softmax leaves as they are (they are already normalised), so softmax-based kernels serve both."""
+        return log_stablemax(logits) if self.normalizer == "stablemax" else logits
 
     def log_target(self, target: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32,
                    smoothing: float | None = None) -> torch.Tensor:

@@ -13,7 +13,7 @@ class CrossEntropy(Loss):
     def sample_losses(self, logits: torch.Tensor, target: torch.Tensor, smoothing: float,
                       reduction: str = "mean") -> torch.Tensor:
         target = target if target.ndim == 1 else target.to(logits.dtype)
-        return F.cross_entropy(logits, target, label_smoothing=smoothing, reduction=reduction)
+        return F.cross_entropy(self.scores(logits), target, label_smoothing=smoothing, reduction=reduction)
 
     def divergence(self, log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
         return -(log_q.exp() * log_p).sum(-1)

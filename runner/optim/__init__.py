@@ -23,8 +23,10 @@ from runner.optim.capabilities import Capabilities, capabilities
 __all__ = ["Capabilities", "build_optimizer", "capabilities", "param_groups"]
 
 # keys of conf/optimizer that divrun consumes instead of passing to the optimizer: the no-decay split, the norm
-# layers' lr scale, a wrapper's base (its name, overrides and their resolved config) and divrun-tune's space
-BUILDER_KEYS = ("decay_bias_and_norm", "norm_lr_scale", "base", "base_overrides", "base_optimizer", "search_space")
+# layers' lr scale, a wrapper's base (its name, overrides and their resolved config), the lr's scaling with
+# the batch (runner/optim/scaling.py, applied when the run's config is saved) and divrun-tune's space
+BUILDER_KEYS = ("decay_bias_and_norm", "norm_lr_scale", "base", "base_overrides", "base_optimizer", "lr_scaling",
+                "reference_batch", "reference_lr", "search_space")
 NORM_LAYERS = (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.RMSNorm)
 
 

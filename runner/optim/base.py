@@ -120,6 +120,29 @@ class Optimizer(torch.optim.Optimizer):
         return list(buckets.values())
 
 
+class Wrapper:
+    """An optimizer around a base optimizer (Lookahead, ⊥Grad): it exposes the base's `param_groups` (the trainer
+    sets their lr) and `state`, and zeroes the base's gradients. Capabilities (runner/optim/capabilities.py):
+    per-coordinate normalisation is the base's (None); second-order and closure needs are its own, the base's
+    are added to them."""
+    adaptive = None
+    second_order = needs_closure = False
+
+    def __init__(self, base: torch.optim.Optimizer):
+        self.base = base
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.base.param_groups
+
+    @property
+    def state(self):
+        return self.base.state
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base.zero_grad(set_to_none=set_to_none)
+
+
 def zeros_like(param: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(param, memory_format=torch.preserve_format)
 

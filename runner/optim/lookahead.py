@@ -15,12 +15,11 @@ from __future__ import annotations
 import torch
 
 from runner.errors import ConfigError
+from runner.optim.base import Wrapper
 
 
-class Lookahead:
-    """An optimizer wrapper: exposes the base optimizer's `param_groups` (the trainer sets their lr)."""
-    adaptive = None  # capabilities: the base's (runner/optim/capabilities.py)
-    second_order = needs_closure = False  # its own; the base's are added to them
+class Lookahead(Wrapper):
+    """Lookahead around `optimizer` (a Wrapper: the base's param groups and state), with its slow weights."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, k: int = 5, alpha: float = 0.5, power: float = 0.0,
                  average_buffers: bool = False, total_steps: int | None = None, model: torch.nn.Module | None = None):
@@ -32,7 +31,8 @@ class Lookahead:
             raise ConfigError(f"optimizer.power={power}: use power >= 0 (0: constant alpha)")
         if power > 0 and not total_steps:
             raise ConfigError("optimizer.power > 0 needs the run length (total_steps); divrun's trainer passes it")
-        self.base, self.k, self.alpha, self.power, self.total_steps = optimizer, k, alpha, power, total_steps
+        super().__init__(optimizer)
+        self.k, self.alpha, self.power, self.total_steps = k, alpha, power, total_steps
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         if average_buffers:
             if model is None:
@@ -40,14 +40,6 @@ class Lookahead:
             self.params += [b for b in model.buffers() if b.is_floating_point()]
         self.slow = [p.detach().clone() for p in self.params]
         self.steps = 0
-
-    @property
-    def param_groups(self) -> list[dict]:
-        return self.base.param_groups
-
-    @property
-    def state(self):
-        return self.base.state
 
     def alpha_at(self, step: int) -> float:
         if self.power == 0:
@@ -64,9 +56,6 @@ class Lookahead:
             if self.steps == self.total_steps:
                 torch._foreach_copy_(self.params, self.slow)
         return loss
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.base.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict:
         return {"optimizer": self.base.state_dict(), "slow": [s.clone() for s in self.slow], "steps": self.steps}

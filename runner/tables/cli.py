@@ -18,7 +18,7 @@ from rich.table import Table
 
 from runner import terminal
 from runner.errors import ConfigError
-from runner.tables import launch, recipe as recipes, render, results
+from runner.tables import launch, recipe as recipes, render, results, scaling
 from runner.tables import overrides as ov
 
 console = terminal.console(stderr=True)
@@ -89,6 +89,10 @@ def reproduce(args: argparse.Namespace) -> None:
     lines = results.collect(recipe, runs, outcomes, smoke)
     protocol = ov.merge(recipe.protocol, recipe.smoke.get("overrides", []) if smoke else [], args.extra)
     path = render.render(recipe, lines, table_dir, smoke, protocol)
+    if recipe.scaling:
+        section = scaling.markdown(scaling.fit(recipe, runs, outcomes, lines), recipe.scaling)
+        path.write_text(path.read_text() + "\n" + section)
+        console.print(section, highlight=False)
     console.print(f"divrun-table: wrote {path}, {path.with_suffix('.csv').name}, {path.with_suffix('.png').name}",
                   highlight=False)
 

@@ -8,7 +8,9 @@ a learning-rate sweep" do. A cell whose overrides name `${cell:other}` runs afte
 A grid point is selected on held-out training data, never on the test split: the runs of a grid cell hold
 out `holdout` of the training set (the recipe's key, default 0.1: `dataset.holdout`) and the table reports
 the point with the best first metric measured there (its holdout counterpart: final_val_acc1 ->
-final_holdout_acc1, val/nll -> holdout/nll), with that point's test numbers.
+final_holdout_acc1, val/nll -> holdout/nll), with that point's test numbers. A first metric of the training
+data itself (final_train_loss: an lr x batch grid picks the lr that trains best) selects on itself, with no
+holdout.
 """
 from __future__ import annotations
 
@@ -98,6 +100,7 @@ class Recipe:
     notes: str = ""
     gpu_hours: float | None = None
     holdout: float | int = DEFAULT_HOLDOUT
+    scaling: dict | None = None  # an lr x batch grid's fitted exponent per row (runner/tables/scaling.py)
 
     @property
     def primary(self) -> Metric:
@@ -105,7 +108,10 @@ class Recipe:
 
     @property
     def selection(self) -> Metric | None:
-        """The primary metric measured on the holdout split: what a grid cell's point is chosen by."""
+        """What a grid cell's point is chosen by: the primary metric on the holdout split, or the training
+        objective itself when the primary metric is one (an lr x batch grid picks the lr that trains best)."""
+        if is_training_metric(self.primary.key):
+            return self.primary
         key = holdout_key(self.primary.key)
         return None if key is None else replace(self.primary, key=key)
 
@@ -146,7 +152,8 @@ class Recipe:
         for name in sorted(self.cells, key=lambda n: stages[n]):
             cell = self.cells[name]
             budget = self.smoke_overrides(name) if scale == "smoke" else []
-            held = [f"dataset.holdout={self.holdout}"] if cell.grid else []  # select the point on held-out data
+            # select the point on held-out data (a training objective needs none)
+            held = [f"dataset.holdout={self.holdout}"] if cell.grid and not is_training_metric(self.primary.key) else []
             for (variant, point), seed in itertools.product(cell.variants(), range(seeds)):
                 merged = ov.merge(held, cell.overrides, point, budget, list(extra), [f"seed={seed}"])
                 filled = [ov.fill(o, Path(data_root), lambda c, s=seed: table_dir / c / f"seed{s}") for o in merged]
@@ -246,12 +253,20 @@ def parse(path: Path, raw: dict) -> Recipe:
                     caption=raw.get("caption", ""), source=raw.get("source", ""), seeds=int(raw["seeds"]),
                     protocol=list(raw["protocol"]), metrics=metrics, cells=cells, smoke=raw["smoke"] or {},
                     notes=raw.get("notes", ""), gpu_hours=raw.get("gpu_hours"),
-                    holdout=raw.get("holdout", DEFAULT_HOLDOUT))
+                    holdout=raw.get("holdout", DEFAULT_HOLDOUT), scaling=raw.get("scaling"))
+    if recipe.scaling is not None and not {"x", "y"} <= set(recipe.scaling):
+        fail("`scaling` needs `x` (the cells' key, e.g. trainer.batch_size) and `y` (the grid's, e.g. optimizer.lr)")
     recipe.stages()  # rejects dependency loops now, not halfway through a table
     if recipe.has_grid and recipe.selection is None:
         fail(f"the first metric ({recipe.primary.key}) has no holdout counterpart to select grid points on; "
-             f"put a val metric (final_val_acc1, final_val_loss or val/...) first")
+             f"put a val metric (final_val_acc1, final_val_loss or val/...) or a training one (final_train_loss) "
+             f"first")
     return recipe
+
+
+def is_training_metric(key: str) -> bool:
+    """A metric of the training data itself (final_train_loss, train/...): never the test split."""
+    return key.startswith(("final_train_", "train/"))
 
 
 def holdout_key(key: str) -> str | None:

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from runner import terminal
-from runner.tables.recipe import Recipe
+from runner.tables.recipe import Recipe, is_training_metric
 from runner.tables.results import Line
 
 SOURCE_NOTE = {"paper": "printed in the paper", "repository": "from the official repository's results",
@@ -25,6 +25,9 @@ def fmt(value: float | None, std: float | None = None, sign: str = "") -> str:
 
 
 def selection_note(recipe: Recipe) -> str:
+    if is_training_metric(recipe.selection.key):
+        return (f"Grid cells: the point in [brackets] has the best {recipe.primary.label} (`{recipe.selection.key}`, "
+                f"the training objective), never a test-split number; its other numbers are that point's.")
     return (f"Grid cells: the point in [brackets] has the best {recipe.primary.label} on the holdout split "
             f"(`{recipe.selection.key}`: dataset.holdout={recipe.holdout} of the training set, stratified, fixed by "
             f"the dataset's split seed), never on the test split; its numbers are that point's test values.")

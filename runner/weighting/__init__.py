@@ -106,3 +106,11 @@ def weight_statistics(multipliers: torch.Tensor) -> torch.Tensor:
     """(min, max, sum, sum of squares) of a batch's multipliers: reduced over ranks at the logging interval."""
     m = multipliers.detach().float()
     return torch.stack([m.min(), m.max(), m.sum(), m.square().sum()])
+
+
+def combined_statistics(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The statistics of a step's micro-batches as one batch's: min of the minima, max of the maxima, sums added."""
+    if len(parts) == 1:
+        return parts[0]
+    rows = torch.stack(parts)
+    return torch.stack([rows[:, 0].min(), rows[:, 1].max(), rows[:, 2].sum(), rows[:, 3].sum()])
