@@ -111,7 +111,8 @@ class Policy:
                           torch.from_numpy(thetas).float().to(device))
 
     def apply(self, images: torch.Tensor, plan: PolicyPlan, samples: np.ndarray, samples_device: torch.Tensor):
-        """Augment the batch whose sample ids are `samples` (host) / `samples_device`; returns a new batch.
+        """Augment the batch whose rows of the plan are `samples` (host) / `samples_device` (the loader passes its
+        slots of the epoch order); returns a new batch.
 
         Each slot sorts the batch by op (one gather; the order comes from the host-side plan), so every op
         transforms a contiguous slice in place; one scatter restores the batch's order at the end."""

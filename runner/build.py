@@ -1,5 +1,6 @@
-"""Building a run's parts from its config: data, model, runtime (device, precision, memory format), loss,
-optimizer driver, schedule, the method (distiller) with its context, and the step. Nothing is written here:
+"""Building a run's parts from its config: data (with the sampler's epoch order), model, runtime (device,
+precision, memory format), loss, optimizer driver, schedule, the methods with their context (distiller,
+per-sample weighting, data selection), and the step. Nothing is written here:
 the job writes the run folder only once everything is built (and a checkpoint restored), so bad input found
 while building leaves nothing behind.
 """
@@ -21,6 +22,8 @@ from runner.calibration import calibrated
 from runner.context import DataInfo, MethodContext, Progress
 from runner.curvature import CurvatureMonitor, build_curvature
 from runner.data.loaders import build_loaders, cpu_count
+from runner.data.sharding import batches_per_epoch
+from runner.data.splits import split_labels
 from runner.ema import WeightEMA
 from runner.evaluation import evaluate, evaluation_pass
 from runner.losses import build_loss
@@ -29,6 +32,7 @@ from runner.nonfinite import SkipNonFinite
 from runner.optim import build_optimizer, capabilities
 from runner.schedules import total_steps
 from runner.step import OptimizerDriver, Step, autocast_for
+from runner.weighting import SamplerCorrection
 
 DATA_INIT_SAMPLES = 5000  # training images handed to a model's init_from_data (airbench's whitening uses 5000)
 
@@ -99,16 +103,39 @@ class Run:
     lr_factors: list[float]
     driver: OptimizerDriver  # the student's
     method: object           # the distiller (distill=none: the loss on the labels)
+    weighting: object        # runner/weighting/ (weighting=none: the plain mean)
+    selection: object        # runner/selection.py (selection=none: the batch as drawn)
+    sampler: object          # runner/data/samplers.py (sampler=uniform: a permutation per epoch)
     step: Step
     progress: Progress
     steps_per_epoch: int
     total_steps: int             # under batch=adaptive, a bound: the budget is total_samples
     epochs: int
+    class_counts: torch.Tensor | None  # training samples per class of a long-tailed run (the shot accuracies)
     batching: object             # conf/batch: FixedBatch or AdaptiveBatch
     batch: BatchState            # the batch the step runs now
     total_samples: int | None    # batch=adaptive: trainer.epochs x the training set
     ema: WeightEMA | None        # trainer.ema
     curvature: CurvatureMonitor | None = None  # trainer.curvature.every > 0
+
+    @property
+    def trained_batch(self) -> int:
+        """Samples a step trains on over all processes: the batch's, or what selection keeps of its candidates."""
+        return self.selection.kept(self.batch.per_device * self.selection.candidates) * distributed.world_size()
+
+    @property
+    def drawn_batch(self) -> int:
+        """Samples a step draws from the epoch's order over all processes (selection=hard: its candidates)."""
+        return self.batch.global_batch * self.selection.candidates
+
+    @property
+    def epoch_draws(self) -> int:
+        """Samples an epoch's order holds: the training set's, once per pass of selection's candidates."""
+        return len(self.splits.train) * self.selection.candidates
+
+    def resize_loader(self) -> None:
+        """The training loader to the batch the step runs now (batch=adaptive grows it; a resume restores it)."""
+        self.train_loader.batch_size = self.batch.per_device * self.selection.candidates
 
     @property
     def optimizer(self):
@@ -122,8 +149,9 @@ class Run:
         return "holdout" in self.eval_loaders
 
     def evaluate(self, model: torch.nn.Module | None = None, split: str = "val") -> dict:
-        loss_fn, autocast, device, tta, bins = self.evaluation_settings()
-        return evaluate(model or self.model, self.eval_loaders[split], loss_fn, autocast, device, tta, split, bins)
+        loss_fn, autocast, device, tta, bins, counts = self.evaluation_settings()
+        return evaluate(model or self.model, self.eval_loaders[split], loss_fn, autocast, device, tta, split, bins,
+                        counts)
 
     def evaluation(self) -> tuple[dict, dict]:
         """The loop's evaluation: every evaluated split (val/*: the test split; holdout/* with dataset.holdout);
@@ -142,7 +170,8 @@ class Run:
         return results, panels
 
     def evaluation_settings(self) -> tuple:
-        return (self.loss_fn, self.autocast, self.runtime.device, self.cfg.trainer.tta, self.cfg.eval.ece_bins)
+        return (self.loss_fn, self.autocast, self.runtime.device, self.cfg.trainer.tta, self.cfg.eval.ece_bins,
+                self.class_counts)
 
     @contextlib.contextmanager
     def evaluation_weights(self):
@@ -174,6 +203,7 @@ class Run:
         any other component that has state): a new stateful component is one more entry here."""
         objects = {"model": self.model, "optimizer": self.optimizer, "loss": self.loss_fn,
                    "scaler": self.runtime.scaler, "schedule": self.schedule, "distill": self.method,
+                   "weighting": self.weighting, "selection": self.selection, "sampler": self.sampler,
                    "ema": self.ema, "batch": self.batch}
         return {name: obj for name, obj in objects.items() if hasattr(obj, "state_dict")}
 
@@ -197,12 +227,17 @@ def build_run(cfg: DictConfig, print: Callable[[str], None] = lambda message: No
     workers = min(8, cpu_count()) if trainer.num_workers == "auto" else int(trainer.num_workers)
     batching = instantiate(cfg.batch) if cfg.get("batch") else FixedBatch()
     batch = batching.start(trainer, distributed.world_size(), len(splits.train))
+    # every sampler draws as many samples per epoch as the training set holds: the run's length is known first
+    steps_per_epoch = batches_per_epoch(len(splits.train), batch.per_device, 0, distributed.world_size(), True)
+    steps = total_steps(trainer, steps_per_epoch)  # at the starting batch
+    epochs = trainer.epochs if batching.adaptive else math.ceil(steps / max(steps_per_epoch, 1))
+    total_samples = int(trainer.epochs * len(splits.train)) if batching.adaptive else None
+    sampler, selection, weighting = instantiate(cfg.sampler), instantiate(cfg.selection), instantiate(cfg.weighting)
+    labels = split_labels(splits.train, f"sampler={sampler.name}") if sampler.needs_labels else None
+    sampler.setup(len(splits.train), labels, splits.num_classes, epochs)
     train_loader, eval_loaders = build_loaders(splits, batch.per_device, trainer.eval_batch_size, runtime.device,
                                                cfg.seed, workers, runtime.channels_last, distributed.rank(),
-                                             distributed.world_size())
-    steps_per_epoch = len(train_loader)  # at the starting batch
-    steps = total_steps(trainer, steps_per_epoch)
-    total_samples = int(trainer.epochs * len(splits.train)) if batching.adaptive else None
+                                               distributed.world_size(), sampler, selection.candidates)
     if hasattr(model, "init_from_data"):  # data-dependent init (airbench's whitening), before the optimizer
         model.init_from_data(train_loader.sample(DATA_INIT_SAMPLES))
     optimizer = build_optimizer(cfg.optimizer, model, steps)
@@ -219,23 +254,31 @@ def build_run(cfg: DictConfig, print: Callable[[str], None] = lambda message: No
     declared = capabilities(cfg.optimizer)
     with_l1 = bool(declared.adaptive) if trainer.grad_norm_l1 == "auto" else bool(trainer.grad_norm_l1)
     driver = OptimizerDriver(optimizer, model, lr_factors, trainer.grad_clip, runtime.scaler, declared, with_l1)
-    epochs = trainer.epochs if batching.adaptive else math.ceil(steps / steps_per_epoch)
     method = instantiate(cfg.distill)
     autocast = autocast_for(runtime.device, runtime.autocast_dtype)
+    counts = splits.class_counts("the shot accuracies") if splits.imbalance > 1 else None
     context = MethodContext(
         model=model, device=runtime.device, channels_last=runtime.channels_last, autocast=autocast,
-        data=DataInfo(splits.name, splits.num_classes, splits.in_channels, len(splits.train), train_loader),
-        dataset=cfg.dataset, criterion=loss_fn, progress=progress, epochs=epochs,
+        data=DataInfo(splits.name, splits.num_classes, splits.in_channels, len(splits.train), train_loader,
+                      splits.class_counts),
+        dataset=cfg.dataset, criterion=loss_fn, progress=progress, epochs=epochs, steps=steps,
         evaluate=lambda other: evaluate(other, eval_loaders["val"], loss_fn, autocast, runtime.device, trainer.tta,
-                                        bins=cfg.eval.ece_bins),
+                                        bins=cfg.eval.ece_bins, class_counts=counts),
         print=print, optimizer_config=cfg.optimizer, capabilities=declared, lr_factors=lr_factors,
         grad_clip=trainer.grad_clip, scaler=runtime.scaler, model_config=cfg.model, drivers=[driver])
     method.setup(context)  # may add companions' drivers to context.drivers
+    weightings = [weighting] if weighting.active else []
+    if sampler.class_multipliers(0) is not None:  # a sampler that upweights too (cooldown)
+        weightings.append(SamplerCorrection(sampler, epochs, runtime.device))
+    for part in (*weightings, selection):
+        part.setup(context)
     guard = SkipNonFinite(context.drivers, runtime.scaler is not None) if trainer.on_nonfinite == "skip" else None
     ema = trainer.get("ema") or {}
     ema = WeightEMA(model, ema.decay, ema.warmup, ema.warmup_gamma, ema.warmup_power, ema.every) \
         if ema.get("decay") else None
-    step = Step(forward, method, context.drivers, autocast, guard, batching, batch, ema)
+    step = Step(forward, method, context.drivers, autocast, guard, batching, batch, ema, weightings,
+                selection if selection.active else None)
     curvature = build_curvature(trainer.curvature, splits, model, loss_fn, runtime, cfg.seed, workers)
     return Run(cfg, splits, model, runtime, train_loader, eval_loaders, loss_fn, schedule, lr_factors, driver, method,
-               step, progress, steps_per_epoch, steps, epochs, batching, batch, total_samples, ema, curvature)
+               weighting, selection, sampler, step, progress, steps_per_epoch, steps, epochs, counts, batching, batch,
+               total_samples, ema, curvature)

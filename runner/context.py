@@ -1,14 +1,16 @@
-"""What a training method (a distiller now; per-sample weighting and data selection later) gets from the run:
-a narrow `MethodContext`, never the train loop itself.
+"""What a training method (a distiller, a per-sample weighting, a data selection) gets from the run: a narrow
+`MethodContext`, never the train loop itself.
 
     model, params          the student (unwrapped) and its trained parameters
     device, place(m)       the training device; a module moved there in the run's memory format
     autocast()             the step's autocast context (a method's extra forward passes run under it)
     data                   `DataInfo`: name, classes, channels, training-set size and loader (one epoch:
-                           `data.train_loader.epoch(0)`, yielding (images, labels, sample_indices))
+                           `data.train_loader.epoch(0)`, yielding (images, labels, sample_indices)), and
+                           `class_counts(needed_by)`: training samples per class, read when asked
     dataset                the dataset's config (to compose another model for the same data)
     criterion              the run's loss (`loss` group): D in distillation, the label loss otherwise
-    progress               `Progress`: the current step and epoch, read when needed; `epochs` the run's total
+    progress               `Progress`: the current step and epoch, read when needed; `epochs`, `steps` the run's
+                           totals
     evaluate(model)        the validation metrics of another model ({"val/acc1": ...})
     build_model(option)    a `conf/model` option (None: the student's architecture) for this dataset, on the device
     companion(module, overrides)  a module trained beside the student with its own optimizer (the run's
@@ -17,8 +19,9 @@ a narrow `MethodContext`, never the train loop itself.
                            non-finite step, and checkpointed by the method (`Companion.state_dict`)
     print(message)         one line on the console (rank 0)
 
-A method is called by the step as `loss(images, labels, indices, logits)` (a scalar, or per-sample losses
-that the step averages at its one weighting point) and `after_step(step, kept)` (`kept`: a device bool, False
+A distiller is called by the step as `loss(images, labels, indices, logits)` (a scalar, or per-sample losses
+that the step weighs and averages at its one weighting point; a weighting's `multipliers(losses, labels)` and a
+selection's `(images, labels, indices) -> the kept ones` are called there too, runner/step.py) and `after_step(step, kept)` (`kept`: a device bool, False
 when on_nonfinite=skip dropped the step; None when no step is ever dropped).
 """
 from __future__ import annotations
@@ -48,6 +51,7 @@ class DataInfo:
     in_channels: int
     train_size: int
     train_loader: object
+    class_counts: Callable[[str], torch.Tensor]
 
 
 class Companion:
@@ -76,6 +80,7 @@ class MethodContext:
     criterion: torch.nn.Module
     progress: Progress
     epochs: int
+    steps: int
     evaluate: Callable[[torch.nn.Module], dict]
     print: Callable[[str], None]
     # what companions are built from: the run's optimizer config, schedule factors, clipping, scaler

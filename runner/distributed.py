@@ -217,6 +217,23 @@ def convert_sync_bn(model: torch.nn.Module, sync_bn: bool) -> torch.nn.Module:
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) if sync_bn and world_size() > 1 else model
 
 
+def all_gather_equal(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of an equal-length tensor, concatenated in rank order on every rank (no host read: the
+    training step's per-sample values; the training batch is the same size on every rank)."""
+    if world_size() == 1:
+        return tensor
+    gathered = tensor.new_empty((world_size() * len(tensor), *tensor.shape[1:]))
+    dist.all_gather_into_tensor(gathered, tensor.contiguous())
+    return gathered
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Maximum over ranks in place (a no-op on one process)."""
+    if world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
 def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     """Every rank's rows (shards may differ in length by a sample), concatenated in rank order on every rank."""
     if world_size() == 1:

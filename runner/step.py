@@ -13,11 +13,15 @@ ones. The student's driver and each companion's
 `trainer.on_nonfinite=skip` one `SkipNonFinite` guard covers all of them, so a NaN step changes no trained
 module and no optimizer state.
 
-Seams (where later methods plug in, each a local addition here):
+Which samples drive the step:
 - per-sample weighting: `Step.batch_loss` is the one point where a method's per-sample losses (a vector) become
-  the batch's loss; weights multiply them there.
-- data selection: the first statement of `forward_backward` may replace the batch (score a larger candidate
-  batch under torch.inference_mode). Mixup/CutMix's probability targets come from the loaders; the loss and the
+  a micro-batch's loss: mean_i m_i l_i with each weighting's multipliers (runner/weighting/, and a sampler's
+  per-class correction), computed from detached losses; their min, max and sums join the step's record. The
+  loss-based weightings normalise over the micro-batch a backward pass is formed from (with
+  trainer.accumulate=1: the step's batch), over every rank; class-based multipliers do not depend on the batch.
+- data selection: `selection` (runner/selection.py) replaces the drawn batch before the forward pass
+  (`selection=hard` scores a larger candidate batch under torch.inference_mode, micro-batch by micro-batch).
+  Mixup/CutMix's probability targets come from the loaders; the loss, the weightings' class multipliers and the
   accuracy count take (N, K) targets.
 
 Gradient accumulation (runner/accumulate.py): `forward_backward` runs the batch as the `BatchState`'s
@@ -38,6 +42,7 @@ from runner.batch_size import GroupGradients, squared_norm
 from runner.losses.stablemax import softmax_collapsed
 from runner.nonfinite import SkipNonFinite, first_nonfinite_index
 from runner.optim import Capabilities
+from runner.weighting import combined_statistics, weight_statistics
 
 
 class StepRecord(NamedTuple):
@@ -49,13 +54,18 @@ class StepRecord(NamedTuple):
     nonfinite_param: float  # index of the first student parameter with a non-finite gradient (0 when none)
     collapsed: float        # samples of this rank's batch whose float32 softmax collapsed (runner/losses/stablemax.py)
     batch_proposal: float   # batch=adaptive's test: the global batch it asks for (0: no test this step)
+    weight_min: float       # the per-sample loss multipliers m_i of this rank's batch (runner/weighting/): min,
+    weight_max: float       # max,
+    weight_sum: float       # sum and sum of squares (0 without weighting): the effective sample size
+    weight_sq_sum: float    # (sum m)^2 / sum m^2 of the global batch comes from their sums over ranks
 
 
 class StepStats:
     """Per-step records kept on the device until the logging interval."""
     FIELDS = StepRecord._fields
-    # over ranks: loss and norms averaged, correct counts summed; the non-finite parameter index is per rank
-    RANK_MEAN, RANK_SUM = ("loss", "grad_l2", "grad_l1"), ("correct", "collapsed")
+    # over ranks: loss and norms averaged, counts and sums summed, extremes kept; the non-finite index is per rank
+    RANK_MEAN, RANK_SUM = ("loss", "grad_l2", "grad_l1"), ("correct", "collapsed", "weight_sum", "weight_sq_sum")
+    RANK_MIN, RANK_MAX = "weight_min", "weight_max"
 
     def __init__(self, capacity: int, device: torch.device):
         self.buffer = torch.zeros(capacity, len(self.FIELDS), device=device)
@@ -76,6 +86,9 @@ class StepStats:
             distributed.all_reduce_sum(summed)
             rows[:, reduced] = summed
             rows[:, [self.FIELDS.index(name) for name in self.RANK_MEAN]] /= distributed.world_size()
+            low, high = self.FIELDS.index(self.RANK_MIN), self.FIELDS.index(self.RANK_MAX)
+            rows[:, low] = -distributed.all_reduce_max(-rows[:, low])
+            rows[:, high] = distributed.all_reduce_max(rows[:, high].contiguous())
         records = [StepRecord(*row) for row in rows.tolist()]  # the one host sync per logging interval
         self.count = 0
         return records
@@ -167,28 +180,35 @@ def optimizer_metrics(optimizer) -> dict[str, float]:
 
 
 class Step:
-    """forward_backward + update: one optimizer step of the student (drivers[0]) and its companions."""
+    """forward_backward + update: one optimizer step of the student (drivers[0]) and its companions, on the
+    batch `selection` keeps, with the loss `weightings` weigh."""
 
     def __init__(self, forward, method, drivers: list[OptimizerDriver], autocast, guard: SkipNonFinite | None,
-                 batching=None, batch=None, ema=None):
+                 batching=None, batch=None, ema=None, weightings: tuple = (), selection=None):
         self.forward, self.method, self.drivers, self.autocast, self.guard = forward, method, drivers, autocast, guard
         self.batching, self.batch, self.ema = batching, batch, ema
+        self.weightings, self.selection = tuple(weightings), selection
         student = drivers[0]
         self.scaler, self.second_order = student.scaler, student.capabilities.second_order
         self.needs_closure = student.capabilities.needs_closure
+        self.unweighted = torch.zeros(4, device=student.params[0].device)  # weight statistics without weighting
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, step: int) -> torch.Tensor:
+        micro_batches = self.batch.micro_batches if self.batch else 1
+        if self.selection is not None:
+            images, labels, indices = self.selection(images, labels, indices, micro_batches)
         for driver in self.drivers:
             driver.set_lr(step)
         if self.guard:
             self.guard.snapshot()
         testing = bool(self.batching and self.batching.adaptive and self.batching.test_due(step, self.batch))
         world = distributed.world_size()
-        count = self.batching.test_parts(self.batch, world) if testing else (self.batch.micro_batches if self.batch else 1)
+        count = self.batching.test_parts(self.batch, world) if testing else micro_batches
         parts = split(images, labels, indices, count)
         groups = GroupGradients(self.drivers[0].params, self.batching.needs_inner_products) if testing else None
-        loss, logits = self.forward_backward(parts, manual_sync=testing and world > 1,
-                                             after_each=groups and (lambda m: groups.add(len(m.indices), len(indices))))
+        loss, logits, weights = self.forward_backward(
+            parts, manual_sync=testing and world > 1,
+            after_each=groups and (lambda m: groups.add(len(m.indices), len(indices))))
         proposal = self.proposal(groups) if testing else torch.zeros((), device=loss.device)
         (l2, l1, nonfinite), kept = self.update(loss, parts)
         self.method.after_step(step, kept)  # per-sample memories, EMA: `kept` False where the guard skipped
@@ -196,25 +216,40 @@ class Step:
             self.ema.step(step + 1)
         correct = sum(self.correct(out, micro.targets) for out, micro in zip(logits, parts))
         collapsed = sum(softmax_collapsed(out).sum() for out in logits)
-        return torch.stack([loss, correct.float(), l2.float(), l1.float(), nonfinite.float(), collapsed.float(),
-                            proposal.float()])
+        return torch.cat([torch.stack([loss, correct.float(), l2.float(), l1.float(), nonfinite.float(),
+                                       collapsed.float(), proposal.float()]), weights])
 
-    def loss(self, images, labels, indices) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(self, images, labels, indices) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the micro-batch's loss, the logits, the statistics of its weights)."""
         with self.autocast():
             logits = self.forward(images)
-            return self.batch_loss(self.method.loss(images, labels, indices, logits)), logits
+            loss, weights = self.batch_loss(self.method.loss(images, labels, indices, logits), labels)
+            return loss, logits, weights
 
-    @staticmethod
-    def batch_loss(loss: torch.Tensor) -> torch.Tensor:
-        """The batch's loss from a method's loss: a scalar as it is, per-sample losses averaged."""
-        return loss if loss.ndim == 0 else loss.mean()
+    def batch_loss(self, losses: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weighting point: a method's scalar as it is; per-sample losses l_i as mean_i m_i l_i, m_i the
+        product of the weightings' multipliers (1 without any), computed without gradient."""
+        if losses.ndim == 0 or not self.weightings:
+            return (losses if losses.ndim == 0 else losses.mean()), self.unweighted
+        with torch.no_grad():
+            detached = losses.detach().float()
+            multipliers = self.weightings[0].multipliers(detached, labels)
+            for weighting in self.weightings[1:]:
+                multipliers = multipliers * weighting.multipliers(detached, labels)
+        return (multipliers * losses).mean(), weight_statistics(multipliers)
 
     def forward_backward(self, parts: list[MicroBatch], manual_sync: bool = False, after_each=None,
-                         scaled: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                         scaled: bool = True) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         """Forward and backward over the micro-batches (DDP syncs on the last one only, or not at all with
         `manual_sync`, which averages the gradients over the ranks itself afterwards): the step's mean loss
-        (detached) and each micro-batch's logits."""
+        (detached), each micro-batch's logits and the statistics of all their weights."""
         scaler = self.scaler if scaled else None
+        weights = []
+
+        def loss_of(micro: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
+            loss, logits, statistics = self.loss(micro.images, micro.targets, micro.indices)
+            weights.append(statistics)
+            return loss, logits
 
         def backward(loss: torch.Tensor) -> None:
             if scaler is not None:
@@ -222,12 +257,12 @@ class Step:
             else:
                 loss.backward(create_graph=self.second_order)
 
-        loss, logits = run_micro_batches(parts, lambda m: self.loss(m.images, m.targets, m.indices), backward,
-                                         no_sync_of(getattr(self.forward, "eager", self.forward)),
-                                         "manual" if manual_sync else "last", after_each)
+        no_sync = no_sync_of(getattr(self.forward, "eager", self.forward))
+        loss, logits = run_micro_batches(parts, loss_of, backward, no_sync, "manual" if manual_sync else "last",
+                                         after_each)
         if manual_sync:
             distributed.average_gradients(self.drivers[0].params)
-        return loss, logits
+        return loss, logits, combined_statistics(weights)
 
     def proposal(self, groups: GroupGradients) -> torch.Tensor:
         """batch=adaptive's test on this step's micro-batch gradients, summed over the ranks (no host sync)."""
@@ -260,7 +295,7 @@ class Step:
         """Re-evaluates loss and gradients at the optimizer's current weights (SAM's second pass)."""
         def evaluate_again():
             with torch.enable_grad():
-                loss, _ = self.forward_backward(parts, scaled=False)
+                loss, _, _ = self.forward_backward(parts, scaled=False)
             return loss
         return evaluate_again
 

@@ -89,8 +89,8 @@ class Trainer:
                 with self.sync_check:  # trainer.sync_debug: the step never waits on the device
                     self.stats.add(progress.step, run.step(images, labels, indices, progress.step))
                 progress.step += 1
-                progress.samples += batch.global_batch
-                self.position += batch.global_batch
+                progress.samples += run.trained_batch
+                self.position += run.drawn_batch
                 logger.advance()
                 self.end_of_step()
                 if self.done() or progress.epoch != epoch or batch.per_device != size:
@@ -105,7 +105,7 @@ class Trainer:
     def epoch_done(self) -> bool:
         """No full step's batch is left in this epoch (or the run's budget is spent)."""
         run, progress = self.run, self.progress
-        return self.done() or self.position + run.batch.global_batch > len(run.splits.train) or (
+        return self.done() or self.position + run.drawn_batch > run.epoch_draws or (
             not run.batching.adaptive and progress.step == (progress.epoch + 1) * run.steps_per_epoch)
 
     def end_of_step(self) -> None:
@@ -168,7 +168,7 @@ class Trainer:
         self.skipped_steps += len(rows) - len(finite)
         mean = lambda field: sum(getattr(r, field) for r in finite) / len(finite) if finite else math.nan  # noqa: E731
         run = self.run
-        global_batch = run.batch.global_batch
+        global_batch = run.trained_batch
         epoch = progress.samples / len(run.splits.train) if run.batching.adaptive else progress.step / run.steps_per_epoch
         record = {"step": progress.step, "epoch": epoch, "train/loss": mean("loss"),
                   "train/acc1": sum(r.correct for r in rows) / (len(rows) * global_batch),
@@ -176,6 +176,7 @@ class Trainer:
                   "train/img_per_s": len(rows) * global_batch / max(now - self.clock, 1e-9),
                   "train/skipped_steps": self.skipped_steps, "train/batch_size": global_batch,
                   "train/softmax_collapse": sum(r.collapsed for r in rows) / (len(rows) * global_batch),
+                  **self.weight_record(finite),
                   **optimizer_metrics(self.run.optimizer)}
         if run.batching.adaptive:
             record["train/samples"] = progress.samples
@@ -191,7 +192,15 @@ class Trainer:
         proposals = [r.batch_proposal for r in rows if r.batch_proposal > 0]
         if proposals:  # the latest test's verdict, read with this interval's records: the batch grows here
             run.batch.load_state_dict(vars(run.batching.grown(run.batch, int(proposals[-1]), distributed.world_size())))
-            run.train_loader.batch_size = run.batch.per_device
+            run.resize_loader()
+
+    def weight_record(self, rows: list[StepRecord]) -> dict:
+        """The per-sample weights' extremes over the interval and their mean effective sample size (of the global
+        batch: (sum m)^2 / sum m^2), when the step weighs its samples."""
+        if not self.run.step.weightings or not rows:
+            return {}
+        return {"train/weight_min": min(r.weight_min for r in rows), "train/weight_max": max(r.weight_max for r in rows),
+                "train/weight_ess": sum(r.weight_sum ** 2 / r.weight_sq_sum for r in rows) / len(rows)}
 
     def stop_if_diverged(self, rows: list[StepRecord], first_step: int) -> None:
         if self.cfg.trainer.on_nonfinite != "stop":
@@ -228,6 +237,8 @@ class Trainer:
         return {**finals, "final_train_loss": finite(self.train_loss), "best_val_acc1": self.best_acc1,
                 "final_val_acc1": last("val/acc1"), "final_val_loss": finite(last("val/loss")),
                 "final_val_ece": finite(last("val/ece")), "final_val_nll": finite(last("val/nll")),
+                **{f"final_val_{name}_acc1": last(f"val/{name}_acc1") for name in ("balanced", "many", "medium", "few")
+                   if f"val/{name}_acc1" in self.last_eval},
                 "initial_train_loss": finite(self.initial_loss), "final_train_softmax_collapse": self.collapse,
                 "train_label_noise": self.run.splits.label_noise, "steps": self.progress.step,
                 "epochs": self.progress.epoch, "skipped_steps": self.skipped_steps,
@@ -261,7 +272,7 @@ class Trainer:
         self.progress.step, self.progress.epoch = payload["step"], payload["epoch"]
         self.progress.samples, self.position = payload["samples"], payload["position"]
         self.last_ema_eval = payload["last_ema_eval"]
-        self.run.train_loader.batch_size = self.run.batch.per_device
+        self.run.resize_loader()
         self.best_acc1, self.last_eval = payload["best_acc1"], payload["last_eval"]
         self.train_loss, self.skipped_steps = payload["train_loss"], payload["skipped_steps"]
         self.initial_loss, self.collapse = payload["initial_loss"], payload["collapse"]

@@ -17,7 +17,8 @@ Each rule lives in one place, and this pass runs all of them:
 3. Every interpolation resolves (a wrapper's base optimizer: runner/config.py).
 4. The light components are built once on placeholders, so the checks in their constructors run here: the
    model on the meta device, the loss, the optimizer on one parameter, the schedule for the run's length
-   (from the dataset's size: `describe` of runner/data/datasets.py), the distiller's options.
+   (from the dataset's size: `describe` of runner/data/datasets.py), the distiller's, weighting's, selection's
+   and sampler's options.
 5. Run-level rules across components: the batch against the training set and the processes, the device,
    the processes' layout, precision and the optimizer's capabilities (runner/optim/capabilities.py), and
    what cannot run on several processes.
@@ -397,6 +398,7 @@ def _built_problems(cfg: DictConfig, shape, world_size: int, device) -> Iterable
         "optimizer": lambda: build_optimizer(cfg.optimizer, placeholder, total),
         "schedule": lambda: instantiate(cfg.schedule)(total_steps=total, steps_per_epoch=steps_per_epoch),
         "distill": lambda: instantiate(cfg.distill),
+        **{group: (lambda group=group: instantiate(cfg[group])) for group in ("weighting", "selection", "sampler")},
         "batch": lambda: instantiate(cfg.batch) if cfg.get("batch") else None,
     }
     for group, build in builds.items():

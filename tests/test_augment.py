@@ -152,12 +152,11 @@ def test_the_device_loader_augments_normalises_erases_and_mixes_and_replays_any_
     for start in (0, 2, 5):  # a resumed epoch's batches are the uninterrupted epoch's
         for (a, ta, ia), (b, tb, ib) in zip(full[start:], loader.epoch(3, start_batch=start)):
             assert torch.equal(a, b) and torch.equal(ta, tb) and torch.equal(ia, ib)
-    plan = loader.epoch_plan(3)
-    samples = plan.order_host[:16]
-    crops = loader._crop_and_flip(plan.order[:16], plan.offsets, plan.flips)
-    policy = loader.extra.policy.apply(crops, plan.policy, samples, plan.order[:16])
+    plan = loader.epoch_plan(3)  # the first batch: the order's slots 0..15
+    crops = loader._crop_and_flip(plan.order[:16], plan.offsets[:16], plan.flips[:16])
+    policy = loader.extra.policy.apply(crops, plan.policy, plan.slots_host[:16], plan.slots[:16])
     normalised = (policy.float() - 0.5 * 255) / (0.25 * 255)
-    erased = loader.extra.erasing.apply(normalised, plan.boxes[plan.order[:16]])
+    erased = loader.extra.erasing.apply(normalised, plan.boxes[:16])
     from runner.mixing import batch_rng
     draw = loader.extra.mixing.draw(batch_rng(1, 3, 0), 16, 16)
     mixed, _ = loader.extra.mixing.apply(erased, split.labels[plan.order[:16]], draw, 10)

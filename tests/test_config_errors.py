@@ -29,8 +29,8 @@ UNREACHABLE = {
     ("runner/sweep.py", "{run_dir} holds a run"): "a resumed sweep's folder (tests/test_compare.py), not one config",
     ("runner/losses/fdiv.py", "loss.generator={generator}: f(1)"): "every named generator has f(1) = 0; it guards "
                                                                     "a new function in generators.py",
-    ("runner/data/splits.py", "{key}: cannot read the labels"): "every dataset of the package exposes its labels; "
-                                                                  "it guards a third-party factory",
+    ("runner/data/splits.py", "{needed_by} needs the training labels"): "every dataset of the package exposes its "
+                                                                         "labels; it guards a third-party factory",
     ("runner/data/splits.py", "dataset.holdout={holdout}: a stratified"): "a class with one training sample; the "
                                                                            "pre-flight's class count check comes first",
     ("runner/tune/", ""): "divrun-tune's options and folders (tests/test_tune.py), not divrun configs",
@@ -254,6 +254,27 @@ CASES = [
      lambda tmp, mp: {"teacher": teacher_file(tmp, 10)}),
     (["distill=saf", "distill.epochs_back=0"], "distill.epochs_back=0, distill.start_epoch=5", None),
     (["distill=pskd", "trainer.devices=2"], "distill=pskd runs on one process only", None),
+    # which samples: weighting, selection, imbalance, samplers (issue #18)
+    (["weighting=loss_rank", "weighting.fn=cubic"], "weighting.fn=cubic: no such weight function", None),
+    (["weighting=loss_rank", "weighting.delta=0"], "weighting.delta=0: the normalised losses' half-range", None),
+    (["weighting=loss_rank", "weighting.warmup=1.5"], "weighting.warmup=1.5: a step count", None),
+    (["weighting=kl_dro", "weighting.temperature=0"], "weighting.temperature=0: the temperature must be > 0", None),
+    (["weighting=class_balanced", "weighting.scheme=sqrt"], "weighting.scheme=sqrt: choose one of", None),
+    (["weighting=class_balanced", "weighting.beta=1"], "weighting.beta=1: the effective number needs", None),
+    (["weighting=class_balanced", "weighting.normalize=sum"], "weighting.normalize=sum: choose classes", None),
+    (["weighting=class_balanced", "weighting.scheme=temperature", "weighting.temperature=-1"],
+     "weighting.temperature=-1: the sampling temperature must be > 0", None),
+    (["weighting=kl_dro", "distill=dml"], "weighting=kl_dro weighs each sample's loss, but distill=dml", None),
+    (["weighting=loss_rank", "loss=sinkhorn", "loss.form=batch"], "weighting=loss_rank needs one loss per sample", None),
+    (["selection=hard", "selection.fraction=1.5"], "selection.fraction=1.5: the part of the candidates", None),
+    (["selection=hard", "selection.fraction=0"], "selection.fraction=0: the part of the candidates", None),
+    (["selection=hard", "selection.candidates=0"], "selection.candidates=0: the candidate batch is a whole", None),
+    (["dataset.imbalance.ratio=0.5"], "dataset.imbalance.ratio=0.5: must be >= 1", None),
+    (["dataset.imbalance.ratio=10", "dataset.imbalance.profile=linear"], "dataset.imbalance.profile=linear", None),
+    (["sampler=class_balanced", "sampler.temperature=0"], "sampler.temperature=0: the sampling temperature", None),
+    (["sampler=cooldown", "sampler.begin=0.8", "sampler.finish=0.5"], "sampler.begin=0.8, sampler.finish=0.5", None),
+    (["sampler=cooldown", "sampler.start=-1"], "sampler.start=-1: the sampling temperature must be > 0", None),
+    (["sampler=cooldown", "sampler.end=0"], "sampler.end=0: the sampling temperature must be > 0", None),
     # batch size and training recipes
     (["trainer.accumulate=0"], "trainer.accumulate=0: expected a positive integer (micro-batches per step)", None),
     (["trainer.batch_size=512", "trainer.accumulate=4"], "trainer.batch_size=512 x trainer.accumulate=4 x 1 "

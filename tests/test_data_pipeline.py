@@ -28,15 +28,18 @@ def unnormalize(images: torch.Tensor) -> torch.Tensor:
 def test_each_image_is_its_padded_window_mirrored_when_flipped():
     split = numbered_split()
     data = loader(split)
-    plan = data.epoch_plan(3)
-    offsets, flips = plan.offsets, plan.flips
+    plan = data.epoch_plan(3)  # one row per slot of the epoch's order
+    order, offsets, flips = plan.order, plan.offsets, plan.flips
     padded = F.pad(split.images, (4, 4, 4, 4))
+    slot = 0
     for images, labels, index in data.epoch(3):
         for image, label, i in zip(images, labels, index.tolist()):
-            dy, dx = offsets[i].tolist()
+            assert i == order[slot]
+            dy, dx = offsets[slot].tolist()
             assert 0 <= dy <= 8 and 0 <= dx <= 8
             expected = padded[i, :, dy:dy + 8, dx:dx + 8].float()
-            expected = expected.flip(-1) if flips[i] else expected
+            expected = expected.flip(-1) if flips[slot] else expected
+            slot += 1
             torch.testing.assert_close(unnormalize(image[None])[0], expected, rtol=0, atol=1e-3)
             assert label == split.labels[i]
 

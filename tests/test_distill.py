@@ -36,8 +36,9 @@ SMALL = ("dataset.limit_train=256", "trainer.batch_size=64", "trainer.determinis
 class KL(torch.nn.Module):
     """KL(q || p) with q the target distribution: the test's own divergence for the loss interface."""
 
-    def forward(self, logits, target):
-        return (target * (target.log() - F.log_softmax(logits, -1))).sum(-1).mean()
+    def forward(self, logits, target, reduction="mean"):
+        per_sample = (target * (target.log() - F.log_softmax(logits, -1))).sum(-1)
+        return per_sample.mean() if reduction == "mean" else per_sample
 
 
 def make_trainer(tmp_path, *overrides, name: str = "run") -> Trainer:
@@ -87,7 +88,8 @@ def test_kd_loss_equals_the_formula_by_hand():
     q, p = softmax_by_hand(teacher_logits, 2.0), softmax_by_hand(student_logits, 2.0)
     kl = float(sum(q[i, k] * math.log(q[i, k] / p[i, k]) for i in range(3) for k in range(4))) / 3
     ce = -sum(math.log(softmax_by_hand(student_logits, 1.0)[i, labels[i]]) for i in range(3)) / 3
-    assert loss.item() == pytest.approx(0.7 * ce + 0.3 * 4.0 * kl, rel=1e-5)
+    assert loss.shape == (3,)  # per sample: the step's weighting point averages them
+    assert loss.mean().item() == pytest.approx(0.7 * ce + 0.3 * 4.0 * kl, rel=1e-5)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
@@ -196,7 +198,7 @@ def test_pskd_targets_mix_labels_with_last_epochs_predictions(tmp_path):
     previous = torch.cat([softmax_by_hand(first, 1.0), onehot[3:]])  # samples 20, 21 were never seen
     target = (1 - alpha) * onehot + alpha * previous
     expected = -(target * F.log_softmax(logits, -1)).sum(-1).mean()
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss.mean().item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_saf_memory_returns_the_outputs_from_e_epochs_earlier(tmp_path):
@@ -212,12 +214,12 @@ def test_saf_memory_returns_the_outputs_from_e_epochs_earlier(tmp_path):
         saf.after_step(epoch, None)
         ce = F.cross_entropy(recorded[epoch], labels)
         if epoch <= 2:
-            assert loss.item() == pytest.approx(ce.item(), rel=1e-6)
+            assert loss.mean().item() == pytest.approx(ce.item(), rel=1e-6)
         else:  # active after start_epoch, against the logits of epoch - 2
             torch.testing.assert_close(saf.past_outputs(indices, epoch), recorded[epoch - 2])
             q, p = softmax_by_hand(recorded[epoch - 2], 5.0), softmax_by_hand(recorded[epoch], 5.0)
             kl = (q * (q / p).log()).sum(-1).mean()
-            assert loss.item() == pytest.approx((ce + 0.3 * 25.0 * kl).item(), rel=1e-5)
+            assert loss.mean().item() == pytest.approx((ce + 0.3 * 25.0 * kl).item(), rel=1e-5)
 
 
 def test_mesa_teacher_is_the_ema_of_the_weights(tmp_path):
@@ -241,7 +243,7 @@ def test_nd_loss_matches_the_papers_per_sample_formula():
     for s, t, y in zip(student, teacher, labels):
         direction = centers[y] / centers[y].norm()
         by_hand += 1 - torch.dot(s, direction) / max(s.norm(), t.norm())
-    assert norm_direction_loss(student, teacher, centers, labels).item() == pytest.approx(float(by_hand) / 4, rel=1e-5)
+    assert norm_direction_loss(student, teacher, centers, labels).mean().item() == pytest.approx(float(by_hand) / 4, rel=1e-5)
 
 
 def test_kdpp_objective_weighs_ce_kd_and_nd_independently():
@@ -264,7 +266,7 @@ def test_kdpp_objective_weighs_ce_kd_and_nd_independently():
     for s, t, y in zip(nd.tap.features, teacher_features, labels):
         norm_direction += 1 - torch.dot(s, nd.centers[y] / nd.centers[y].norm()) / max(s.norm(), t.norm())
     expected = 1.0 * ce + 3.5 * (5 / 20) * 16.0 * kl + 2.0 * float(norm_direction) / 3
-    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert loss.mean().item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_dhkd_binary_kl_is_the_bernoulli_kl_to_one_half():
@@ -338,10 +340,10 @@ def test_kd_divergence_term_is_the_textbook_value_for_every_loss(loss):
     p_t = softmax_by_hand((images @ kd.teacher.weight).double(), 4.0)
     p_s = softmax_by_hand(student.double(), 4.0)
     expected = 0.1 * ce_by_hand(student, labels) + 0.9 * 16.0 * float(AT_DEFAULTS[loss](p_t, p_s).mean())
-    assert kd.loss(images, labels, torch.arange(6), student).item() == pytest.approx(expected, rel=1e-4)
+    assert kd.loss(images, labels, torch.arange(6), student).mean().item() == pytest.approx(expected, rel=1e-4)
     if loss == "rkl":
         assert kd.criterion.smoothing == 0.1 and kd.temperature ** 2 * kl_by_hand(p_s, p_t) == pytest.approx(
-            (kd.loss(images, labels, torch.arange(6), student).item() - 0.1 * ce_by_hand(student, labels)) / 0.9, rel=1e-4)
+            (kd.loss(images, labels, torch.arange(6), student).mean().item() - 0.1 * ce_by_hand(student, labels)) / 0.9, rel=1e-4)
 
 
 @pytest.mark.parametrize("loss", ["kl", "rkl"])
@@ -383,9 +385,9 @@ def test_nd_kd_term_is_the_textbook_divergence_at_its_defaults():
     teacher_features = images @ to_features
     p_t = softmax_by_hand((teacher_features @ to_logits).double(), 4.0)
     p_s = softmax_by_hand(student.double(), 4.0)
-    norm_direction = norm_direction_loss(nd.tap.features, teacher_features, nd.centers, labels).item()
+    norm_direction = norm_direction_loss(nd.tap.features, teacher_features, nd.centers, labels).mean().item()
     expected = ce_by_hand(student, labels) + 0.5 * 16.0 * kl_by_hand(p_s, p_t) + 2.0 * norm_direction
-    assert nd.loss(images, labels, torch.arange(3), student).item() == pytest.approx(expected, rel=1e-5)
+    assert nd.loss(images, labels, torch.arange(3), student).mean().item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_pskd_smooths_the_label_part_only():
@@ -404,7 +406,7 @@ def test_pskd_smooths_the_label_part_only():
     smoothed = 0.9 * F.one_hot(labels, 4).double() + 0.1 / 4
     previous = torch.cat([softmax_by_hand(first.double(), 1.0), smoothed[2:]])
     q = (1 - alpha) * smoothed + alpha * previous
-    assert loss.item() == pytest.approx(kl_by_hand(softmax_by_hand(logits.double(), 1.0), q), rel=1e-5)
+    assert loss.mean().item() == pytest.approx(kl_by_hand(softmax_by_hand(logits.double(), 1.0), q), rel=1e-5)
 
 
 @pytest.mark.parametrize("method", ["saf", "mesa"])
@@ -423,7 +425,7 @@ def test_trajectory_term_at_defaults_is_the_unsmoothed_kl(method):
         weight = 0.8
     loss = distiller.loss(images, labels, torch.arange(3), logits)
     trajectory = 25.0 * kl_by_hand(softmax_by_hand(past.double(), 5.0), softmax_by_hand(logits.double(), 5.0))
-    assert loss.item() == pytest.approx(ce_by_hand(logits, labels, smoothing=0.2) + weight * trajectory, rel=1e-5)
+    assert loss.mean().item() == pytest.approx(ce_by_hand(logits, labels, smoothing=0.2) + weight * trajectory, rel=1e-5)
 
 
 # ---- checkpoints and the workflow -------------------------------------------------------------------------

@@ -194,3 +194,17 @@ def test_preemption_watch_turns_signals_into_a_flag_and_restores_the_handlers():
         time.sleep(0.01)
         assert watch.requested and watch.received == "SIGUSR1"
     assert signal.getsignal(signal.SIGUSR1) is before
+
+
+def test_sigkill_inside_an_epoch_and_resume_are_exact_with_sample_weighting_selection_and_sampling(tmp_path):
+    """loss_rank weights (their warm-up read from the step), cooldown's draws and upweighting (from the epoch),
+    hard selection's candidates: a run killed mid-epoch and resumed ends as the uninterrupted one."""
+    overrides = ["weighting=loss_rank", "sampler=cooldown", "selection=hard", "selection.candidates=2",
+                 "trainer.checkpoint_every=null", "trainer.checkpoint_every_steps=5", "trainer.keep_checkpoints=1"]
+    reference = tmp_path / "reference" / "run"
+    divrun(f"hydra.run.dir={reference}", *RUN, *overrides, cwd=tmp_path)
+    run_dir, kill_at = tmp_path / "run", DRAW.randrange(25, 60, 5)
+    kill_after_checkpoint(start(run_dir, *overrides), run_dir, kill_at)
+    result = divrun(f"resume={run_dir}", cwd=tmp_path)
+    assert_same_run(run_dir, reference, f"killed after the checkpoint at step >= {kill_at}, resumed at "
+                                        f"{resumed_at(result)}")

@@ -64,7 +64,7 @@ class Relabeled(Dataset):
     """A map-style dataset whose labels are replaced (the images are read as before)."""
 
     def __init__(self, dataset: Dataset, labels: torch.Tensor):
-        self.dataset, self.labels = dataset, labels.tolist()
+        self.dataset, self.labels = dataset, labels.tolist()  # `labels`: what samplers and class weights read
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -14,8 +14,8 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def epoch_order(num_samples: int, shuffle: bool, gen: torch.Generator) -> torch.Tensor:
-    """The epoch's sample order before sharding. A sampler (weighted, curriculum, selected subsets) is a
-    replacement of this one function: it returns indices drawn with `gen`, and both loaders shard them."""
+    """The epoch's sample order before sharding. A sampler (runner/data/samplers.py) replaces this one function:
+    it returns indices drawn with `gen` (repeats allowed), and both loaders shard them."""
     return torch.randperm(num_samples, generator=gen) if shuffle else torch.arange(num_samples)
 
 
@@ -29,9 +29,10 @@ def shard(order: torch.Tensor, batch_size: int, rank: int, world_size: int, drop
     """
     if world_size == 1:
         return order
-    if drop_last:
-        steps = len(order) // (batch_size * world_size)
-        return order[:steps * batch_size * world_size].view(steps, world_size, batch_size)[:, rank].reshape(-1)
+    if drop_last:  # rows: an order's samples or the per-slot draws beside it (crop offsets, flips)
+        steps, rest = len(order) // (batch_size * world_size), order.shape[1:]
+        used = order[:steps * batch_size * world_size].view(steps, world_size, batch_size, *rest)
+        return used[:, rank].reshape(-1, *rest)
     return order.tensor_split(world_size)[rank]
 
 

@@ -70,6 +70,7 @@ class Splits:
     std: tuple[float, ...] = ()
     augment: Augment = field(default_factory=Augment)
     label_noise: float = 0.0  # fraction of training labels corrupted by `dataset.label_noise`
+    imbalance: float = 1.0    # `dataset.imbalance.ratio` the training split was cut to (1: as loaded)
     holdout: TensorSplit | Dataset | None = None  # `dataset.holdout`: training data held out for selection
     train_augment: TrainAugment = field(default_factory=TrainAugment)  # policy, erasing, mixing (runner/augment.py)
 
@@ -77,12 +78,30 @@ class Splits:
     def in_memory(self) -> bool:
         return isinstance(self.train, TensorSplit)
 
+    def class_counts(self, needed_by: str) -> torch.Tensor:
+        """Training samples per class (a ConfigError naming `needed_by` when the labels cannot be read cheaply)."""
+        return torch.bincount(split_labels(self.train, needed_by), minlength=self.num_classes)
+
+
+def split_labels(split, needed_by: str) -> torch.Tensor:
+    """Every label of a split without reading its images: in memory, or a dataset's `targets` (image folders,
+    Hugging Face columns), through Subset and relabelled wrappers (`labels`)."""
+    if isinstance(split, TensorSplit):
+        return split.labels
+    if isinstance(split, torch.utils.data.Subset):
+        return split_labels(split.dataset, needed_by)[torch.as_tensor(split.indices)]
+    for name in ("labels", "targets"):
+        if hasattr(split, name):
+            return torch.as_tensor(getattr(split, name))
+    raise ConfigError(f"{needed_by} needs the training labels, which a {type(split).__name__} gives only by reading "
+                      f"every image; use a dataset with a `targets` attribute, or drop {needed_by.split('=')[0]}")
+
 
 @dataclass(frozen=True)
 class DataShape:
     """A dataset config's data as far as it is known without loading it (None: only the data can tell)."""
     name: str = "the dataset"
-    train_size: int | None = None  # after dataset.holdout and dataset.limit_train
+    train_size: int | None = None  # after dataset.imbalance, dataset.holdout and dataset.limit_train
     in_channels: int = 3
     num_classes: int | None = None
 
@@ -117,17 +136,6 @@ def subset(split, index) -> TensorSplit | Dataset:
     if isinstance(split, TensorSplit):
         return split.subset(index)
     return torch.utils.data.Subset(split, index.tolist())
-
-
-def split_labels(split, key: str) -> torch.Tensor:
-    """Every label of a split, read without decoding an image (`key`: the option that needs them)."""
-    if isinstance(split, TensorSplit):
-        return split.labels
-    if isinstance(split, torch.utils.data.Subset):
-        return split_labels(split.dataset, key)[torch.as_tensor(split.indices)]
-    if hasattr(split, "targets"):
-        return torch.as_tensor(split.targets)
-    raise ConfigError(f"{key}: cannot read the labels of a {type(split).__name__}; leave {key} unset")
 
 
 # ---- the holdout: selection on training data, never on the test split ------------------------------------

@@ -3,7 +3,10 @@
 A distiller is built from `conf/distill/<name>.yaml`; the run calls
     setup(context)                          once, with a MethodContext (runner/context.py): the student,
                                             data, loss, progress, evaluation, companion modules
-    loss(images, labels, indices, logits)   the student's training objective, inside the step's autocast
+    loss(images, labels, indices, logits)   the student's training objective, inside the step's autocast:
+                                            per-sample values (N,) where the method defines them per sample
+                                            (`per_sample = True`: the step's weighting point weighs and averages
+                                            them, runner/step.py), else the batch's scalar
     after_step(step, kept)                  after the optimizer steps; `kept` False (a device bool) where
                                             trainer.on_nonfinite=skip dropped the step, None without a guard
     evaluate() -> dict                      extra records for each evaluation (e.g. a second model's accuracy)
@@ -43,6 +46,7 @@ class Distiller:
     class_labels_reason: str | None = None
     loss_gets_labels = True  # the objective calls the loss group's loss on labels
     tempered = False  # the method's temperature divides both models' logits: loss.temperature must be 1
+    per_sample = True  # loss() returns one value per sample (False: a batch scalar that no weighting can split)
 
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> list[str]:
@@ -72,9 +76,9 @@ class Distiller:
         return self.label_loss(logits, labels)
 
     def label_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The loss group's loss on the batch's labels: class indices, or mixup/cutmix's mix of one-hot labels
+        """The loss group's per-sample loss on the batch's labels: class indices, or mixup/cutmix's mix of one-hot labels
         (N, K), which `loss.smoothing` smooths as it does the labels they mix."""
-        return self.criterion(logits, labels, from_labels=True)
+        return self.criterion(logits, labels, from_labels=True, reduction="none")
 
     def after_step(self, step: int, kept: torch.Tensor | None) -> None:
         pass
@@ -94,10 +98,11 @@ class Distiller:
 
 # ---- divergences between tempered distributions ---------------------------------------------------------
 def tempered_divergence(divergence: torch.nn.Module, student_logits: torch.Tensor, target_logits: torch.Tensor,
-                        temperature: float) -> torch.Tensor:
-    """T^2 * D(softmax(target / T), softmax(student / T)) with D any loss of the loss group (target fixed)."""
+                        temperature: float, reduction: str = "mean") -> torch.Tensor:
+    """T^2 * D(softmax(target / T), softmax(student / T)) with D any loss of the loss group (target fixed):
+    the batch mean, or per sample with reduction="none"."""
     target = F.softmax(target_logits.detach().float() / temperature, dim=-1)
-    return temperature ** 2 * divergence(student_logits.float() / temperature, target)
+    return temperature ** 2 * divergence(student_logits.float() / temperature, target, reduction=reduction)
 
 
 def kl_per_sample(target_log_probs: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:

@@ -76,6 +76,7 @@ def aligned(ce: torch.Tensor, kd: torch.Tensor, params: list[torch.Tensor]) -> t
 
 class DHKD(KD):
     single_process_reason = "it trains a second head that DDP does not synchronise"
+    per_sample = False  # gradient alignment combines the batch's CE and KD gradients
 
     def __init__(self, teacher: str | None = None, teacher_model=None, temperature: float = 2.0,
                  ce_weight: float = 1.0, kd_weight: float = 1.0, aux_head: str = "nonlinear",

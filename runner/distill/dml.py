@@ -26,6 +26,7 @@ from runner.models import model_config
 class DML(Distiller):
     single_process_reason = "it trains a second network that DDP does not synchronise"
     tempered = True
+    per_sample = False  # the two networks' losses, summed: no one sample's weight for both
     loss_gets_labels = False  # the label terms are plain cross-entropy; the loss sees the other's probabilities
 
     @classmethod

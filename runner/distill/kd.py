@@ -55,8 +55,9 @@ class KD(Distiller):
         return min(1.0, self.context.progress.epoch / self.warmup_epochs) if self.warmup_epochs else 1.0
 
     def objective(self, logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        hard = F.cross_entropy(logits.float(), labels)
-        soft = tempered_divergence(self.criterion, logits, teacher_logits, self.temperature)
+        """Per sample."""
+        hard = F.cross_entropy(logits.float(), labels, reduction="none")
+        soft = tempered_divergence(self.criterion, logits, teacher_logits, self.temperature, "none")
         return self.ce_weight * hard + self.kd_weight * self.ramp() * soft
 
     def loss(self, images, labels, indices, logits):

@@ -37,11 +37,11 @@ from runner.errors import ConfigError, problems_from
 
 def norm_direction_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, centers: torch.Tensor,
                         labels: torch.Tensor) -> torch.Tensor:
-    """mean_i 1 - <f_s,i, c_y / |c_y|> / max(|f_s,i|, |f_t,i|)."""
+    """1 - <f_s,i, c_y / |c_y|> / max(|f_s,i|, |f_t,i|) per sample i."""
     student_features, teacher_features = student_features.float(), teacher_features.float()
     directions = nn.functional.normalize(centers[labels], dim=-1)
     largest_norm = torch.maximum(student_features.norm(dim=-1), teacher_features.norm(dim=-1))
-    return (1 - (student_features * directions).sum(-1) / largest_norm).mean()
+    return 1 - (student_features * directions).sum(-1) / largest_norm
 
 
 @torch.no_grad()

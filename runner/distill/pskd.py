@@ -49,7 +49,7 @@ class PSKD(Distiller):
     def loss(self, images, labels, indices, logits):
         if self.pending is None:  # a closure's second pass must not overwrite the recorded predictions
             self.pending = (indices, F.softmax(logits.detach().float(), dim=-1))
-        return self.criterion(logits, self.targets(labels, indices, self.context.progress.epoch))
+        return self.criterion(logits, self.targets(labels, indices, self.context.progress.epoch), reduction="none")
 
     def after_step(self, step, kept) -> None:
         indices, probabilities = self.pending

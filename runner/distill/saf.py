@@ -21,10 +21,10 @@ from runner.errors import ConfigError
 
 
 def trajectory_loss(logits: torch.Tensor, reference_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """tau^2 * mean_i KL(softmax(reference / tau) || softmax(logits / tau)); the reference is fixed."""
+    """tau^2 * KL(softmax(reference_i / tau) || softmax(logits_i / tau)) per sample i; the reference is fixed."""
     log_p = F.log_softmax(logits.float() / temperature, dim=-1)
     log_q = F.log_softmax(reference_logits.detach().float() / temperature, dim=-1)
-    return temperature ** 2 * kl_per_sample(log_q, log_p).mean()
+    return temperature ** 2 * kl_per_sample(log_q, log_p)
 
 
 class SAF(Distiller):

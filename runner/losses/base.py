@@ -1,9 +1,10 @@
 """What every loss shares: float32 log-probabilities with a temperature, the target distribution q with
 label smoothing, and the optional log-partition (z_reg) penalty.
 
-A loss is called as `loss(logits, target)`; `target` holds class indices (N,) or probability vectors
-(N, K). Its core is `divergence(log_q, log_p) -> (N,)`, one value per sample between the target q and the
-model's p = softmax(logits / temperature), both given as log-probabilities. Distillation calls it with a
+A loss is called as `loss(logits, target)` (the batch mean) or `loss(logits, target, reduction="none")` (one
+value per sample: what per-sample weighting and hard-sample selection read); `target` holds class indices (N,)
+or probability vectors (N, K). Its core is `divergence(log_q, log_p) -> (N,)`, one value per sample between the
+target q and the model's p = softmax(logits / temperature), both given as log-probabilities. Distillation calls it with a
 teacher's log-probabilities as log_q. Everything runs in float32 from log-softmax (never the log of a
 softmax) with autocast off, so it stays finite under bf16 autocast and for extreme logits.
 
@@ -53,7 +54,8 @@ def kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
 
 
 class Loss(nn.Module):
-    """Base class: subclasses define `divergence(log_q, log_p)` (per sample) or override `batch_loss`."""
+    """Base class: subclasses define `divergence(log_q, log_p)` (per sample) or override `sample_losses`."""
+    per_sample = True  # False for a set-level loss whose rows only mean something averaged (SinKD's batch OT)
 
     def __init__(self, temperature: float = 1.0, smoothing: float = 0.0, z_reg: float = 0.0,
                  normalizer: str = "softmax",
@@ -69,24 +71,30 @@ class Loss(nn.Module):
             raise ConfigError(f"loss.z_reg={z_reg}: must be >= 0 (1e-4 is the usual log-partition penalty)")
         self.temperature, self.smoothing, self.z_reg, self.normalizer = temperature, smoothing, z_reg, normalizer
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, from_labels: bool | None = None) -> torch.Tensor:
-        """`from_labels`: whether `target` comes from labels and is smoothed; default: class indices are,
-        probability vectors are not. Pass True for a mix of one-hot labels (mixup, cutmix)."""
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, from_labels: bool | None = None,
+                reduction: str = "mean") -> torch.Tensor:
+        """The batch mean (`reduction="mean"`) or the (N,) per-sample values (`"none"`). `from_labels`:
+        whether `target` comes from labels and is smoothed; default: class indices are, probability vectors
+        are not. Pass True for a mix of one-hot labels (mixup, cutmix)."""
         with torch.autocast(logits.device.type, enabled=False):
             logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-            loss = self.batch_loss(logits / self.temperature, target, self.target_smoothing(target, from_labels))
+            smoothing = self.target_smoothing(target, from_labels)
+            loss = self.sample_losses(logits / self.temperature, target, smoothing, reduction)
             if self.z_reg:  # z_reg * log(Z)^2 keeps the softmax normaliser near 1 (PaLM's z-loss)
-                loss = loss + self.z_reg * torch.logsumexp(logits, -1).square().mean()
+                penalty = self.z_reg * torch.logsumexp(logits, -1).square()
+                loss = loss + (penalty.mean() if reduction == "mean" else penalty)
             return loss
 
     def target_smoothing(self, target: torch.Tensor, from_labels: bool | None = None) -> float:
         """The smoothing `target` gets: the loss's own for labels, none for probability vectors."""
         return self.smoothing if (target.ndim == 1 if from_labels is None else from_labels) else 0.0
 
-    def batch_loss(self, logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
-        """Mean over the batch; `logits` are already divided by the temperature."""
+    def sample_losses(self, logits: torch.Tensor, target: torch.Tensor, smoothing: float,
+                      reduction: str = "mean") -> torch.Tensor:
+        """Per-sample values (`reduction="none"`) or their mean; `logits` are already divided by the temperature."""
         log_p = F.log_softmax(self.scores(logits), dim=-1)
-        return self.divergence(self.log_target(target, logits.shape[-1], log_p.dtype, smoothing), log_p).mean()
+        losses = self.divergence(self.log_target(target, logits.shape[-1], log_p.dtype, smoothing), log_p)
+        return losses.mean() if reduction == "mean" else losses
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         """What log_softmax turns into the model's log p: the logits, or log StableMax(logits), which

@@ -60,6 +60,7 @@ class Sinkhorn(Loss):
         if eps <= 0 or iters < 1:
             raise ConfigError(f"loss.eps={eps}, loss.iters={iters}: need eps > 0 and iters >= 1")
         self.form, self.cost, self.eps, self.iters, self.tol = form, cost, eps, iters, tol
+        self.per_sample = form == "sample"  # the batch form's rows add up to one OT cost between sets
 
     def divergence(self, log_q, log_p):
         """Per sample; in batch form row i carries N sum_j P_ij C_ij, so the mean is the batch OT cost."""
