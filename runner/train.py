@@ -10,7 +10,8 @@ metric an optimizer reports (Prodigy's d) joins the record built in `flush`. An 
 (trainer.ema) is evaluated beside the live model in `end_of_epoch` (`ema/val/*`). Under batch=adaptive the budget
 is samples (`progress.samples`): an epoch ends when no full batch is left in it, and the batch grows in `flush`,
 from the test verdicts its records carry, after which the loader restarts at the epoch's position with the new
-size.
+size. The epoch's position counts drawn samples (`Run.drawn_batch`: selection=hard draws its candidates), the
+records' batch the trained ones (`Run.trained_batch`).
 
 The curvature (trainer.curvature: runner/curvature.py) is measured before the first step and every N steps
 after, before that step's checkpoint. Seams: a measurement every N steps (sharpness) is one more `every` test
