@@ -202,12 +202,17 @@ def compare(runs, records: pd.DataFrame | None = None, by: list[str] | None = No
 
 def with_measures(runs: pd.DataFrame, measures: pd.DataFrame) -> pd.DataFrame:
     """The runs with their measures; a summary.json value stands in where the records have none."""
-    runs = runs.copy()
+    columns = {}
     for column in measures.columns:
-        values = measures[column].to_numpy()
+        values = pd.Series(measures[column].to_numpy(), index=runs.index)
         if column in runs:
-            values = pd.Series(values, index=runs.index).combine_first(pd.to_numeric(runs[column], errors="coerce"))
-        runs[column] = values
+            values = values.combine_first(pd.to_numeric(runs[column], errors="coerce"))
+        columns[column] = values
+    # new columns in one concat, not one at a time: a frame of many config keys would fragment (pandas warns)
+    added = pd.DataFrame({c: v for c, v in columns.items() if c not in runs}, index=runs.index)
+    runs = pd.concat([runs, added], axis=1)
+    for column in columns.keys() & set(runs.columns) - set(added.columns):
+        runs[column] = columns[column]  # a summary value filled in where the records have none, in its place
     return runs
 
 
